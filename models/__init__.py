@@ -1,0 +1,1 @@
+"""The shipped model bundles, one folder each (see ``scenecam_edge.registry``)."""

@@ -1,0 +1,158 @@
+"""``scenecam-edge classify``: label images and, on request, save their Grad-CAM panels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..cam import METHODS, TARGET_SPACES
+from ..errors import ImageError, SceneCamError
+from ..fileio import write_png_atomic
+from ..model import SceneCam
+from ..outputs import OutputNamer
+from ..results import Classification, Explanation
+from ..sources import SourceItem, iter_sources
+from ..visual import DEFAULT_ALPHA, panel
+from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, error_line, fail, model_options
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line and per image.")
+@click.option(
+    "--save-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write original | heatmap | overlay panels (PNG) here.",
+)
+@click.option(
+    "--target", default=None, help="Class to explain, by name or index (default: the prediction)."
+)
+@click.option(
+    "--target-space", type=click.Choice(TARGET_SPACES), default="logit", show_default=True
+)
+@click.option("--method", type=click.Choice(sorted(METHODS)), default="gradcam", show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_ALPHA,
+    show_default=True,
+    help="Heatmap weight in the overlay.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+def classify(
+    paths: tuple[str, ...],
+    model: str | None,
+    threads: int | None,
+    as_json: bool,
+    save_dir: Path | None,
+    target: str | None,
+    target_space: str,
+    method: str,
+    top_k: int,
+    alpha: float,
+    batch_size: int,
+) -> None:
+    """Classify images: PATHS are files, folders (searched recursively) or glob patterns.
+
+    Prints a table, or JSON lines with --json. An input that cannot be read is reported on
+    stderr as one line (and as {"path", "error"} with --json); the rest go on, and the exit
+    code is then 1.
+    """
+    try:
+        scenecam = SceneCam.load(model, threads=threads)
+    except SceneCamError as exc:
+        fail(exc)
+    try:
+        options = scenecam.explain_options(target, method, target_space, alpha)  # type: ignore[arg-type]
+    except ValueError as exc:
+        fail(f"--target: {exc}", EXIT_USAGE)
+    explaining = save_dir is not None or target is not None
+    items = list(iter_sources(paths))
+    namer = OutputNamer(save_dir, ".cam.png", [i.path for i in items]) if save_dir else None
+    printer = _JsonPrinter() if as_json else _TablePrinter(items, top_k)
+    failed = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        good: list[tuple[str, object]] = []
+        for item in chunk:
+            try:
+                if item.error is not None:
+                    raise ImageError(item.path, item.error)
+                good.append((item.path, scenecam.load_image(item.path)))
+            except ImageError as exc:
+                failed += 1
+                printer.failure(exc.subject, exc.reason)
+        if not good:
+            continue
+        results = scenecam.predict(
+            [img for _, img in good],  # type: ignore[misc]
+            [name for name, _ in good],
+            top_k=top_k,
+            explain=options if explaining else None,
+        )
+        for result, (_, image) in zip(results, good, strict=True):
+            saved = None
+            if namer is not None and isinstance(result, Explanation):
+                saved = namer.path_for(result.source)
+                write_png_atomic(
+                    saved, panel(image, result.heatmap, result.overlay, _title(result))
+                )  # type: ignore[arg-type]
+            printer.result(result, saved)
+    printer.close()
+    if failed:
+        raise SystemExit(EXIT_FAILED_INPUTS)
+
+
+def _title(result: Explanation) -> str:
+    explained = (
+        "" if result.target_label == result.label else f" | explaining {result.target_label}"
+    )
+    return f"{result.label} {result.confidence:.0%}{explained} ({result.method}, {result.target_space})"
+
+
+class _JsonPrinter:
+    def result(self, result: Classification, saved: Path | None) -> None:
+        record = result.to_dict()
+        if saved is not None:
+            record["heatmap"] = str(saved)
+        click.echo(json.dumps(record))
+
+    def failure(self, path: str, reason: str) -> None:
+        error_line(path, reason)
+        click.echo(json.dumps({"path": path, "error": reason}))
+
+    def close(self) -> None:
+        pass
+
+
+class _TablePrinter:
+    def __init__(self, items: list[SourceItem], top_k: int) -> None:
+        self.width = min(60, max([len("FILE"), *(len(i.path) for i in items)]))
+        self.top_k = top_k
+        self.header_done = False
+
+    def _header(self) -> None:
+        if not self.header_done:
+            click.echo(f"{'FILE':<{self.width}}  {'LABEL':<12} {'CONF':>6}  TOP-{self.top_k}")
+            self.header_done = True
+
+    def result(self, result: Classification, saved: Path | None) -> None:
+        self._header()
+        path = (
+            result.source
+            if len(result.source) <= self.width
+            else "..." + result.source[-(self.width - 3) :]
+        )
+        top = ", ".join(f"{name} {p:.2f}" for name, p in result.top_k)
+        click.echo(f"{path:<{self.width}}  {result.label:<12} {result.confidence:>6.1%}  {top}")
+
+    def failure(self, path: str, reason: str) -> None:
+        error_line(path, reason)
+
+    def close(self) -> None:
+        pass

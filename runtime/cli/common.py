@@ -1,0 +1,50 @@
+"""Options and helpers shared by the commands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from ..errors import SceneCamError
+
+EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def model_options(fn: F) -> F:
+    """--model and --threads, the same on every command that runs a model."""
+    fn = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="onnxruntime threads (default: every CPU this process may use).",
+    )(fn)
+    fn = click.option(
+        "--model",
+        "model",
+        default=None,
+        metavar="NAME|DIR",
+        help="A shipped model's name or a bundle folder (default: the shipped default).",
+    )(fn)
+    return fn
+
+
+def error_line(subject: str, reason: str) -> None:
+    """One line on stderr naming the input and the reason."""
+    click.echo(f"error: {subject}: {reason}", err=True)
+
+
+def fail(exc: SceneCamError | str, code: int = EXIT_MODEL) -> NoReturn:
+    if isinstance(exc, SceneCamError):
+        error_line(exc.subject, exc.reason)
+    else:
+        click.echo(f"error: {exc}", err=True)
+    sys.exit(code)
+
+
+def needs_train_extra(what: str) -> NoReturn:
+    fail(f"{what} needs TensorFlow; install it with: pip install 'scenecam-edge[train]'")

@@ -1,0 +1,26 @@
+"""The error types the runtime raises on purpose.
+
+Every error names the thing it is about (a file, a bundle) and the reason, so that the CLI can
+print it as one line and a batch can record it and go on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SceneCamError(Exception):
+    """Base class: something named by ``subject`` could not be used, for ``reason``."""
+
+    def __init__(self, subject: str | Path, reason: str) -> None:
+        self.subject = str(subject)
+        self.reason = reason
+        super().__init__(f"{self.subject}: {reason}")
+
+
+class ImageError(SceneCamError):
+    """An input could not be read as an image (missing, not an image, truncated, ...)."""
+
+
+class BundleError(SceneCamError):
+    """A model bundle is missing, malformed, tampered with, or does not match its graph."""

@@ -1,0 +1,42 @@
+"""Atomic writes: a temporary file in the same folder, then a rename. Readers never see a
+half-written file, and an interrupted write leaves the previous version (or nothing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    return write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def write_png_atomic(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
+    """Write an RGB (or single-channel) uint8 picture as PNG."""
+    picture = rgb if rgb.ndim == 2 or rgb.shape[2] == 1 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    return write_bytes_atomic(path, encoded.tobytes())

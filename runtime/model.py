@@ -1,0 +1,339 @@
+"""``SceneCam``: a loaded bundle that classifies images and explains its answers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import overload
+
+import numpy as np
+
+from . import visual
+from .bundle import FEATURES, LOGITS, Manifest, load_arrays, read_manifest, verify_files
+from .cam import TARGET_SPACES, CamInputs, TargetSpace, get_method, score_cotangent, softmax
+from .errors import BundleError
+from .head import Head
+from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image, resize_to
+from .registry import resolve_model
+from .results import Classification, Explanation
+from .session import SessionConfig, create_session
+
+log = logging.getLogger(__name__)
+
+#: Images per onnxruntime call when a list is classified; bounds memory for long lists.
+DEFAULT_BATCH = 32
+#: How far the numpy head may stray from the graph's logits before a bundle is refused.
+SELF_CHECK_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """How to explain: a fixed target class (None: each image's prediction), the CAM
+    method, the target space and the overlay's blending weight."""
+
+    target: int | None
+    method: str
+    target_space: TargetSpace
+    alpha: float
+
+
+class SceneCam:
+    """A classifier bundle loaded for serving. Thread-safe once loaded.
+
+    >>> cam = SceneCam.load()                      # the shipped default model
+    >>> cam.classify("photo.jpg").label
+    >>> cam.explain("photo.jpg", target="forest").overlay
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, head: Head, config: SessionConfig) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.head = head
+        self.config = config
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        self._session = create_session(path / "model.onnx", config)
+        self._check_graph()
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        spin: bool = True,
+    ) -> SceneCam:
+        """Load a bundle (a folder, or a shipped model's name; ``None`` for the default).
+
+        The manifest is validated, every file's sha256 checked, the head's arrays read without
+        pickle, and the head self-checked against the graph on a probe input. A bundle that
+        fails any of these raises :class:`BundleError` saying what is wrong.
+        """
+        bundle_dir = resolve_model(path)
+        manifest = read_manifest(bundle_dir)
+        verify_files(bundle_dir, manifest)
+        arrays = load_arrays(bundle_dir / manifest.head_file, bundle_dir)
+        head = Head.from_manifest(
+            manifest.head_layers, arrays, manifest.features_shape, str(bundle_dir)
+        )
+        if head.num_classes != manifest.num_classes:
+            raise BundleError(
+                bundle_dir,
+                f"head gives {head.num_classes} classes, manifest names {manifest.num_classes}",
+            )
+        config = SessionConfig(threads=threads, providers=tuple(providers), spin=spin)
+        return cls(bundle_dir, manifest, head, config)
+
+    # -- facts about the model -------------------------------------------------------------
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.class_names
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the graph takes."""
+        return self.manifest.input.height, self.manifest.input.width
+
+    def __repr__(self) -> str:
+        return f"SceneCam({self.manifest.name!r}, classes={list(self.class_names)})"
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    def load_image(self, image: ImageInput) -> np.ndarray:
+        """Decode one input to uint8 (H, W, C) at its own size, with this model's channels."""
+        return load_image(image, channels=self.manifest.input.channels, max_pixels=self.max_pixels)
+
+    def to_input(self, image: np.ndarray) -> np.ndarray:
+        """A decoded image resized to the graph's input (H, W, C)."""
+        return resize_to(image, *self.input_size)
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the graph on uint8 (N, H, W, C): returns (features, logits), both float32."""
+        features, logits = self._session.run([FEATURES, LOGITS], {"image": batch})
+        return features, logits
+
+    @overload
+    def classify(self, images: ImageInput, *, top_k: int = 3) -> Classification: ...
+    @overload
+    def classify(self, images: list[ImageInput], *, top_k: int = 3) -> list[Classification]: ...
+
+    def classify(
+        self, images: ImageInput | list[ImageInput], *, top_k: int = 3
+    ) -> Classification | list[Classification]:
+        """Classify one image (a path, PIL image or uint8 array) or a list of them.
+
+        Raises :class:`ImageError` for an input that cannot be read.
+        """
+        single = not isinstance(images, list)
+        items: list[ImageInput] = [images] if single else images  # type: ignore[list-item]
+        results: list[Classification] = []
+        for chunk in _chunks(items, DEFAULT_BATCH):
+            decoded = [self.load_image(item) for item in chunk]
+            results.extend(self.predict(decoded, [describe(i) for i in chunk], top_k=top_k))
+        return results[0] if single else results
+
+    @overload
+    def explain(
+        self,
+        images: ImageInput,
+        target: int | str | None = None,
+        method: str = "gradcam",
+        target_space: TargetSpace = "logit",
+        *,
+        alpha: float = visual.DEFAULT_ALPHA,
+        top_k: int = 3,
+    ) -> Explanation: ...
+    @overload
+    def explain(
+        self,
+        images: list[ImageInput],
+        target: int | str | None = None,
+        method: str = "gradcam",
+        target_space: TargetSpace = "logit",
+        *,
+        alpha: float = visual.DEFAULT_ALPHA,
+        top_k: int = 3,
+    ) -> list[Explanation]: ...
+
+    def explain(
+        self,
+        images: ImageInput | list[ImageInput],
+        target: int | str | None = None,
+        method: str = "gradcam",
+        target_space: TargetSpace = "logit",
+        *,
+        alpha: float = visual.DEFAULT_ALPHA,
+        top_k: int = 3,
+    ) -> Explanation | list[Explanation]:
+        """Classify and explain: a CAM for ``target`` (index or name; default the prediction).
+
+        ``target_space`` is ``"logit"`` (explain z_c) or ``"probability"`` (explain p_c).
+        """
+        options = self.explain_options(target, method, target_space, alpha)
+        single = not isinstance(images, list)
+        items: list[ImageInput] = [images] if single else images  # type: ignore[list-item]
+        results: list[Explanation] = []
+        for chunk in _chunks(items, DEFAULT_BATCH):
+            decoded = [self.load_image(item) for item in chunk]
+            names = [describe(i) for i in chunk]
+            results.extend(self.predict(decoded, names, top_k=top_k, explain=options))  # type: ignore[misc]
+        return results[0] if single else results
+
+    def explain_options(
+        self,
+        target: int | str | None = None,
+        method: str = "gradcam",
+        target_space: TargetSpace = "logit",
+        alpha: float = visual.DEFAULT_ALPHA,
+    ) -> ExplainOptions:
+        """Validated explanation settings (ValueError naming what is wrong)."""
+        if target_space not in TARGET_SPACES:
+            raise ValueError(f"target_space must be one of {TARGET_SPACES}, not {target_space!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+        return ExplainOptions(
+            target=None if target is None else self.class_index(target),
+            method=get_method(method).name,
+            target_space=target_space,
+            alpha=alpha,
+        )
+
+    def predict(
+        self,
+        decoded: Sequence[np.ndarray],
+        sources: Sequence[str],
+        *,
+        top_k: int = 3,
+        explain: ExplainOptions | None = None,
+    ) -> list[Classification] | list[Explanation]:
+        """One forward pass over already decoded images (any size; resized here).
+
+        This is the step every entry point shares; ``sources`` names each image in its result.
+        Returns explanations when ``explain`` is given, else classifications.
+        """
+        if not decoded:
+            return []
+        features, logits = self.forward(np.stack([self.to_input(d) for d in decoded]))
+        probs = softmax(logits.astype(np.float64))
+        bases = [
+            self._classification(src, z, p, top_k)
+            for src, z, p in zip(sources, logits, probs, strict=True)
+        ]
+        if explain is None:
+            return bases
+        targets = (
+            np.full(len(decoded), explain.target)
+            if explain.target is not None
+            else probs.argmax(axis=1)
+        )
+        cotangent = score_cotangent(probs, targets, explain.target_space)
+        gradient = self.head.vjp(features, cotangent)
+        cams = get_method(explain.method).compute(CamInputs(features=features, gradient=gradient))
+        results: list[Explanation] = []
+        for base, img, t, cam in zip(bases, decoded, targets, cams, strict=True):
+            heat = visual.heatmap_at(cam, img.shape[0], img.shape[1])
+            results.append(
+                Explanation(
+                    **{f: getattr(base, f) for f in _CLASSIFICATION_FIELDS},
+                    target_index=int(t),
+                    target_label=self.class_names[int(t)],
+                    target_space=explain.target_space,
+                    method=explain.method,
+                    cam=cam,
+                    heatmap=heat,
+                    overlay=visual.overlay(img, heat, explain.alpha),
+                )
+            )
+        return results
+
+    def class_index(self, target: int | str) -> int:
+        """A class index from an index or a class name; ValueError when it is neither."""
+        if isinstance(target, str):
+            if target in self.class_names:
+                return self.class_names.index(target)
+            if target.strip().lstrip("-").isdigit():
+                target = int(target)
+            else:
+                raise ValueError(
+                    f"unknown class {target!r}; classes are {', '.join(self.class_names)}"
+                )
+        if isinstance(target, bool) or not isinstance(target, int | np.integer):
+            raise ValueError(f"target must be a class index or name, not {target!r}")
+        if not 0 <= int(target) < len(self.class_names):
+            raise ValueError(
+                f"class index {target} is out of range (0..{len(self.class_names) - 1})"
+            )
+        return int(target)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _classification(
+        self, source: str, logits: np.ndarray, probs: np.ndarray, top_k: int
+    ) -> Classification:
+        order = np.argsort(-probs, kind="stable")
+        names = self.class_names
+        return Classification(
+            source=source,
+            index=int(order[0]),
+            label=names[int(order[0])],
+            probabilities={names[i]: float(probs[i]) for i in range(len(names))},
+            top_k=[(names[int(i)], float(probs[i])) for i in order[: max(1, top_k)]],
+            logits=logits,
+        )
+
+    def _check_graph(self) -> None:
+        """Refuse a bundle whose graph or head does not match its manifest."""
+        where = self.path
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        if list(inputs) != ["image"] or inputs["image"].type != "tensor(uint8)":
+            raise BundleError(where, f"graph input must be one uint8 'image', got {list(inputs)}")
+        if sorted(outputs) != sorted([FEATURES, LOGITS]):
+            raise BundleError(
+                where,
+                f"graph outputs must be exactly '{FEATURES}' and '{LOGITS}', got {sorted(outputs)}",
+            )
+        features, logits = self.forward(_probe_batch(self.manifest))
+        expected_f = self.manifest.features_shape
+        if features.shape[1:] != expected_f:
+            raise BundleError(
+                where, f"graph features have shape {features.shape[1:]}, manifest says {expected_f}"
+            )
+        if logits.shape[1:] != (self.manifest.num_classes,):
+            raise BundleError(
+                where,
+                f"graph logits have {logits.shape[1]} classes, manifest names "
+                f"{self.manifest.num_classes}",
+            )
+        ours = self.head.logits(features)
+        scale = max(1.0, float(np.abs(logits).max()))
+        err = float(np.abs(ours - logits).max()) / scale
+        if not np.isfinite(err) or err > SELF_CHECK_TOLERANCE:
+            raise BundleError(
+                where,
+                f"head gradient does not belong to this graph: the head gives logits "
+                f"{err:.2e} (relative) away from the graph's on the probe input",
+            )
+        log.debug("self-check of %s: head vs graph logits %.1e (relative)", where, err)
+
+
+_CLASSIFICATION_FIELDS = ("source", "index", "label", "probabilities", "top_k", "logits")
+
+
+def _probe_batch(manifest: Manifest) -> np.ndarray:
+    """Deterministic probe images: seeded noise and a smooth ramp."""
+    h, w, c = manifest.input.height, manifest.input.width, manifest.input.channels
+    noise = np.random.default_rng(0).integers(0, 256, size=(h, w, c), dtype=np.uint8)
+    ramp = np.broadcast_to(
+        np.linspace(0, 255, w, dtype=np.float32)[None, :, None], (h, w, c)
+    ).astype(np.uint8)
+    return np.stack([noise, ramp])
+
+
+def _chunks(items: list[ImageInput], size: int) -> Iterator[list[ImageInput]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,40 @@
+"""Shipped bundles: found by name inside the installed package, or any bundle by path."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from .bundle import MANIFEST
+from .errors import BundleError
+
+#: The bundle ``SceneCam.load()`` and the CLI use when no model is named.
+DEFAULT_MODEL = "scenes-mini"
+
+
+def models_dir() -> Path:
+    """The folder that holds the shipped bundles (``models/`` in the source tree)."""
+    return Path(str(resources.files("scenecam_edge.models")))
+
+
+def shipped_models() -> list[str]:
+    root = models_dir()
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+def resolve_model(model: str | os.PathLike[str] | None) -> Path:
+    """A bundle folder from a shipped model's name or a path; ``None`` is the default model."""
+    if model is None:
+        model = DEFAULT_MODEL
+    path = Path(model)
+    if path.is_dir():
+        return path
+    name = os.fspath(model)
+    if name in shipped_models():
+        return models_dir() / name
+    raise BundleError(
+        name,
+        "no such bundle folder, and no shipped model of that name "
+        f"(shipped: {', '.join(shipped_models()) or 'none'})",
+    )

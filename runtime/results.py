@@ -1,0 +1,58 @@
+"""Result records returned by the API and printed by the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class Classification:
+    """One image's answer. ``probabilities`` maps every class name to its softmax probability."""
+
+    source: str
+    index: int
+    label: str
+    probabilities: dict[str, float]
+    top_k: list[tuple[str, float]]
+    logits: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record: path, label, class index, confidence, probabilities, top_k."""
+        return {
+            "path": self.source,
+            "label": self.label,
+            "index": self.index,
+            "confidence": round(self.confidence, 6),
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "top_k": [[name, round(p, 6)] for name, p in self.top_k],
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Explanation(Classification):
+    """A classification plus the map that explains ``target`` (by default the predicted class).
+
+    ``cam`` is the raw (h, w) map after ReLU at the features' resolution; ``heatmap`` is it
+    normalised to [0, 1] and resized to the input image; ``overlay`` is the heatmap in JET
+    colours blended over the image (RGB uint8).
+    """
+
+    target_index: int
+    target_label: str
+    target_space: str
+    method: str
+    cam: np.ndarray = field(repr=False, compare=False)
+    heatmap: np.ndarray = field(repr=False, compare=False)
+    overlay: np.ndarray = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        record = super().to_dict()
+        record.update(target=self.target_label, target_space=self.target_space, method=self.method)
+        return record

@@ -1,0 +1,47 @@
+"""Turning command-line arguments into a list of inputs, once, for every command.
+
+An argument is a file, a folder (its images, recursively, sorted), or a glob pattern. What
+cannot be expanded (a missing path, a pattern that matches nothing) stays in the list as an
+error, so a command reports it in order and goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One input path, or the reason an argument gave no input."""
+
+    path: str
+    error: str | None = None
+
+
+def iter_sources(arguments: Iterable[str | os.PathLike[str]]) -> Iterator[SourceItem]:
+    for argument in arguments:
+        text = os.fsdecode(argument)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+            if not found:
+                yield SourceItem(text, "folder holds no images")
+            yield from (SourceItem(os.fsdecode(p)) for p in found)
+        elif os.path.lexists(text) or not glob.has_magic(text):
+            # An existing file (even a broken link) or a plain missing path: decoding reports it.
+            yield SourceItem(text)
+        else:
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                yield SourceItem(text, "no files match this pattern")
+            yield from (SourceItem(m) for m in matches)

@@ -1,0 +1,66 @@
+"""Shared fixtures. Tests that need TensorFlow use the ``keras_models`` helpers and skip when
+it is absent; tests that need ../shared/data skip with a reason when it is absent."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLES = REPO / "samples"
+
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")
+needs_data = pytest.mark.skipif(
+    not (SHARED_DATA / "intel-scenes" / "train").is_dir(),
+    reason=f"needs the shared data set at {SHARED_DATA}",
+)
+
+
+@pytest.fixture(scope="session")
+def default_bundle() -> Path:
+    from scenecam_edge.registry import DEFAULT_MODEL, resolve_model
+
+    return resolve_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def scenecam():
+    from scenecam_edge import SceneCam
+
+    return SceneCam.load(threads=1)
+
+
+@pytest.fixture
+def bundle_copy(tmp_path: Path, default_bundle: Path) -> Path:
+    """A writable copy of the shipped default bundle, to tamper with."""
+    dest = tmp_path / "bundle"
+    shutil.copytree(default_bundle, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    found = sorted(SAMPLES.glob("*.jpg"))
+    assert found, f"no sample photos in {SAMPLES}"
+    return found
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A folder of four small real-looking images (smooth colour fields, different sizes)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i, (h, w) in enumerate([(150, 150), (120, 150), (200, 90), (64, 64)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.uniform(0, 255, size=3)
+        img = (base + 60 * np.sin(xx[..., None] / (7 + i) + yy[..., None] / 11)).clip(0, 255)
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"img{i}.jpg", quality=92)
+    return folder

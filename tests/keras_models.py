@@ -1,0 +1,138 @@
+"""Small Keras models with random weights, and the TensorFlow GradientTape reference."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+
+def resnet_trunk(size: int = 32, channels: int = 3, seed: int = 0) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """A small ResNet-style trunk: stem, two basic blocks (one downsampling), final ReLU."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((size, size, channels), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = layers.Conv2D(8, 3, padding="same")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    for filters, stride in [(8, 1), (16, 2)]:
+        y = layers.Conv2D(filters, 3, strides=stride, padding="same")(x)
+        y = layers.BatchNormalization()(y)
+        y = layers.ReLU()(y)
+        y = layers.Conv2D(filters, 3, padding="same")(y)
+        y = layers.BatchNormalization()(y)
+        shortcut = x if stride == 1 else layers.Conv2D(filters, 1, strides=stride)(x)
+        x = layers.Add()([y, shortcut])
+        x = layers.Activation("relu", name=f"block_{filters}_out")(x)
+    return inp, x
+
+
+def with_random_bn(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Give every batch norm non-trivial moving statistics, so inference is not identity."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32),
+                    rng.normal(0, 0.1, beta.shape).astype(np.float32),
+                    rng.normal(0, 0.1, mean.shape).astype(np.float32),
+                    rng.uniform(0.5, 1.5, var.shape).astype(np.float32),
+                ]
+            )
+    return model
+
+
+def gap_dense_model(num_classes: int = 5, softmax: bool = True, seed: int = 0) -> keras.Model:
+    inp, x = resnet_trunk(seed=seed)
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Dense(num_classes, activation="softmax" if softmax else None)(x)
+    return with_random_bn(keras.Model(inp, out), seed)
+
+
+def avgpool_flatten_model(num_classes: int = 4, seed: int = 1) -> keras.Model:
+    inp, x = resnet_trunk(seed=seed)
+    x = layers.AveragePooling2D(pool_size=4, strides=4)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(num_classes)(x)
+    out = layers.Softmax()(x)
+    return with_random_bn(keras.Model(inp, out), seed)
+
+
+def flatten_dense_model(num_classes: int = 3, seed: int = 2) -> keras.Model:
+    inp, x = resnet_trunk(seed=seed)
+    x = layers.Dropout(0.3)(x)
+    x = layers.Flatten()(x)
+    out = layers.Dense(num_classes, activation="softmax")(x)
+    return with_random_bn(keras.Model(inp, out), seed)
+
+
+def mnist_style_model(seed: int = 3) -> keras.Model:
+    """The Grad-CAM-on-MNIST tutorial's network (nonlinear head), random weights."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((28, 28, 1), name="image")
+    x = layers.Rescaling(1 / 255)(inp)
+    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(64, 3, activation="relu", name="last_conv_layer")(x)
+    x = layers.Dropout(0.5)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    out = layers.Dense(10, activation="softmax")(x)
+    return keras.Model(inp, out)
+
+
+def tape_gradcam(
+    model: keras.Model, conv_layer: str, image: np.ndarray, target: int | None, space: str
+) -> tuple[np.ndarray, int]:
+    """The keras-io recipe, per image: GradientTape on (conv output, score), pooled gradients.
+
+    Returns the normalised (h, w) map and the class explained. ``space`` "logit" explains the
+    pre-softmax score (the final softmax removed, as keras-io does), "probability" the softmax.
+    The tape runs inside a ``tf.function``: eager conv gradients crash in this TensorFlow
+    build's oneDNN kernels on these CPUs ("munmap_chunk(): invalid pointer").
+    """
+    fn = _tape_function(model, conv_layer, space)
+    x = tf.convert_to_tensor(image[None].astype(np.float32))
+    features, grads, explained = fn(x, tf.constant(-1 if target is None else target, tf.int32))
+    pooled = tf.reduce_mean(grads, axis=(0, 1, 2))
+    cam = tf.squeeze(features[0] @ pooled[..., tf.newaxis], axis=-1)
+    cam = tf.maximum(cam, 0).numpy()
+    top = cam.max()
+    return (cam / top if top > 0 else cam), int(explained)
+
+
+_TAPES: dict[tuple[int, str, str], tf.types.experimental.GenericFunction] = {}
+
+
+def _tape_function(model: keras.Model, conv_layer: str, space: str):
+    key = (id(model), conv_layer, space)
+    if key not in _TAPES:
+        last = model.outputs[0]._keras_history.operation
+        grad_model = keras.Model(model.inputs, [model.get_layer(conv_layer).output, last.input])
+
+        @tf.function
+        def run(x: tf.Tensor, target: tf.Tensor):
+            with tf.GradientTape() as tape:
+                features, penultimate = grad_model(x, training=False)
+                logits = _logits(last, penultimate)
+                predicted = tf.argmax(logits[0], output_type=tf.int32)
+                t = tf.where(target < 0, predicted, target)
+                scores = logits if space == "logit" else tf.nn.softmax(logits)
+                score = scores[:, t]
+            return features, tape.gradient(score, features), t
+
+        _TAPES[key] = run
+    return _TAPES[key]
+
+
+def _logits(last: keras.layers.Layer, penultimate: tf.Tensor) -> tf.Tensor:
+    """The model's pre-softmax scores from the input of its last layer."""
+    if isinstance(last, layers.Softmax):
+        return penultimate
+    if isinstance(last, layers.Dense):
+        return tf.matmul(penultimate, last.kernel) + last.bias  # the Dense without its softmax
+    raise ValueError(f"unexpected last layer {last.name}")

@@ -1,0 +1,174 @@
+"""Export against TensorFlow: the ONNX logits against Keras, the runtime's Grad-CAM against
+GradientTape (the keras-io recipe) on the same random-weight models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import HAS_TF
+
+pytestmark = [pytest.mark.tf, pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")]
+
+if HAS_TF:
+    from scenecam_edge import SceneCam
+    from scenecam_edge.export import ExportError, export_keras
+
+    from . import keras_models as km
+
+N_IMAGES = 24
+MAP_TOLERANCE = 1e-4
+
+
+def _images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Smooth images with texture, so maps have structure (pure noise gives flat maps).
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = []
+    for _ in range(n):
+        f = rng.uniform(0.1, 0.6, size=2)
+        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
+        noise = rng.normal(0, 25, size=(size, size, channels))
+        out.append(np.clip(base[..., None] + noise, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def gap_model():
+    return km.gap_dense_model(num_classes=5)
+
+
+@pytest.fixture(scope="module")
+def gap_bundle(gap_model, tmp_path_factory) -> Path:
+    return export_keras(gap_model, tmp_path_factory.mktemp("gap") / "bundle", class_names=list("abcde"))
+
+
+def test_bundle_layout_and_manifest(gap_bundle: Path):
+    assert sorted(p.name for p in gap_bundle.iterdir()) == ["head.npz", "manifest.json", "model.onnx"]
+    manifest = json.loads((gap_bundle / "manifest.json").read_text())
+    assert manifest["outputs"]["features"]["shape"] == [None, 16, 16, 16]
+    assert manifest["outputs"]["logits"]["shape"] == [None, 5]
+    assert manifest["conv_layer"] == "block_16_out"  # the ReLU after the last add
+    assert manifest["head"]["final_activation"] == "softmax"
+    assert [layer["type"] for layer in manifest["head"]["layers"]] == ["global_average_pooling", "dense"]
+    assert manifest["class_names"] == list("abcde")
+
+
+def test_onnx_logits_match_keras(gap_model, gap_bundle: Path):
+    import keras
+
+    cam = SceneCam.load(gap_bundle, threads=1)
+    images = _images(16, seed=1)
+    features, logits = cam.forward(images)
+    last = gap_model.layers[-1]
+    reference = keras.Model(gap_model.inputs, [gap_model.get_layer("block_16_out").output, last.input])
+    ref_features, penultimate = (np.asarray(t) for t in reference(images.astype(np.float32)))
+    ref_logits = penultimate @ np.asarray(last.kernel) + np.asarray(last.bias)
+    assert np.abs(logits - ref_logits).max() <= 1e-4
+    assert np.abs(features - ref_features).max() <= 1e-4
+    # The exported logits are pre-softmax: their softmax is the Keras model's output.
+    probs = np.asarray(gap_model(images.astype(np.float32)))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert np.abs(e / e.sum(axis=1, keepdims=True) - probs).max() <= 1e-5
+    assert not np.allclose(logits.sum(axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("space", ["logit", "probability"])
+@pytest.mark.parametrize("which", ["predicted", "other"])
+def test_gradcam_matches_gradienttape(gap_model, gap_bundle: Path, space: str, which: str):
+    cam = SceneCam.load(gap_bundle, threads=1)
+    images = _images(N_IMAGES, seed=2)
+    nontrivial = 0
+    for i, image in enumerate(images):
+        predicted = cam.classify(image).index
+        target = None if which == "predicted" else (predicted + 1 + i % 4) % 5
+        expected, explained = km.tape_gradcam(gap_model, "block_16_out", image, target, space)
+        got = cam.explain(image, target=target, target_space=space)
+        assert got.target_index == explained
+        ours = got.cam / got.cam.max() if got.cam.max() > 0 else got.cam
+        assert ours.shape == expected.shape == (16, 16)
+        assert np.abs(ours - expected).max() <= MAP_TOLERANCE, f"image {i}"
+        nontrivial += int(expected.max() > 0 and (expected > 0).mean() < 1.0)
+    assert nontrivial >= N_IMAGES // 2  # the comparison is not between empty maps
+
+
+@pytest.mark.parametrize(
+    "builder,conv_layer,channels,size",
+    [
+        ("avgpool_flatten_model", "block_16_out", 3, 32),
+        ("flatten_dense_model", "block_16_out", 3, 32),
+        ("mnist_style_model", "last_conv_layer", 1, 28),
+    ],
+)
+def test_other_heads_match_gradienttape(builder, conv_layer, channels, size, tmp_path: Path):
+    model = getattr(km, builder)()
+    bundle = export_keras(model, tmp_path / "b")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["conv_layer"] == conv_layer  # found by default
+    cam = SceneCam.load(bundle, threads=1)
+    classes = cam.manifest.num_classes
+    for i, image in enumerate(_images(8, size=size, channels=channels, seed=3)):
+        for space in ("logit", "probability"):
+            target = i % classes
+            expected, _ = km.tape_gradcam(model, conv_layer, image, target, space)
+            got = cam.explain(image, target=target, target_space=space)
+            ours = got.cam / got.cam.max() if got.cam.max() > 0 else got.cam
+            assert np.abs(ours - expected).max() <= MAP_TOLERANCE, f"{builder} image {i} {space}"
+
+
+def test_explicit_conv_layer(tmp_path: Path):
+    import keras
+
+    model = km.flatten_dense_model()
+    dropout = next(layer.name for layer in model.layers if isinstance(layer, keras.layers.Dropout))
+    bundle = export_keras(model, tmp_path / "b", conv_layer=dropout)
+    cam = SceneCam.load(bundle, threads=1)
+    assert cam.manifest.conv_layer == dropout
+    assert [layer["type"] for layer in cam.manifest.head_layers] == ["flatten", "dense"]
+    image = _images(1, seed=4)[0]
+    expected, _ = km.tape_gradcam(model, "block_16_out", image, 2, "logit")
+    got = cam.explain(image, target=2).cam
+    assert np.abs(got / got.max() - expected).max() <= MAP_TOLERANCE
+    # A layer with convolutions after it cannot be the Grad-CAM layer: that head is no chain.
+    with pytest.raises(ExportError, match="block_8_out"):
+        export_keras(model, tmp_path / "c", conv_layer="block_8_out")
+
+
+def test_unsupported_head_layer_is_named(tmp_path: Path):
+    import keras
+
+    inp, x = km.resnet_trunk()
+    x = keras.layers.GlobalMaxPooling2D(name="max_pool_head")(x)
+    out = keras.layers.Dense(3, activation="softmax")(x)
+    with pytest.raises(ExportError, match="max_pool_head"):
+        export_keras(keras.Model(inp, out), tmp_path / "b")
+    inp, x = km.resnet_trunk()
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(3, activation="tanh", name="tanh_head")(x)
+    with pytest.raises(ExportError, match="tanh_head"):
+        export_keras(keras.Model(inp, out), tmp_path / "c")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_export_refuses_to_overwrite(gap_model, gap_bundle: Path):
+    with pytest.raises(ExportError, match="not empty"):
+        export_keras(gap_model, gap_bundle)
+
+
+def test_export_cli(gap_model, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from scenecam_edge.cli import cli
+
+    path = tmp_path / "m.keras"
+    gap_model.save(path)
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(cli, ["export", str(path), "--out", str(out), "--classes", "a,b,c,d,e"])
+    assert result.exit_code == 0, result.output
+    assert SceneCam.load(out).class_names == tuple("abcde")
+    result = CliRunner().invoke(cli, ["export", str(path), "--out", str(tmp_path / "x"), "--classes", "a,b"])
+    assert result.exit_code == 3
+    assert "5 outputs but 2 class names" in result.output

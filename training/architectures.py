@@ -1,0 +1,94 @@
+"""Flat functional Keras models. Each starts with its own input scaling, so the exported graph
+takes raw uint8 pixels, and ends in a Dense softmax (stripped to logits at export).
+
+Each builder returns (model, name of its Grad-CAM layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+
+def _scaled_input(
+    size: tuple[int, int], channels: int
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    inp = keras.Input((*size, channels), name="image")
+    return inp, layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inp)
+
+
+def _conv_bn_relu(x: keras.KerasTensor, filters: int, stride: int, name: str) -> keras.KerasTensor:
+    x = layers.Conv2D(
+        filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _classifier(x: keras.KerasTensor, num_classes: int, dropout: float) -> keras.KerasTensor:
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    # The classifier stays float32 under mixed precision (stable softmax and loss).
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def small_cnn(size: tuple[int, int], channels: int, num_classes: int) -> tuple[keras.Model, str]:
+    """A fast plain CNN (~0.1 GMAC at 150 px) for quick runs, tests and the first model."""
+    inp, x = _scaled_input(size, channels)
+    x = _conv_bn_relu(x, 24, 2, "stem")
+    for i, (filters, stride) in enumerate([(48, 2), (96, 2), (96, 1), (192, 2), (192, 1)]):
+        x = _conv_bn_relu(x, filters, stride, f"block{i + 1}")
+    out = _classifier(x, num_classes, 0.2)
+    return keras.Model(inp, out, name="small_cnn"), "block5_relu"
+
+
+def _basic_block(x: keras.KerasTensor, filters: int, stride: int, name: str) -> keras.KerasTensor:
+    shortcut = x
+    y = layers.Conv2D(
+        filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1"
+    )(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_down")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_down_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def resnet18(size: tuple[int, int], channels: int, num_classes: int) -> tuple[keras.Model, str]:
+    """The standard ResNet-18: 7x7/2 stem, max pool, basic blocks 64-128-256-512, GAP + Dense."""
+    inp, x = _scaled_input(size, channels)
+    x = layers.Conv2D(64, 7, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for stage, filters in enumerate([64, 128, 256, 512], start=1):
+        for block in range(2):
+            stride = 2 if stage > 1 and block == 0 else 1
+            x = _basic_block(x, filters, stride, f"stage{stage}_block{block + 1}")
+    out = _classifier(x, num_classes, 0.0)
+    return keras.Model(inp, out, name="resnet18"), "stage4_block2_out"
+
+
+ARCHITECTURES: dict[str, Callable[[tuple[int, int], int, int], tuple[keras.Model, str]]] = {
+    "small": small_cnn,
+    "resnet18": resnet18,
+}
+
+
+def build(
+    arch: str, size: tuple[int, int], channels: int, num_classes: int
+) -> tuple[keras.Model, str]:
+    try:
+        builder = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}"
+        ) from None
+    return builder(size, channels, num_classes)

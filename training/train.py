@@ -1,0 +1,222 @@
+"""The training loop: augmentation, a cosine schedule, early stopping, checkpoints, resume,
+bfloat16 mixed precision where the CPU has it, then a float32 bundle and its evaluation.
+
+Run folder layout (``--out``)::
+
+    log.csv             one row per epoch (loss, accuracy, val_loss, val_accuracy, lr)
+    best.keras          the checkpoint with the lowest validation loss
+    backup/             the last epoch's state, for --resume (removed when a run completes)
+    split.json          the validation split (seed, fraction, files)
+    bundle/             the exported float32 bundle of the best checkpoint
+    evaluation.json     its figures on the validation split, through the runtime
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scenecam_edge.fileio import write_json_atomic
+from scenecam_edge.training.architectures import build
+from scenecam_edge.training.data import LabelledImages, load_dataset, stratified_split
+from scenecam_edge.training.evaluate import evaluate_arrays
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    arch: str = "resnet18"
+    epochs: int = 30
+    img_size: int = 150
+    batch_size: int = 64
+    val_split: float = 0.15
+    seed: int = 1337
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    patience: int = 6
+    precision: str = "auto"  # "auto" (bf16 where the CPU has it), "bfloat16" or "float32"
+    channels: int = 3
+    resume: bool = False
+    cache_dir: str | None = None
+    name: str | None = None
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, keep the best checkpoint, export it as a float32 bundle, evaluate it."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    size = (cfg.img_size, cfg.img_size)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "scenecam-edge"
+    data = load_dataset(cfg.data, size, cfg.channels, cache_dir=cache)
+    for path, reason in data.skipped:
+        log.warning("skipped %s: %s", path, reason)
+    train_idx, val_idx = stratified_split(data.labels, cfg.val_split, cfg.seed)
+    train_set, val_set = data.subset(train_idx), data.subset(val_idx)
+    write_json_atomic(
+        out / "split.json",
+        {
+            "seed": cfg.seed,
+            "val_fraction": cfg.val_split,
+            "train_count": len(train_set),
+            "val_count": len(val_set),
+            "val_sources": val_set.sources,
+            "skipped": data.skipped,
+        },
+    )
+    log.info(
+        "train %d, validation %d images, classes %s", len(train_set), len(val_set), data.class_names
+    )
+
+    bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and cpu_has_bf16())
+    policy = "mixed_bfloat16" if bf16 else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model, conv_layer = build(cfg.arch, size, cfg.channels, len(data.class_names))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    steps = int(np.ceil(len(train_set) / cfg.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.learning_rate * 0.1,
+        decay_steps=steps * max(1, cfg.epochs - 1),
+        warmup_target=cfg.learning_rate,
+        warmup_steps=steps,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    backup = out / "backup"
+    if not cfg.resume and backup.exists():
+        shutil.rmtree(backup)
+    if cfg.resume and not backup.exists():
+        log.warning("--resume: no backup in %s, starting from scratch", backup)
+    best = out / "best.keras"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup)),
+        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
+        keras.callbacks.CSVLogger(str(out / "log.csv"), append=cfg.resume),
+    ]
+    started = time.perf_counter()
+    history = model.fit(
+        _dataset(train_set, cfg, augment=True),
+        validation_data=_dataset(val_set, cfg, augment=False),
+        epochs=cfg.epochs,
+        callbacks=callbacks,
+        verbose=1 if sys.stderr.isatty() else 2,
+    )
+    train_seconds = time.perf_counter() - started
+
+    # The bundle is float32 whatever the training precision: rebuild and copy the weights.
+    trained = keras.models.load_model(best, compile=False)
+    model32, _ = build(cfg.arch, size, cfg.channels, len(data.class_names))
+    model32.set_weights(trained.get_weights())
+    val_losses = history.history.get("val_loss", [])
+    training = {
+        "arch": cfg.arch,
+        "dataset": str(cfg.data),
+        "classes": data.counts(),
+        "split": {
+            "seed": cfg.seed,
+            "val_fraction": cfg.val_split,
+            "train": len(train_set),
+            "validation": len(val_set),
+        },
+        "epochs_run": len(val_losses),
+        "best_epoch": int(np.argmin(val_losses)) + 1 if val_losses else None,
+        "precision": policy,
+        "img_size": cfg.img_size,
+        "batch_size": cfg.batch_size,
+        "seconds": round(train_seconds, 1),
+        "config": asdict(cfg),
+        "command": "scenecam-edge " + shlex.join(sys.argv[1:]) if sys.argv else "",
+    }
+    from scenecam_edge.export import export_keras
+
+    bundle = export_keras(
+        model32,
+        out / "bundle",
+        conv_layer=conv_layer,
+        class_names=data.class_names,
+        name=cfg.name or f"{Path(cfg.data).stem}-{cfg.arch}",
+        training=training,
+        overwrite=True,
+    )
+    evaluation = evaluate_arrays(bundle, val_set)
+    write_json_atomic(out / "evaluation.json", evaluation)
+    set_manifest_fields(bundle, evaluation=_summary(evaluation, "validation split"))
+    if backup.exists():
+        shutil.rmtree(backup)
+    log.info("validation accuracy %.4f; bundle %s", evaluation["accuracy"], bundle)
+    return bundle
+
+
+def set_manifest_fields(bundle: Path, **fields: Any) -> None:
+    """Update unchecksummed manifest fields (training, evaluation) in place, atomically."""
+    import json
+
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    manifest.update(fields)
+    write_json_atomic(bundle / "manifest.json", manifest)
+
+
+def _summary(figures: dict[str, Any], on: str) -> dict[str, Any]:
+    return {"on": on, **figures}
+
+
+def _dataset(data: LabelledImages, cfg: TrainConfig, augment: bool) -> tf.data.Dataset:
+    num_classes = len(data.class_names)
+    ds = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
+    if augment:
+        ds = ds.shuffle(len(data), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size)
+    augmenter = _augmenter(cfg.seed) if augment else None
+
+    def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x = tf.cast(x, tf.float32)
+        if augmenter is not None:
+            x = tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0)
+        return x, tf.one_hot(y, num_classes)
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _augmenter(seed: int) -> keras.Sequential:
+    """Shear, zoom and horizontal flip (the reference tutorial's), plus shifts, a small
+    rotation and contrast/brightness jitter."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomShear(x_factor=0.15, y_factor=0.0, seed=seed + 1),
+            keras.layers.RandomZoom((-0.2, 0.1), seed=seed + 2),
+            keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 3),
+            keras.layers.RandomRotation(0.03, seed=seed + 4),
+            keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 5),
+            keras.layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 6),
+        ],
+        name="augment",
+    )
