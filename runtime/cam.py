@@ -14,20 +14,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .head import Head
 
 TargetSpace = Literal["logit", "probability"]
 TARGET_SPACES: tuple[str, ...] = ("logit", "probability")
 
 
-@dataclass(frozen=True)
 class CamInputs:
-    """What a method may use, for a batch of N images."""
+    """What a method may use, for a batch of N images. Gradients are computed on first use,
+    so a method pays only for what it reads."""
 
-    features: np.ndarray  # A: (N, h, w, K) float32
-    gradient: np.ndarray  # G = d score / dA: (N, h, w, K) float32
+    def __init__(self, features: np.ndarray, head: Head, cotangent: np.ndarray) -> None:
+        self.features = features  # A: (N, h, w, K) float32
+        self.head = head
+        self.cotangent = cotangent  # (N, C): score = sum_c cotangent[n, c] * z_c locally
+
+    @cached_property
+    def gradient(self) -> np.ndarray:
+        """G = d score / dA, (N, h, w, K)."""
+        return self.head.vjp(self.features, self.cotangent)
+
+    @cached_property
+    def pooled_gradient(self) -> np.ndarray:
+        """G averaged over the spatial positions, (N, K); cheap for linear heads."""
+        return self.head.pooled_vjp(self.features, self.cotangent)
 
 
 @dataclass(frozen=True)
@@ -88,5 +104,12 @@ def normalize(cam: np.ndarray) -> np.ndarray:
 
 @register("gradcam", "Grad-CAM: channels weighted by their spatially averaged gradient")
 def _gradcam(x: CamInputs) -> np.ndarray:
-    weights = x.gradient.mean(axis=(1, 2))  # (N, K)
-    return np.maximum(np.einsum("nhwk,nk->nhw", x.features, weights), 0.0)
+    return np.maximum(weighted_sum(x.features, x.pooled_gradient), 0.0)
+
+
+def weighted_sum(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_k weights[n, k] * features[n, :, :, k] for each image: (N, h, w)."""
+    n, h, w, k = features.shape
+    return np.matmul(features.reshape(n, h * w, k), weights[:, :, None].astype(np.float32)).reshape(
+        n, h, w
+    )

@@ -20,7 +20,10 @@ from .errors import BundleError
 
 
 class Layer(Protocol):
-    linear: bool
+    @property
+    def linear(self) -> bool:
+        """True when the layer is affine (its Jacobian does not depend on its input)."""
+        ...
 
     def forward(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -106,7 +109,7 @@ class Dense:
     activation: str  # "linear" or "relu"
 
     @property
-    def linear(self) -> bool:  # type: ignore[override]
+    def linear(self) -> bool:
         return self.activation == "linear"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -133,6 +136,8 @@ class Head:
             zeros = np.zeros((self.num_classes, *feature_shape), np.float64)
             self.jacobian = self._backward(self._run(zeros), eye).astype(np.float32)
             self._bias = self._run(zeros[:1])[-1][0]
+            self._jacobian_flat = self.jacobian.reshape(self.num_classes, -1)
+            self._pooled_jacobian = self.jacobian.mean(axis=(1, 2))  # (C, K)
 
     @classmethod
     def from_manifest(
@@ -176,8 +181,15 @@ class Head:
         """sum_c cotangent[n, c] * dz_c/dA for each image: shape (N, h, w, K)."""
         cotangent = cotangent.astype(np.float32, copy=False)
         if self.jacobian is not None:
-            return np.einsum("nc,chwk->nhwk", cotangent, self.jacobian)
+            return (cotangent @ self._jacobian_flat).reshape(len(cotangent), *self.feature_shape)
         return self._backward(self._run(features), cotangent).astype(np.float32)
+
+    def pooled_vjp(self, features: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+        """:meth:`vjp` averaged over the spatial positions, (N, K), without the full map for
+        linear heads."""
+        if self.jacobian is not None:
+            return cotangent.astype(np.float32, copy=False) @ self._pooled_jacobian
+        return self.vjp(features, cotangent).mean(axis=(1, 2))
 
     def _run(self, features: np.ndarray) -> list[np.ndarray]:
         values = [features]

@@ -80,7 +80,9 @@ def _from_path(path: Path, channels: int, name: str, max_pixels: int) -> np.ndar
     except PermissionError:
         raise ImageError(name, "permission denied") from None
     except OSError as exc:
-        raise ImageError(name, f"cannot read: {exc}") from None
+        if exc.errno is not None:  # the file system's error (I/O error, name too long, ...)
+            raise ImageError(name, f"cannot read: {exc.strerror}") from None
+        raise ImageError(name, f"truncated or corrupt image ({exc})") from None
 
 
 def _from_pil(img: Image.Image, channels: int, name: str, max_pixels: int) -> np.ndarray:

@@ -128,8 +128,7 @@ class SceneCam:
 
         Raises :class:`ImageError` for an input that cannot be read.
         """
-        single = not isinstance(images, list)
-        items: list[ImageInput] = [images] if single else images  # type: ignore[list-item]
+        items, single = _as_list(images)
         results: list[Classification] = []
         for chunk in _chunks(items, DEFAULT_BATCH):
             decoded = [self.load_image(item) for item in chunk]
@@ -174,13 +173,12 @@ class SceneCam:
         ``target_space`` is ``"logit"`` (explain z_c) or ``"probability"`` (explain p_c).
         """
         options = self.explain_options(target, method, target_space, alpha)
-        single = not isinstance(images, list)
-        items: list[ImageInput] = [images] if single else images  # type: ignore[list-item]
+        items, single = _as_list(images)
         results: list[Explanation] = []
         for chunk in _chunks(items, DEFAULT_BATCH):
             decoded = [self.load_image(item) for item in chunk]
             names = [describe(i) for i in chunk]
-            results.extend(self.predict(decoded, names, top_k=top_k, explain=options))  # type: ignore[misc]
+            results.extend(self.predict(decoded, names, top_k=top_k, explain=options))
         return results[0] if single else results
 
     def explain_options(
@@ -201,6 +199,25 @@ class SceneCam:
             target_space=target_space,
             alpha=alpha,
         )
+
+    @overload
+    def predict(
+        self,
+        decoded: Sequence[np.ndarray],
+        sources: Sequence[str],
+        *,
+        top_k: int = 3,
+        explain: None = None,
+    ) -> list[Classification]: ...
+    @overload
+    def predict(
+        self,
+        decoded: Sequence[np.ndarray],
+        sources: Sequence[str],
+        *,
+        top_k: int = 3,
+        explain: ExplainOptions,
+    ) -> list[Explanation]: ...
 
     def predict(
         self,
@@ -231,8 +248,7 @@ class SceneCam:
             else probs.argmax(axis=1)
         )
         cotangent = score_cotangent(probs, targets, explain.target_space)
-        gradient = self.head.vjp(features, cotangent)
-        cams = get_method(explain.method).compute(CamInputs(features=features, gradient=gradient))
+        cams = get_method(explain.method).compute(CamInputs(features, self.head, cotangent))
         results: list[Explanation] = []
         for base, img, t, cam in zip(bases, decoded, targets, cams, strict=True):
             heat = visual.heatmap_at(cam, img.shape[0], img.shape[1])
@@ -332,6 +348,13 @@ def _probe_batch(manifest: Manifest) -> np.ndarray:
         np.linspace(0, 255, w, dtype=np.float32)[None, :, None], (h, w, c)
     ).astype(np.uint8)
     return np.stack([noise, ramp])
+
+
+def _as_list(images: ImageInput | list[ImageInput]) -> tuple[list[ImageInput], bool]:
+    """The inputs as a list, and whether a single image was given."""
+    if isinstance(images, list):
+        return images, False
+    return [images], True
 
 
 def _chunks(items: list[ImageInput], size: int) -> Iterator[list[ImageInput]]:

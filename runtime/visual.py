@@ -9,6 +9,12 @@ from .cam import normalize
 
 DEFAULT_ALPHA = 0.4
 
+# JET as a 256-entry RGB table, built once: applyColorMap with a named map rebuilds its table
+# on every call (~10x slower than applying a ready table at 150 x 150).
+_JET_RGB = cv2.cvtColor(
+    cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
+)
+
 
 def heatmap_at(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """The map normalised to [0, 1] and resized (bilinear) to ``height`` x ``width``."""
@@ -20,7 +26,7 @@ def heatmap_at(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """A [0, 1] map as an RGB uint8 picture with the JET colormap."""
     levels = np.round(np.clip(heatmap, 0.0, 1.0) * 255).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.applyColorMap(levels, _JET_RGB)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
@@ -28,8 +34,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
     rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
-    blended = alpha * colorize(heatmap).astype(np.float32) + (1 - alpha) * rgb.astype(np.float32)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    return cv2.addWeighted(colorize(heatmap), alpha, np.ascontiguousarray(rgb), 1.0 - alpha, 0.0)
 
 
 def panel(image: np.ndarray, heatmap: np.ndarray, blended: np.ndarray, title: str) -> np.ndarray:

@@ -8,7 +8,9 @@ import tensorflow as tf
 from keras import layers
 
 
-def resnet_trunk(size: int = 32, channels: int = 3, seed: int = 0) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+def resnet_trunk(
+    size: int = 32, channels: int = 3, seed: int = 0
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     """A small ResNet-style trunk: stem, two basic blocks (one downsampling), final ReLU."""
     keras.utils.set_random_seed(seed)
     inp = keras.Input((size, size, channels), name="image")

@@ -11,7 +11,10 @@ import pytest
 
 from .conftest import HAS_TF
 
-pytestmark = [pytest.mark.tf, pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")]
+pytestmark = [
+    pytest.mark.tf,
+    pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'"),
+]
 
 if HAS_TF:
     from scenecam_edge import SceneCam
@@ -43,17 +46,26 @@ def gap_model():
 
 @pytest.fixture(scope="module")
 def gap_bundle(gap_model, tmp_path_factory) -> Path:
-    return export_keras(gap_model, tmp_path_factory.mktemp("gap") / "bundle", class_names=list("abcde"))
+    return export_keras(
+        gap_model, tmp_path_factory.mktemp("gap") / "bundle", class_names=list("abcde")
+    )
 
 
 def test_bundle_layout_and_manifest(gap_bundle: Path):
-    assert sorted(p.name for p in gap_bundle.iterdir()) == ["head.npz", "manifest.json", "model.onnx"]
+    assert sorted(p.name for p in gap_bundle.iterdir()) == [
+        "head.npz",
+        "manifest.json",
+        "model.onnx",
+    ]
     manifest = json.loads((gap_bundle / "manifest.json").read_text())
     assert manifest["outputs"]["features"]["shape"] == [None, 16, 16, 16]
     assert manifest["outputs"]["logits"]["shape"] == [None, 5]
     assert manifest["conv_layer"] == "block_16_out"  # the ReLU after the last add
     assert manifest["head"]["final_activation"] == "softmax"
-    assert [layer["type"] for layer in manifest["head"]["layers"]] == ["global_average_pooling", "dense"]
+    assert [layer["type"] for layer in manifest["head"]["layers"]] == [
+        "global_average_pooling",
+        "dense",
+    ]
     assert manifest["class_names"] == list("abcde")
 
 
@@ -64,7 +76,9 @@ def test_onnx_logits_match_keras(gap_model, gap_bundle: Path):
     images = _images(16, seed=1)
     features, logits = cam.forward(images)
     last = gap_model.layers[-1]
-    reference = keras.Model(gap_model.inputs, [gap_model.get_layer("block_16_out").output, last.input])
+    reference = keras.Model(
+        gap_model.inputs, [gap_model.get_layer("block_16_out").output, last.input]
+    )
     ref_features, penultimate = (np.asarray(t) for t in reference(images.astype(np.float32)))
     ref_logits = penultimate @ np.asarray(last.kernel) + np.asarray(last.bias)
     assert np.abs(logits - ref_logits).max() <= 1e-4
@@ -160,15 +174,18 @@ def test_export_refuses_to_overwrite(gap_model, gap_bundle: Path):
 
 def test_export_cli(gap_model, tmp_path: Path):
     from click.testing import CliRunner
-
     from scenecam_edge.cli import cli
 
     path = tmp_path / "m.keras"
     gap_model.save(path)
     out = tmp_path / "bundle"
-    result = CliRunner().invoke(cli, ["export", str(path), "--out", str(out), "--classes", "a,b,c,d,e"])
+    result = CliRunner().invoke(
+        cli, ["export", str(path), "--out", str(out), "--classes", "a,b,c,d,e"]
+    )
     assert result.exit_code == 0, result.output
     assert SceneCam.load(out).class_names == tuple("abcde")
-    result = CliRunner().invoke(cli, ["export", str(path), "--out", str(tmp_path / "x"), "--classes", "a,b"])
+    result = CliRunner().invoke(
+        cli, ["export", str(path), "--out", str(tmp_path / "x"), "--classes", "a,b"]
+    )
     assert result.exit_code == 3
     assert "5 outputs but 2 class names" in result.output

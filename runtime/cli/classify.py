@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..cam import METHODS, TARGET_SPACES
 from ..errors import ImageError, SceneCamError
@@ -78,34 +79,45 @@ def classify(
     failed = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        good: list[tuple[str, object]] = []
-        for item in chunk:
-            try:
-                if item.error is not None:
-                    raise ImageError(item.path, item.error)
-                good.append((item.path, scenecam.load_image(item.path)))
-            except ImageError as exc:
-                failed += 1
-                printer.failure(exc.subject, exc.reason)
-        if not good:
-            continue
-        results = scenecam.predict(
-            [img for _, img in good],  # type: ignore[misc]
-            [name for name, _ in good],
-            top_k=top_k,
-            explain=options if explaining else None,
+        decoded: list[np.ndarray | ImageError] = [_decode(scenecam, item) for item in chunk]
+        good = [
+            (item.path, img)
+            for item, img in zip(chunk, decoded, strict=True)
+            if isinstance(img, np.ndarray)
+        ]
+        results = iter(
+            scenecam.predict(
+                [img for _, img in good],
+                [path for path, _ in good],
+                top_k=top_k,
+                explain=options if explaining else None,
+            )
         )
-        for result, (_, image) in zip(results, good, strict=True):
+        for image in decoded:  # in input order
+            if isinstance(image, ImageError):
+                failed += 1
+                printer.failure(image.subject, image.reason)
+                continue
+            result = next(results)
             saved = None
             if namer is not None and isinstance(result, Explanation):
                 saved = namer.path_for(result.source)
                 write_png_atomic(
                     saved, panel(image, result.heatmap, result.overlay, _title(result))
-                )  # type: ignore[arg-type]
+                )
             printer.result(result, saved)
     printer.close()
     if failed:
         raise SystemExit(EXIT_FAILED_INPUTS)
+
+
+def _decode(scenecam: SceneCam, item: SourceItem) -> np.ndarray | ImageError:
+    if item.error is not None:
+        return ImageError(item.path, item.error)
+    try:
+        return scenecam.load_image(item.path)
+    except ImageError as exc:
+        return exc
 
 
 def _title(result: Explanation) -> str:

@@ -35,5 +35,5 @@ def models(as_json: bool) -> None:
         else:
             mark = "*" if record["default"] else " "
             acc = f"{accuracy:.1%}" if isinstance(accuracy, float) else "n/a"
-            size = "x".join(map(str, record["input"]))
+            size = f"{manifest.input.height}x{manifest.input.width}x{manifest.input.channels}"
             click.echo(f"{mark} {name:<24} {size:<10} val acc {acc:<7} {manifest.description}")

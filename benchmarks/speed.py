@@ -1,0 +1,229 @@
+"""Grad-CAM speed: the runtime against TensorFlow on the same Keras model, side by side.
+
+    python benchmarks/speed.py                      # the shipped default's architecture
+    python benchmarks/speed.py --arch resnet18      # another architecture
+    python benchmarks/speed.py --keras runs/x/best.keras
+
+Measures, per image at batch 1 and in one process (interleaved rounds, medians):
+  runtime classify; runtime explain (Grad-CAM, heatmap and overlay at image size);
+  TensorFlow tf.function forward + GradientTape Grad-CAM; the tutorial style (eager Keras call
+  per image, then GradientTape, as in keras-io's grad_cam.py).
+Then cold start: `scenecam-edge classify one.jpg` against the same job done in TensorFlow,
+each as a fresh process. Prints a Markdown table; needs the train extra. Weights do not change
+the speed, so without --keras it builds the architecture with random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "intel-scenes" / "train"
+
+# The eager tutorial style runs in a child process with TF_ENABLE_ONEDNN_OPTS=0: eager conv
+# gradients abort in this TensorFlow build's oneDNN kernels on these CPUs (see tests/keras_models.py).
+EAGER_CHILD = "SCENECAM_BENCH_EAGER_CHILD"
+
+
+def images(n: int, size: int) -> list[np.ndarray]:
+    from scenecam_edge.images import load_image, resize_to
+
+    paths = sorted(DATA.rglob("*.jpg")) if DATA.is_dir() else []
+    if paths:
+        paths = paths[:: max(1, len(paths) // n)][:n]
+        return [resize_to(load_image(p), size, size) for p in paths]
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def per_image_ms(fn: Callable[[np.ndarray], object], imgs: list[np.ndarray]) -> float:
+    start = time.perf_counter()
+    for img in imgs:
+        fn(img)
+    return (time.perf_counter() - start) * 1000 / len(imgs)
+
+
+def tf_functions(model, conv_layer: str):
+    import keras
+    import tensorflow as tf
+
+    last = model.outputs[0]._keras_history.operation
+    grad_model = keras.Model(model.inputs, [model.get_layer(conv_layer).output, last.input])
+
+    def gradcam(x):
+        with tf.GradientTape() as tape:
+            features, penultimate = grad_model(x, training=False)
+            logits = tf.matmul(penultimate, last.kernel) + last.bias
+            score = tf.gather(logits[0], tf.argmax(logits[0]))
+        grads = tape.gradient(score, features)
+        pooled = tf.reduce_mean(grads, axis=(0, 1, 2))
+        cam = tf.maximum(tf.squeeze(features[0] @ pooled[..., None], -1), 0)
+        return logits, cam / (tf.reduce_max(cam) + 1e-12)
+
+    compiled = tf.function(gradcam)
+
+    def run_compiled(img: np.ndarray):
+        return compiled(tf.convert_to_tensor(img[None], tf.float32))
+
+    def run_eager(img: np.ndarray):  # keras-io recipe: eager model call + tape, per image
+        return gradcam(tf.convert_to_tensor(img[None], tf.float32))
+
+    return run_compiled, run_eager
+
+
+def build_model(args):
+    import keras
+    from scenecam_edge.training.architectures import build
+
+    if args.keras:
+        model = keras.models.load_model(args.keras, compile=False)
+        return model, args.conv_layer
+    keras.utils.set_random_seed(0)
+    return build(args.arch, (args.size, args.size), 3, 6)
+
+
+def eager_child(args) -> None:
+    model, conv = build_model(args)
+    _, eager = tf_functions(model, conv)
+    imgs = images(args.images, args.size)
+    for img in imgs[:3]:
+        eager(img)
+    times = [per_image_ms(eager, imgs) for _ in range(args.rounds)]
+    print(statistics.median(times))
+
+
+def cold_start(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--arch", default=None, help="Architecture to build (default: the shipped default's)."
+    )
+    parser.add_argument(
+        "--keras", default=None, help="A trained .keras model instead of random weights."
+    )
+    parser.add_argument("--conv-layer", default=None, help="With --keras: its Grad-CAM layer.")
+    parser.add_argument("--size", type=int, default=150)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.arch is None:
+        from scenecam_edge import SceneCam
+
+        args.arch = (SceneCam.load().manifest.training or {}).get("arch", "small")
+    if os.environ.get(EAGER_CHILD):
+        eager_child(args)
+        return
+
+    from scenecam_edge import SceneCam
+    from scenecam_edge.export import export_keras
+
+    model, conv = build_model(args)
+    tmp = Path(tempfile.mkdtemp(prefix="scenecam-bench-"))
+    bundle = export_keras(
+        model, tmp / "bundle", conv_layer=conv, class_names=[f"c{i}" for i in range(6)]
+    )
+    cam = SceneCam.load(bundle, threads=args.threads)
+    options = cam.explain_options()
+    imgs = images(args.images, args.size)
+    compiled, _ = tf_functions(model, conv)
+
+    def classify(img: np.ndarray):
+        return cam.predict([img], ["x"])
+
+    def explain(img: np.ndarray):
+        return cam.predict([img], ["x"], explain=options)
+
+    contenders = {
+        "runtime classify": classify,
+        "runtime explain (Grad-CAM)": explain,
+        "TF tf.function + GradientTape": compiled,
+    }
+    for fn in contenders.values():  # warm up (graph tracing, arenas)
+        for img in imgs[:3]:
+            fn(img)
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            times[name].append(per_image_ms(fn, imgs))
+    ms = {k: statistics.median(v) for k, v in times.items()}
+
+    env = dict(
+        os.environ, **{EAGER_CHILD: "1", "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
+    child = [
+        sys.executable,
+        __file__,
+        "--arch",
+        args.arch,
+        "--size",
+        str(args.size),
+        "--images",
+        str(args.images),
+        "--rounds",
+        str(args.rounds),
+    ]
+    if args.keras:
+        child += ["--keras", args.keras, "--conv-layer", str(args.conv_layer)]
+    out = subprocess.run(child, check=True, capture_output=True, text=True, env=env)
+    ms["tutorial style (eager Keras + GradientTape)"] = float(out.stdout.strip().splitlines()[-1])
+
+    # Cold start: a fresh process classifies one photo, each way, alternating.
+    photo = tmp / "one.jpg"
+    from PIL import Image
+
+    Image.fromarray(imgs[0]).save(photo)
+    keras_file = tmp / "model.keras"
+    model.save(keras_file)
+    exe = str(Path(sys.executable).with_name("scenecam-edge"))
+    tf_job = (
+        "import numpy as np, keras; from PIL import Image; "
+        f"m = keras.models.load_model({str(keras_file)!r}, compile=False); "
+        f"x = np.asarray(Image.open({str(photo)!r}).convert('RGB'), np.float32)[None]; "
+        "print(int(np.argmax(m(x, training=False))))"
+    )
+    env_tf = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cold_rt, cold_tf = [], []
+    for _ in range(3):
+        cold_rt.append(cold_start([exe, "classify", str(photo), "--model", str(bundle)]))
+        cold_tf.append(cold_start([sys.executable, "-c", tf_job], env_tf))
+    cold = {"runtime": statistics.median(cold_rt), "tensorflow": statistics.median(cold_tf)}
+
+    base = ms["runtime explain (Grad-CAM)"]
+    print(
+        f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(
+        f"Model: {args.arch} at {args.size}px ({'trained ' + args.keras if args.keras else 'random weights'}), {args.images} images x {args.rounds} rounds, batch 1\n"
+    )
+    print("| per image, batch 1 | ms | runtime explain is faster by |")
+    print("|---|---:|---:|")
+    for name, value in ms.items():
+        ratio = "" if name.startswith("runtime") else f"{value / base:.1f}x"
+        print(f"| {name} | {value:.2f} | {ratio} |")
+    print(f"\nGrad-CAM overhead (explain / classify): {base / ms['runtime classify']:.3f}")
+    print(
+        f"Cold start, classify one photo in a fresh process: runtime {cold['runtime']:.2f} s, TensorFlow {cold['tensorflow']:.2f} s ({cold['tensorflow'] / cold['runtime']:.1f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The command line, through click's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scenecam_edge import __version__
+from scenecam_edge.cli import cli
+
+from .conftest import SAMPLES
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_version_and_help():
+    result = invoke("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+    for command in ("classify", "export", "train", "models"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0, command
+        assert "Usage: " in result.output and command in result.output
+
+
+def test_classify_table(sample_images: list[Path]):
+    result = invoke("classify", str(SAMPLES), "--threads", "1")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].split()[:4] == ["FILE", "LABEL", "CONF", "TOP-3"]
+    assert len(lines) == 1 + len(sample_images)
+    for line, path in zip(lines[1:], sample_images, strict=True):
+        assert line.startswith(str(path)) or line.startswith("...")
+        assert "%" in line
+
+
+def test_classify_json_matches_api(scenecam, sample_images: list[Path]):
+    result = invoke("classify", *map(str, sample_images), "--json", "--top-k", "2")
+    assert result.exit_code == 0
+    records = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["path"] for r in records] == [str(p) for p in sample_images]
+    for record, path in zip(records, sample_images, strict=True):
+        expected = scenecam.classify(path)
+        assert record["label"] == expected.label
+        assert abs(record["confidence"] - expected.confidence) < 1e-5
+        assert set(record["probabilities"]) == set(scenecam.class_names)
+        assert len(record["top_k"]) == 2
+
+
+def test_bad_inputs_are_reported_and_the_rest_go_on(tmp_path: Path, sample_images: list[Path]):
+    good = tmp_path / "good.jpg"
+    shutil.copy(sample_images[0], good)
+    text = tmp_path / "text.jpg"
+    text.write_text("<html>not an image</html>")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(sample_images[1].read_bytes()[:600])
+    missing = tmp_path / "missing.jpg"
+    args = [str(missing), str(text), str(good), str(truncated), str(tmp_path / "*.nothing")]
+    result = CliRunner().invoke(cli, ["classify", *args, "--json"])
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    by_path = {r["path"]: r for r in records}
+    assert by_path[str(good)]["label"]
+    assert by_path[str(missing)]["error"] == "no such file"
+    assert "not an image" in by_path[str(text)]["error"]
+    assert "truncated" in by_path[str(truncated)]["error"]
+    assert "no files match" in by_path[str(tmp_path / "*.nothing")]["error"]
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 4 and all(line.startswith("error: ") for line in errors)
+    assert "Traceback" not in result.output
+
+
+def test_save_dir_writes_panels_without_touching_inputs(tmp_path: Path, image_folder: Path):
+    before = {p: p.read_bytes() for p in image_folder.iterdir()}
+    nested = image_folder / "sub"
+    nested.mkdir()
+    shutil.copy(image_folder / "img0.jpg", nested / "img0.jpg")  # same name, other folder
+    out = tmp_path / "panels"
+    result = invoke(
+        "classify", str(image_folder), "--save-dir", str(out), "--json", "--target", "forest"
+    )
+    assert result.exit_code == 0
+    records = [json.loads(line) for line in result.output.splitlines()]
+    saved = sorted(Path(r["heatmap"]).name for r in records)
+    assert saved == [
+        "img0-2.cam.png",
+        "img0.cam.png",
+        "img1.cam.png",
+        "img2.cam.png",
+        "img3.cam.png",
+    ]
+    assert all(r["target"] == "forest" for r in records)
+    panel = Image.open(out / "img2.cam.png")
+    assert panel.mode == "RGB" and panel.width > 3 * 90 * (panel.height - 28) / 200
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_unknown_target_and_model_are_one_line_errors(sample_images: list[Path], tmp_path: Path):
+    result = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--target", "volcano"])
+    assert result.exit_code == 2 and "unknown class 'volcano'" in result.stderr
+    result = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--model", str(tmp_path)])
+    assert result.exit_code == 3
+    assert result.stderr.strip().count("\n") == 0 and "no manifest.json" in result.stderr
+
+
+def test_models_lists_the_default():
+    result = invoke("models", "--json")
+    records = [json.loads(line) for line in result.output.splitlines()]
+    assert sum(r["default"] for r in records) == 1
+
+
+def test_real_subprocess(tmp_path: Path, sample_images: list[Path]):
+    exe = shutil.which("scenecam-edge", path=os.path.dirname(sys.executable)) or shutil.which(
+        "scenecam-edge"
+    )
+    if exe is None:
+        pytest.skip("scenecam-edge is not installed as a command")
+    proc = subprocess.run(
+        [exe, "classify", str(sample_images[0]), str(tmp_path / "gone.jpg"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["path"] == str(sample_images[0]) and lines[0]["label"]
+    assert lines[1] == {"path": str(tmp_path / "gone.jpg"), "error": "no such file"}
+    assert proc.stderr.strip() == f"error: {tmp_path / 'gone.jpg'}: no such file"

@@ -1,0 +1,100 @@
+"""The numpy head: forward values and exact gradients, checked by finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scenecam_edge.cam import normalize, score_cotangent, softmax
+from scenecam_edge.errors import BundleError
+from scenecam_edge.head import AveragePooling, Dense, Flatten, GlobalAveragePooling, Head, Identity
+
+RNG = np.random.default_rng(0)
+SHAPE = (4, 4, 3)
+
+
+def _dense(n_in: int, n_out: int, activation: str = "linear") -> Dense:
+    return Dense(RNG.normal(size=(n_in, n_out)), RNG.normal(size=n_out), activation)
+
+
+HEADS = {
+    "gap_dense": lambda: [GlobalAveragePooling(), _dense(3, 5)],
+    "avgpool_flatten_dense": lambda: [AveragePooling((2, 2), (2, 2)), Flatten(), _dense(12, 5)],
+    "overlapping_avgpool": lambda: [AveragePooling((3, 3), (1, 1)), Flatten(), _dense(12, 5)],
+    "flatten_relu_mlp": lambda: [
+        Identity(),
+        Flatten(),
+        _dense(48, 16, "relu"),
+        Identity(),
+        _dense(16, 5),
+    ],
+}
+
+
+def _numeric_gradient(head: Head, a: np.ndarray, cls: int, eps: float = 1e-6) -> np.ndarray:
+    grad = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        plus, minus = a.copy(), a.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        grad[idx] = (head._run(plus[None])[-1][0, cls] - head._run(minus[None])[-1][0, cls]) / (
+            2 * eps
+        )
+    return grad
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_gradient_matches_finite_differences(name: str):
+    head = Head(HEADS[name](), SHAPE)
+    assert head.num_classes == 5
+    assert head.is_linear == (name != "flatten_relu_mlp")
+    a = RNG.normal(size=SHAPE)
+    for cls in range(5):
+        onehot = np.eye(5)[cls][None]
+        exact = head.vjp(a[None].astype(np.float32), onehot)[0]
+        assert np.abs(exact - _numeric_gradient(head, a, cls)).max() < 1e-4, (name, cls)
+
+
+@pytest.mark.parametrize("name", ["gap_dense", "avgpool_flatten_dense"])
+def test_linear_head_jacobian_reproduces_forward(name: str):
+    head = Head(HEADS[name](), SHAPE)
+    assert head.jacobian is not None and head.jacobian.shape == (5, *SHAPE)
+    a = RNG.normal(size=(6, *SHAPE)).astype(np.float32)
+    assert np.allclose(head.logits(a), head._run(a.astype(np.float64))[-1], atol=1e-4)
+
+
+def test_probability_cotangent_is_the_softmax_derivative():
+    z = RNG.normal(size=(3, 5))
+    p = softmax(z)
+    targets = np.array([0, 3, 4])
+    v = score_cotangent(p, targets, "probability")
+    eps = 1e-6
+    for n, t in enumerate(targets):
+        for j in range(5):
+            dz = np.zeros(5)
+            dz[j] = eps
+            numeric = (softmax(z[n] + dz)[t] - softmax(z[n] - dz)[t]) / (2 * eps)
+            assert abs(v[n, j] - numeric) < 1e-8
+
+
+def test_normalize_handles_all_zero_maps():
+    maps = np.stack([np.zeros((3, 3)), np.arange(9.0).reshape(3, 3)])
+    out = normalize(maps)
+    assert np.all(out[0] == 0) and out[1].max() == 1.0 and out[1].min() == 0.0
+
+
+def test_head_that_does_not_fit_the_features_is_refused():
+    kernel = {"k": np.ones((7, 5), np.float32), "b": np.zeros(5, np.float32)}
+    layers = [
+        {"type": "global_average_pooling"},
+        {"type": "dense", "kernel": "k", "bias": "b", "activation": "linear"},
+    ]
+    with pytest.raises(BundleError, match="do not fit"):
+        Head.from_manifest(layers, kernel, SHAPE, "bundle")
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_pooled_gradient_is_the_mean_of_the_gradient(name: str):
+    head = Head(HEADS[name](), SHAPE)
+    a = RNG.normal(size=(3, *SHAPE)).astype(np.float32)
+    v = RNG.normal(size=(3, 5))
+    assert np.allclose(head.pooled_vjp(a, v), head.vjp(a, v).mean(axis=(1, 2)), atol=1e-5)
