@@ -76,9 +76,54 @@ def resnet18(size: tuple[int, int], channels: int, num_classes: int) -> tuple[ke
     return keras.Model(inp, out, name="resnet18"), "stage4_block2_out"
 
 
+def _bottleneck(
+    x: keras.KerasTensor, filters: tuple[int, int, int], stride: int, project: bool, name: str
+) -> keras.KerasTensor:
+    """1x1-3x3-1x1 with batch norm; ``project`` makes it the tutorial's convolutional block
+    (a 1x1 conv on the shortcut), otherwise it is an identity block."""
+    f1, f2, f3 = filters
+    y = layers.Conv2D(f1, 1, strides=stride, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(f2, 3, padding="same", name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.ReLU(name=f"{name}_relu2")(y)
+    y = layers.Conv2D(f3, 1, name=f"{name}_conv3")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn3")(y)
+    shortcut = x
+    if project:
+        shortcut = layers.Conv2D(f3, 1, strides=stride, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def seed_resnet(size: tuple[int, int], channels: int, num_classes: int) -> tuple[keras.Model, str]:
+    """The reference tutorial's network: 7x7/2 stem and max pooling, then four stages of one
+    convolutional block and two identity blocks (1x1-3x3-1x1 bottlenecks), each stage halving
+    the resolution, then 2x2 average pooling, flatten and a Dense softmax."""
+    inp, x = _scaled_input(size, channels)
+    x = layers.Conv2D(64, 7, strides=2, padding="same", name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    stages = [(64, 64, 256), (128, 128, 512), (256, 256, 1024), (512, 512, 2048)]
+    for s, filters in enumerate(stages, start=1):
+        x = _bottleneck(x, filters, 2, True, f"stage{s}_conv")
+        for b in (1, 2):
+            x = _bottleneck(x, filters, 1, False, f"stage{s}_id{b}")
+    conv_layer = x._keras_history.operation.name
+    pool = min(2, int(x.shape[1]), int(x.shape[2]))
+    x = layers.AveragePooling2D(pool, name="avg_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    out = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inp, out, name="seed_resnet"), conv_layer
+
+
 ARCHITECTURES: dict[str, Callable[[tuple[int, int], int, int], tuple[keras.Model, str]]] = {
     "small": small_cnn,
     "resnet18": resnet18,
+    "seed-resnet": seed_resnet,
 }
 
 

@@ -25,10 +25,11 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from scenecam_edge import SceneCam
 from scenecam_edge.fileio import write_json_atomic
 from scenecam_edge.training.architectures import build
 from scenecam_edge.training.data import LabelledImages, load_dataset, stratified_split
-from scenecam_edge.training.evaluate import evaluate_arrays
+from scenecam_edge.training.report import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train, keep the best checkpoint, export it as a float32 bundle, evaluate it."""
+def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | None = None) -> Path:
+    """Train, keep the best checkpoint, export it as a float32 bundle, evaluate it.
+
+    ``extra_callbacks`` run after the built-in ones (logging, checkpoints, resume state).
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
@@ -120,9 +124,10 @@ def train(cfg: TrainConfig) -> Path:
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=cfg.resume),
+        *(extra_callbacks or []),
     ]
     started = time.perf_counter()
-    history = model.fit(
+    model.fit(
         _dataset(train_set, cfg, augment=True),
         validation_data=_dataset(val_set, cfg, augment=False),
         epochs=cfg.epochs,
@@ -135,7 +140,8 @@ def train(cfg: TrainConfig) -> Path:
     trained = keras.models.load_model(best, compile=False)
     model32, _ = build(cfg.arch, size, cfg.channels, len(data.class_names))
     model32.set_weights(trained.get_weights())
-    val_losses = history.history.get("val_loss", [])
+    epochs = _read_log(out / "log.csv")  # the whole run, across resumes
+    val_losses = [row["val_loss"] for row in epochs]
     training = {
         "arch": cfg.arch,
         "dataset": str(cfg.data),
@@ -146,7 +152,7 @@ def train(cfg: TrainConfig) -> Path:
             "train": len(train_set),
             "validation": len(val_set),
         },
-        "epochs_run": len(val_losses),
+        "epochs_run": len(epochs),
         "best_epoch": int(np.argmin(val_losses)) + 1 if val_losses else None,
         "precision": policy,
         "img_size": cfg.img_size,
@@ -166,7 +172,7 @@ def train(cfg: TrainConfig) -> Path:
         training=training,
         overwrite=True,
     )
-    evaluation = evaluate_arrays(bundle, val_set)
+    evaluation = evaluate(SceneCam.load(bundle), val_set).figures
     write_json_atomic(out / "evaluation.json", evaluation)
     set_manifest_fields(bundle, evaluation=_summary(evaluation, "validation split"))
     if backup.exists():
@@ -182,6 +188,13 @@ def set_manifest_fields(bundle: Path, **fields: Any) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     manifest.update(fields)
     write_json_atomic(bundle / "manifest.json", manifest)
+
+
+def _read_log(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    with path.open(newline="") as fh:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(fh)]
 
 
 def _summary(figures: dict[str, Any], on: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import click
 
 from .._version import __version__
 from .classify import classify
+from .evaluate import evaluate
 from .export import export
 from .models import models
 from .train import train
@@ -27,6 +28,7 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(classify)
+cli.add_command(evaluate)
 cli.add_command(export)
 cli.add_command(train)
 cli.add_command(models)

@@ -13,7 +13,11 @@ from .common import needs_train_extra
     "--out", required=True, type=click.Path(), help="Run folder (checkpoints, log, bundle)."
 )
 @click.option(
-    "--arch", default="resnet18", show_default=True, help="Architecture: resnet18, small."
+    "--arch",
+    default="resnet18",
+    show_default=True,
+    type=click.Choice(["resnet18", "seed-resnet", "small"]),
+    help="Architecture.",
 )
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
 @click.option("--img-size", default=150, show_default=True, type=click.IntRange(min=8))

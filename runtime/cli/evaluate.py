@@ -1,0 +1,90 @@
+"""``scenecam-edge evaluate``: figures and an HTML report for a bundle on labelled images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import SceneCamError
+from ..model import SceneCam
+from .common import EXIT_USAGE, fail, model_options
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(exists=True))
+@model_options
+@click.option(
+    "--report",
+    "report_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for metrics.json and report.html.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["all", "validation", "train"]),
+    default="all",
+    show_default=True,
+    help="Evaluate every image, or one side of the training split (same --val-split and --seed as training).",
+)
+@click.option(
+    "--val-split",
+    default=0.15,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+)
+@click.option("--seed", default=1337, show_default=True, type=int)
+@click.option(
+    "--gallery",
+    default=6,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Grad-CAM examples per class.",
+)
+def evaluate(
+    data_dir: str,
+    model: str | None,
+    threads: int | None,
+    report_dir: Path,
+    split: str,
+    val_split: float,
+    seed: int,
+    gallery: int,
+) -> None:
+    """Evaluate a bundle on DATA_DIR (class-per-folder images, or an .npz with x and y).
+
+    Writes metrics.json (accuracy, per-class precision, recall, F1 and support, macro and
+    weighted averages, confusion matrix) and a self-contained report.html.
+    """
+    from scenecam_edge.training.data import load_dataset, stratified_split
+    from scenecam_edge.training.report import evaluate as run_evaluation
+    from scenecam_edge.training.report import write_report
+
+    try:
+        scenecam = SceneCam.load(model, threads=threads)
+    except SceneCamError as exc:
+        fail(exc)
+    spec = scenecam.manifest.input
+    try:
+        data = load_dataset(data_dir, (spec.height, spec.width), spec.channels)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    for path, reason in data.skipped:
+        click.echo(f"error: {path}: {reason} (skipped)", err=True)
+    if split != "all":
+        train_idx, val_idx = stratified_split(data.labels, val_split, seed)
+        data = data.subset(val_idx if split == "validation" else train_idx)
+    try:
+        result = run_evaluation(scenecam, data)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    title = f"{scenecam.manifest.name} on {data_dir} ({split})"
+    report = write_report(
+        report_dir, scenecam, data, result, title=title, gallery_per_class=gallery
+    )
+    f = result.figures
+    click.echo(
+        f"accuracy {f['accuracy']:.4f} on {f['count']} images, macro F1 {f['macro_avg']['f1']:.4f}"
+    )
+    click.echo(f"wrote {report_dir / 'metrics.json'} and {report}")

@@ -1,0 +1,165 @@
+"""Training side: the split, the metrics against scikit-learn, and a quick end-to-end run
+(train -> export -> runtime -> evaluate), including resume after an interruption."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scenecam_edge.training.data import load_dataset, stratified_split
+from scenecam_edge.training.metrics import classification_figures
+
+from .conftest import HAS_TF, SHARED_DATA, needs_data
+
+COLOURS = {"blue": (40, 60, 200), "green": (40, 170, 60), "red": (200, 40, 40)}
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory) -> Path:
+    """Three classes of small noisy colour fields, 14 images each, plus one corrupt file."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir()
+        for i in range(14):
+            img = np.clip(np.array(rgb) + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    (root / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def test_split_is_stratified_and_reproducible():
+    labels = np.repeat(np.arange(4), [100, 40, 61, 7])
+    train, val = stratified_split(labels, 0.2, seed=5)
+    again_train, again_val = stratified_split(labels, 0.2, seed=5)
+    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
+    assert not set(train) & set(val) and len(train) + len(val) == len(labels)
+    for c, n in enumerate([100, 40, 61, 7]):
+        assert (labels[val] == c).sum() == round(n * 0.2)
+    _, other_val = stratified_split(labels, 0.2, seed=6)
+    assert not np.array_equal(val, other_val)
+
+
+def test_folder_loader(colour_folder: Path, tmp_path: Path):
+    data = load_dataset(colour_folder, (32, 32), cache_dir=tmp_path)
+    assert data.class_names == ["blue", "green", "red"]
+    assert data.images.shape == (42, 32, 32, 3) and data.counts() == {
+        "blue": 14,
+        "green": 14,
+        "red": 14,
+    }
+    assert [Path(p).name for p, _ in data.skipped] == ["broken.jpg"]
+    cached = load_dataset(colour_folder, (32, 32), cache_dir=tmp_path)  # from the cache
+    assert np.array_equal(cached.images, data.images) and cached.skipped == data.skipped
+
+
+def test_metrics_equal_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    names = ["a", "b", "c", "d"]
+    y_true = rng.integers(0, 4, 300)
+    y_pred = np.where(rng.random(300) < 0.7, y_true, rng.integers(0, 4, 300))
+    y_pred[y_pred == 3] = 2  # class d is never predicted: its precision is 0/0
+    ours = classification_figures(y_true, y_pred, names)
+    ref = sklearn_metrics.classification_report(
+        y_true, y_pred, labels=range(4), target_names=names, output_dict=True, zero_division=0
+    )
+    assert ours["accuracy"] == pytest.approx(ref["accuracy"])
+    for name in names:
+        for key in ("precision", "recall", "f1"):
+            assert ours["per_class"][name][key] == pytest.approx(
+                ref[name][f"{key}-score" if key == "f1" else key]
+            )
+        assert ours["per_class"][name]["support"] == ref[name]["support"]
+    for ours_key, ref_key in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
+        for key in ("precision", "recall", "f1"):
+            assert ours[ours_key][key] == pytest.approx(
+                ref[ref_key][f"{key}-score" if key == "f1" else key]
+            )
+    assert (
+        ours["confusion_matrix"]
+        == sklearn_metrics.confusion_matrix(y_true, y_pred, labels=range(4)).tolist()
+    )
+
+
+@pytest.mark.tf
+@pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")
+def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
+    import keras
+    from scenecam_edge import SceneCam
+    from scenecam_edge.cli import cli
+    from scenecam_edge.training.train import TrainConfig, train
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise KeyboardInterrupt
+
+    cfg = TrainConfig(
+        data=str(colour_folder),
+        out=str(tmp_path / "run"),
+        arch="small",
+        epochs=2,
+        img_size=32,
+        batch_size=8,
+        val_split=0.25,
+        patience=5,
+        cache_dir=str(tmp_path / "cache"),
+        precision="float32",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[Interrupt()])
+    assert (tmp_path / "run" / "backup").is_dir() and not (tmp_path / "run" / "bundle").exists()
+
+    cfg.resume = True
+    bundle = train(cfg)
+    with (tmp_path / "run" / "log.csv").open() as fh:
+        assert [int(row["epoch"]) for row in csv.DictReader(fh)] == [0, 1]  # resumed, not restarted
+    assert not (tmp_path / "run" / "backup").exists()
+
+    cam = SceneCam.load(bundle)
+    manifest = cam.manifest
+    assert manifest.class_names == ("blue", "green", "red")
+    assert manifest.training["epochs_run"] == 2 and manifest.training["split"]["validation"] == 12
+    figures = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert manifest.evaluation["accuracy"] == figures["accuracy"]
+
+    # The evaluate command gives the same figures on the same split, and a report.
+    report = tmp_path / "report"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            str(colour_folder),
+            "--model",
+            str(bundle),
+            "--report",
+            str(report),
+            "--split",
+            "validation",
+            "--val-split",
+            "0.25",
+            "--gallery",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["confusion_matrix"] == figures["confusion_matrix"]
+    page = (report / "report.html").read_text()
+    assert (
+        "Confusion matrix" in page
+        and page.count("<figure") == 6
+        and "data:image/jpeg;base64," in page
+    )
+
+
+@needs_data
+def test_scene_folder_has_the_six_classes():
+    names = sorted(p.name for p in (SHARED_DATA / "intel-scenes" / "train").iterdir() if p.is_dir())
+    assert names == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
