@@ -109,7 +109,7 @@ def export_keras(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (staging / "model.onnx").write_bytes(onnx_model.SerializeToString())
-        np.savez(staging / HEAD_FILE, **head.arrays)
+        np.savez(staging / HEAD_FILE, allow_pickle=False, **head.arrays)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "name": name or out.name,

@@ -189,3 +189,18 @@ def test_export_cli(gap_model, tmp_path: Path):
     )
     assert result.exit_code == 3
     assert "5 outputs but 2 class names" in result.output
+
+
+def test_training_architectures_export_with_their_gradcam_layer(tmp_path: Path):
+    from scenecam_edge.training.architectures import ARCHITECTURES, build
+
+    for arch in sorted(ARCHITECTURES):
+        model, conv_layer = build(arch, (32, 32), 3, 4)
+        bundle = export_keras(model, tmp_path / arch)  # the default walk finds the same layer
+        cam = SceneCam.load(bundle, threads=1)
+        assert cam.manifest.conv_layer == conv_layer, arch
+        image = _images(1, size=32, seed=9)[0]
+        expected, _ = km.tape_gradcam(model, conv_layer, image, 1, "probability")
+        got = cam.explain(image, target=1, target_space="probability").cam
+        ours = got / got.max() if got.max() > 0 else got
+        assert np.abs(ours - expected).max() <= MAP_TOLERANCE, arch

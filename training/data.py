@@ -95,9 +95,12 @@ def load_dataset(
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
             log.info("loaded %d decoded images from cache %s", len(npz["labels"]), cache)
-            skipped = [(str(p), str(r)) for p, r in npz["skipped"]]
             return LabelledImages(
-                npz["images"], npz["labels"], names, [str(s) for s in npz["sources"]], skipped
+                npz["images"],
+                npz["labels"],
+                names,
+                [str(s) for s in npz["sources"]],
+                [(str(p), str(r)) for p, r in npz["skipped"]],
             )
 
     def decode(item: tuple[Path, int]) -> np.ndarray | str:
