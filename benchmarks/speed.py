@@ -84,6 +84,7 @@ def tf_functions(model, conv_layer: str):
 
 def build_model(args):
     import keras
+
     from scenecam_edge.training.architectures import build
 
     if args.keras:

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+
 from scenecam_edge import SceneCam
 from scenecam_edge._version import __version__
 from scenecam_edge.bundle import FEATURES, LOGITS, MANIFEST, SCHEMA_VERSION, sha256_file
@@ -132,7 +133,9 @@ def export_keras(
                 "file": HEAD_FILE,
                 "layers": head.specs,
                 "final_activation": head.final_activation,
-                "linear": all(s.get("activation", "linear") == "linear" for s in head.specs),
+                "linear": all(
+                    s["type"] != "relu" and s.get("activation", "linear") == "linear" for s in head.specs
+                ),
             },
             "files": {
                 "model.onnx": sha256_file(staging / "model.onnx"),
@@ -249,6 +252,27 @@ def _describe_layer(head: HeadSpec, i: int, layer: keras.layers.Layer, last: boo
                 "activation": activation,
             }
         )
+    elif isinstance(layer, keras.layers.BatchNormalization):
+        axis = layer.axis[0] if isinstance(layer.axis, list | tuple) else layer.axis
+        if axis % len(layer.input.shape) != len(layer.input.shape) - 1:
+            raise ExportError(f"{where}: only batch normalisation over the last axis is supported")
+        gamma = np.asarray(layer.gamma.numpy(), np.float64) if layer.scale else 1.0
+        beta = np.asarray(layer.beta.numpy(), np.float64) if layer.center else 0.0
+        mean = np.asarray(layer.moving_mean.numpy(), np.float64)
+        var = np.asarray(layer.moving_variance.numpy(), np.float64)
+        scale = gamma / np.sqrt(var + layer.epsilon)
+        offset = beta - mean * scale
+        head.arrays[f"{i}.scale"] = np.broadcast_to(scale, mean.shape).astype(np.float32)
+        head.arrays[f"{i}.offset"] = np.broadcast_to(offset, mean.shape).astype(np.float32)
+        head.specs.append({"type": "batch_normalization", "name": layer.name, "scale": f"{i}.scale", "offset": f"{i}.offset"})
+    elif isinstance(layer, keras.layers.ReLU) or (
+        isinstance(layer, keras.layers.Activation) and _activation_name(layer.activation) == "relu"
+    ):
+        if isinstance(layer, keras.layers.ReLU) and (
+            layer.max_value is not None or float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0
+        ):
+            raise ExportError(f"{where}: only a plain ReLU (no max value, slope or threshold) is supported")
+        head.specs.append({"type": "relu"})
     elif _is_softmax(layer) and last:
         head.final_activation = "softmax"
     elif isinstance(layer, keras.layers.Activation) and _activation_name(layer.activation) in (
@@ -258,8 +282,8 @@ def _describe_layer(head: HeadSpec, i: int, layer: keras.layers.Layer, last: boo
     else:
         raise ExportError(
             f"{where} is not supported in the classifier head (supported: global or "
-            "fixed-window average pooling, flatten, dropout, dense with a linear, relu or "
-            "final softmax activation)"
+            "fixed-window average pooling, flatten, dropout, batch normalisation, relu, dense "
+            "with a linear, relu or final softmax activation)"
         )
 
 

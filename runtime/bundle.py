@@ -32,6 +32,8 @@ HEAD_LAYER_TYPES: dict[str, tuple[str, ...]] = {
     "flatten": (),
     "dropout": (),
     "dense": ("kernel", "bias", "activation"),
+    "batch_normalization": ("scale", "offset"),
+    "relu": (),
 }
 DENSE_ACTIVATIONS = ("linear", "relu")
 

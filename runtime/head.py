@@ -122,6 +122,32 @@ class Dense:
         return dy @ self.kernel.T
 
 
+@dataclass(frozen=True)
+class ChannelAffine:
+    """Batch normalisation in inference mode, folded: y = x * scale + offset on the last axis."""
+
+    scale: np.ndarray  # (K,)
+    offset: np.ndarray  # (K,)
+    linear = True
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x * self.scale + self.offset
+
+    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        return dy * self.scale
+
+
+@dataclass(frozen=True)
+class ReLU:
+    linear = False
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0)
+
+    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        return dy * (x > 0)
+
+
 class Head:
     """The layers from ``features`` to ``logits``, runnable forward and backward in numpy."""
 
@@ -158,6 +184,14 @@ class Head:
                 built.append(Flatten())
             elif kind == "dropout":
                 built.append(Identity())
+            elif kind == "relu":
+                built.append(ReLU())
+            elif kind == "batch_normalization":
+                scale = _array(arrays, spec["scale"], where, ndim=1)
+                offset = _array(arrays, spec["offset"], where, ndim=1)
+                if scale.shape != offset.shape:
+                    raise BundleError(where, f"head layer {i}: scale and offset sizes differ")
+                built.append(ChannelAffine(scale, offset))
             elif kind == "dense":
                 kernel = _array(arrays, spec["kernel"], where, ndim=2)
                 bias = _array(arrays, spec["bias"], where, ndim=1)

@@ -13,7 +13,14 @@ import numpy as np
 
 from . import visual
 from .bundle import FEATURES, LOGITS, Manifest, load_arrays, read_manifest, verify_files
-from .cam import TARGET_SPACES, CamInputs, TargetSpace, get_method, score_cotangent, softmax
+from .cam import (
+    DEFAULT_MAX_CHANNELS,
+    TARGET_SPACES,
+    CamInputs,
+    TargetSpace,
+    get_method,
+    softmax,
+)
 from .errors import BundleError
 from .head import Head
 from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image, resize_to
@@ -38,6 +45,7 @@ class ExplainOptions:
     method: str
     target_space: TargetSpace
     alpha: float
+    max_channels: int = DEFAULT_MAX_CHANNELS  # Score-CAM: channels it masks the image with
 
 
 class SceneCam:
@@ -145,6 +153,7 @@ class SceneCam:
         *,
         alpha: float = visual.DEFAULT_ALPHA,
         top_k: int = 3,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
     ) -> Explanation: ...
     @overload
     def explain(
@@ -156,6 +165,7 @@ class SceneCam:
         *,
         alpha: float = visual.DEFAULT_ALPHA,
         top_k: int = 3,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
     ) -> list[Explanation]: ...
 
     def explain(
@@ -167,12 +177,15 @@ class SceneCam:
         *,
         alpha: float = visual.DEFAULT_ALPHA,
         top_k: int = 3,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
     ) -> Explanation | list[Explanation]:
         """Classify and explain: a CAM for ``target`` (index or name; default the prediction).
 
         ``target_space`` is ``"logit"`` (explain z_c) or ``"probability"`` (explain p_c).
+        ``method`` is any name in :data:`scenecam_edge.METHODS`; ``max_channels`` caps the
+        channels Score-CAM masks the image with (one extra forward pass each).
         """
-        options = self.explain_options(target, method, target_space, alpha)
+        options = self.explain_options(target, method, target_space, alpha, max_channels)
         items, single = _as_list(images)
         results: list[Explanation] = []
         for chunk in _chunks(items, DEFAULT_BATCH):
@@ -187,8 +200,11 @@ class SceneCam:
         method: str = "gradcam",
         target_space: TargetSpace = "logit",
         alpha: float = visual.DEFAULT_ALPHA,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
     ) -> ExplainOptions:
         """Validated explanation settings (ValueError naming what is wrong)."""
+        if max_channels < 1:
+            raise ValueError(f"max_channels must be at least 1, not {max_channels}")
         if target_space not in TARGET_SPACES:
             raise ValueError(f"target_space must be one of {TARGET_SPACES}, not {target_space!r}")
         if not 0.0 <= alpha <= 1.0:
@@ -198,6 +214,7 @@ class SceneCam:
             method=get_method(method).name,
             target_space=target_space,
             alpha=alpha,
+            max_channels=max_channels,
         )
 
     @overload
@@ -234,7 +251,8 @@ class SceneCam:
         """
         if not decoded:
             return []
-        features, logits = self.forward(np.stack([self.to_input(d) for d in decoded]))
+        batch = np.stack([self.to_input(d) for d in decoded])
+        features, logits = self.forward(batch)
         probs = softmax(logits.astype(np.float64))
         bases = [
             self._classification(src, z, p, top_k)
@@ -247,8 +265,17 @@ class SceneCam:
             if explain.target is not None
             else probs.argmax(axis=1)
         )
-        cotangent = score_cotangent(probs, targets, explain.target_space)
-        cams = get_method(explain.method).compute(CamInputs(features, self.head, cotangent))
+        inputs = CamInputs(
+            features,
+            self.head,
+            logits,
+            targets,
+            explain.target_space,
+            inputs=batch,
+            forward=lambda images: self.forward(images)[1],
+            max_channels=explain.max_channels,
+        )
+        cams = get_method(explain.method).compute(inputs)
         results: list[Explanation] = []
         for base, img, t, cam in zip(bases, decoded, targets, cams, strict=True):
             heat = visual.heatmap_at(cam, img.shape[0], img.shape[1])
@@ -265,6 +292,33 @@ class SceneCam:
                 )
             )
         return results
+
+    def classify_batch(
+        self,
+        images: Sequence[ImageInput] | Iterator[ImageInput],
+        batch_size: int = DEFAULT_BATCH,
+        explain: bool | ExplainOptions = False,
+        workers: int | None = None,
+        *,
+        top_k: int = 3,
+    ) -> Iterator[Classification | Exception]:
+        """Classify a stream of images (any length) in bounded memory; yields in input order.
+
+        Each item gives a :class:`Classification` (an :class:`Explanation` when ``explain`` is
+        true or an :class:`ExplainOptions`), or, for an input that cannot be read, the
+        :class:`~scenecam_edge.errors.ImageError` naming it and the reason: yielded, not
+        raised, so one bad file does not end the batch. ``workers`` threads (default a few;
+        0: none) decode ahead of inference, which runs ``batch_size`` images at a time. Safe
+        to call from many threads at once on one model. See :mod:`scenecam_edge.batch`.
+        """
+        from .batch import classify_stream
+
+        options = explain if isinstance(explain, ExplainOptions) else None
+        if explain is True:
+            options = self.explain_options()
+        return classify_stream(
+            self, images, batch_size=batch_size, explain=options, workers=workers, top_k=top_k
+        )
 
     def class_index(self, target: int | str) -> int:
         """A class index from an index or a class name; ValueError when it is neither."""

@@ -138,3 +138,66 @@ def _logits(last: keras.layers.Layer, penultimate: tf.Tensor) -> tf.Tensor:
     if isinstance(last, layers.Dense):
         return tf.matmul(penultimate, last.kernel) + last.bias  # the Dense without its softmax
     raise ValueError(f"unexpected last layer {last.name}")
+
+
+def tape_features_and_gradient(
+    model: keras.Model, conv_layer: str, image: np.ndarray, target: int, space: str
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A (h, w, K) and G = d score / dA from GradientTape, as float64 tensors."""
+    fn = _tape_function(model, conv_layer, space)
+    features, grads, _ = fn(
+        tf.convert_to_tensor(image[None].astype(np.float32)), tf.constant(target, tf.int32)
+    )
+    return tf.cast(features[0], tf.float64), tf.cast(grads[0], tf.float64)
+
+
+def tape_method(
+    model: keras.Model, conv_layer: str, image: np.ndarray, target: int, space: str, method: str
+) -> np.ndarray:
+    """The published formula of a gradient-based CAM method, in TensorFlow ops on
+    GradientTape's gradient; returns the normalised (h, w) map."""
+    a, g = tape_features_and_gradient(model, conv_layer, image, target, space)
+    eps = 1e-7
+    if method == "gradcam":
+        cam = tf.reduce_sum(a * tf.reduce_mean(g, axis=(0, 1)), axis=-1)
+    elif method == "gradcam++":
+        g2 = tf.square(g)
+        denom = 2.0 * g2 + tf.reduce_sum(a, axis=(0, 1)) * g2 * g + eps
+        alpha = tf.where(g != 0, g2 / denom, tf.zeros_like(g))
+        weights = tf.reduce_sum(alpha * tf.nn.relu(g), axis=(0, 1))
+        cam = tf.reduce_sum(a * weights, axis=-1)
+    elif method == "xgradcam":
+        weights = tf.reduce_sum(g * a / (tf.reduce_sum(a, axis=(0, 1)) + eps), axis=(0, 1))
+        cam = tf.reduce_sum(a * weights, axis=-1)
+    elif method == "hirescam":
+        cam = tf.reduce_sum(g * a, axis=-1)
+    elif method == "layercam":
+        cam = tf.reduce_sum(tf.nn.relu(g) * a, axis=-1)
+    else:
+        raise ValueError(method)
+    cam = tf.nn.relu(cam).numpy()
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def keras_head(model: keras.Model, conv_layer: str):
+    """features -> pre-softmax logits, as a tf.function over the model's own head layers."""
+    conv = model.get_layer(conv_layer)
+    chain = []
+    layer = model.outputs[0]._keras_history.operation
+    while layer is not conv:
+        chain.append(layer)
+        layer = layer.input._keras_history.operation
+    chain.reverse()
+
+    @tf.function
+    def head(features: tf.Tensor) -> tf.Tensor:
+        z = features
+        for layer in chain[:-1]:
+            z = layer(z, training=False)
+        return (
+            _logits(chain[-1], z)
+            if isinstance(chain[-1], layers.Dense | layers.Softmax)
+            else chain[-1](z)
+        )
+
+    return head

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from scenecam_edge import BundleError, SceneCam
 from scenecam_edge.bundle import sha256_file
 

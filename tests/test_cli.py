@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+
 from scenecam_edge import __version__
 from scenecam_edge.cli import cli
 

@@ -174,6 +174,7 @@ def test_export_refuses_to_overwrite(gap_model, gap_bundle: Path):
 
 def test_export_cli(gap_model, tmp_path: Path):
     from click.testing import CliRunner
+
     from scenecam_edge.cli import cli
 
     path = tmp_path / "m.keras"

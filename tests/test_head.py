@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from scenecam_edge.cam import normalize, score_cotangent, softmax
 from scenecam_edge.errors import BundleError
 from scenecam_edge.head import AveragePooling, Dense, Flatten, GlobalAveragePooling, Head, Identity

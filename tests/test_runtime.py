@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from scenecam_edge import Classification, Explanation, ImageError, SceneCam
 from scenecam_edge.visual import colorize
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+
 from scenecam_edge.training.data import load_dataset, stratified_split
 from scenecam_edge.training.metrics import classification_figures
 
@@ -91,6 +92,7 @@ def test_metrics_equal_scikit_learn():
 @pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")
 def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
     import keras
+
     from scenecam_edge import SceneCam
     from scenecam_edge.cli import cli
     from scenecam_edge.training.train import TrainConfig, train

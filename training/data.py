@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from scenecam_edge.errors import ImageError
 from scenecam_edge.images import load_image, resize_to
 from scenecam_edge.sources import IMAGE_SUFFIXES

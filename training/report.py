@@ -14,6 +14,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from scenecam_edge import SceneCam
 from scenecam_edge.cam import softmax
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic

@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+
 from scenecam_edge import SceneCam
 from scenecam_edge.fileio import write_json_atomic
 from scenecam_edge.training.architectures import build
