@@ -24,3 +24,19 @@ class ImageError(SceneCamError):
 
 class BundleError(SceneCamError):
     """A model bundle is missing, malformed, tampered with, or does not match its graph."""
+
+
+class SourceError(SceneCamError):
+    """A video source (camera, file or stream) cannot be opened or read."""
+
+
+class MissingExtraError(SceneCamError):
+    """An optional dependency is not installed; the reason names the extra that brings it."""
+
+    def __init__(self, package: str, extra: str, what: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            package,
+            f"{what} needs {package}; install it with: pip install 'scenecam-edge[{extra}]'",
+        )

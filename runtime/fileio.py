@@ -30,6 +30,22 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return target
 
 
+def temporary_beside(path: str | os.PathLike[str]) -> Path:
+    """An empty temporary file in ``path``'s folder, with the same suffix (writers such as
+    OpenCV's VideoWriter pick the format from it) and the usual permissions. The caller
+    fills it, then ``os.replace``-s it over ``path`` or unlinks it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
+    )
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -11,6 +11,7 @@ import logging
 import click
 
 from .._version import __version__
+from .camera import camera
 from .classify import classify
 from .evaluate import evaluate
 from .export import export
@@ -32,6 +33,7 @@ cli.add_command(evaluate)
 cli.add_command(export)
 cli.add_command(train)
 cli.add_command(models)
+cli.add_command(camera)
 
 
 def main() -> None:

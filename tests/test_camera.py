@@ -1,0 +1,490 @@
+"""The camera loop: headless runs over a generated video, the latest-frame reader, reconnects,
+keys, and clean endings. No window, no timing asserts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from scenecam_edge import cam as cam_module
+from scenecam_edge import camera as camera_module
+from scenecam_edge import visual
+from scenecam_edge.cam import METHODS, CamMethod
+from scenecam_edge.camera import (
+    KEY_HEATMAP,
+    KEY_METHOD,
+    KEY_QUIT,
+    KEY_SNAPSHOT,
+    CameraSettings,
+    FrameReport,
+    LiveSource,
+    Reconnect,
+    open_source,
+    parse_source,
+    run_camera,
+)
+from scenecam_edge.cli import cli
+from scenecam_edge.errors import SourceError
+
+from .conftest import SAMPLES
+
+FRAMES, WIDTH, HEIGHT, FPS = 30, 640, 480, 15.0
+#: Rows clear of the label bar at the top and the note bar at the bottom of a 640 x 480 frame.
+MIDDLE = slice(60, 420)
+
+
+def write_video(path: Path, frames: int, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
+    """Sample photos panning sideways, a new photo every 6 frames (mp4v, which this
+    OpenCV writes and reads back)."""
+    photos = [cv2.resize(cv2.imread(str(p)), size) for p in sorted(SAMPLES.glob("*.jpg"))]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.roll(photos[(i // 6) % len(photos)], 12 * i, axis=1))
+    writer.release()
+    return path
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "input.mp4", FRAMES)
+
+
+@pytest.fixture(scope="module")
+def decoded(video: Path) -> list[np.ndarray]:
+    """The input's frames as OpenCV decodes them (BGR), the reference for every check."""
+    frames = read_video(video)
+    assert len(frames) == FRAMES and frames[0].shape == (HEIGHT, WIDTH, 3)
+    return frames
+
+
+def rgb(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, ["camera", *args], catch_exceptions=False)
+
+
+# -- headless runs over a video file -------------------------------------------------------
+
+
+def test_headless_cli_writes_every_frame_and_the_runtimes_labels(
+    tmp_path: Path, video: Path, decoded: list[np.ndarray], scenecam
+):
+    out, lines = tmp_path / "annotated.mp4", tmp_path / "frames.jsonl"
+    result = invoke(
+        "--source", str(video), "--headless", "--out", str(out), "--jsonl", str(lines),
+        "--threads", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "30 frames" in result.stderr and "ended: end" in result.stderr
+
+    written = read_video(out)
+    assert len(written) == FRAMES
+    assert all(f.shape == (HEIGHT, WIDTH, 3) for f in written)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+    records = read_jsonl(lines)
+    expected = scenecam.classify([rgb(f) for f in decoded])
+    assert [r["frame"] for r in records] == list(range(FRAMES))
+    assert [r["source_frame"] for r in records] == list(range(FRAMES))
+    assert [r["label"] for r in records] == [e.label for e in expected]
+    assert len({r["label"] for r in records}) > 1  # the video really changes scene
+    for record, want in zip(records, expected, strict=True):
+        assert record["confidence"] == pytest.approx(want.confidence, abs=1e-5)
+        assert record["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
+        assert record["heatmap"] == "computed" and record["method"] == "gradcam"
+    assert [r["time"] for r in records] == pytest.approx([i / FPS for i in range(FRAMES)], abs=2e-3)
+
+
+def test_every_5_still_writes_every_frame(tmp_path: Path, video: Path):
+    out, lines = tmp_path / "annotated.avi", tmp_path / "frames.jsonl"
+    result = invoke(
+        "--source", str(video), "--headless", "--out", str(out), "--jsonl", str(lines),
+        "--every", "5", "--threads", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(read_video(out)) == FRAMES
+    statuses = [r["heatmap"] for r in read_jsonl(lines)]
+    assert statuses == ["computed" if i % 5 == 0 else "reused" for i in range(FRAMES)]
+    assert "6 heatmaps" in result.stderr
+
+
+def test_reused_heatmap_is_the_last_map_blended_over_the_new_frame(
+    tmp_path: Path, video: Path, decoded: list[np.ndarray], scenecam
+):
+    shown: list[FrameReport] = []
+    images: list[np.ndarray] = []
+
+    def keep(report: FrameReport) -> None:
+        shown.append(report)
+        images.append(report.image.copy())
+
+    settings = CameraSettings(every=5, max_frames=7, alpha=0.5)
+    with open_source(str(video)) as source:
+        summary = run_camera(scenecam, source, settings, on_frame=keep)
+    assert summary.frames == 7 and summary.heatmaps == 2 and summary.ended == "max-frames"
+    options = scenecam.explain_options(alpha=0.5)
+    first = scenecam.predict([rgb(decoded[0])], ["f0"], explain=options)[0]
+    assert np.array_equal(images[0][MIDDLE], cv2.cvtColor(first.overlay, cv2.COLOR_RGB2BGR)[MIDDLE])
+    for i in (1, 3, 4):  # the map of frame 0 over frames 1..4
+        blended = visual.overlay(rgb(decoded[i]), first.heatmap, 0.5)
+        assert np.array_equal(images[i][MIDDLE], cv2.cvtColor(blended, cv2.COLOR_RGB2BGR)[MIDDLE])
+    fifth = scenecam.predict([rgb(decoded[5])], ["f5"], explain=options)[0]
+    assert np.array_equal(images[5][MIDDLE], cv2.cvtColor(fifth.overlay, cv2.COLOR_RGB2BGR)[MIDDLE])
+    # Classification still runs on every frame.
+    labels = [e.label for e in scenecam.classify([rgb(f) for f in decoded[:7]])]
+    assert [r.result.label for r in shown] == labels
+
+
+def test_max_frames_and_jsonl_to_stdout(video: Path):
+    result = invoke("--source", str(video), "--headless", "--jsonl", "-", "--max-frames", "4")
+    assert result.exit_code == 0
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2, 3]
+    assert "ended: max-frames" in result.stderr
+
+
+# -- ending cleanly ----------------------------------------------------------------------------
+
+
+def test_stop_flag_leaves_complete_outputs(tmp_path: Path, video: Path, scenecam):
+    stop = threading.Event()
+    out, lines = tmp_path / "annotated.mp4", tmp_path / "frames.jsonl"
+
+    def stop_after_seven(report: FrameReport) -> None:
+        if report.number == 6:
+            stop.set()  # what the CLI's SIGTERM and Ctrl-C handlers do
+
+    with open_source(str(video)) as source:
+        summary = run_camera(
+            scenecam,
+            source,
+            CameraSettings(out=out, jsonl=lines),
+            stop=stop,
+            on_frame=stop_after_seven,
+        )
+    assert summary.ended == "stopped" and summary.frames == 7 and summary.out == out
+    assert [r["frame"] for r in read_jsonl(lines)] == list(range(7))
+    assert len(read_video(out)) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.mp4", "frames.jsonl"]
+
+
+def test_sigterm_ends_the_command_cleanly(tmp_path: Path):
+    source = write_video(tmp_path / "long.mp4", 300, (320, 240))
+    out, lines = tmp_path / "annotated.mp4", tmp_path / "frames.jsonl"
+    command = [sys.executable, "-c", "from scenecam_edge.cli import main; main()", "camera"]
+    args = ["--source", str(source), "--headless", "--out", str(out), "--jsonl", str(lines)]
+    proc = subprocess.Popen(command + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if lines.exists() and lines.read_text():
+                break  # the loop is running, so the handlers are in place
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert b"Traceback" not in stderr
+    records = read_jsonl(lines)  # every line parses
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    assert len(read_video(out)) == len(records) > 0
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def test_a_source_that_cannot_be_opened_is_a_one_line_error(tmp_path: Path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    cases = {
+        str(tmp_path / "missing.mp4"): "no such file",
+        str(text): "cannot be opened as a video",
+        str(tmp_path): "is a directory",
+    }
+    for source, reason in cases.items():
+        lines = tmp_path / "frames.jsonl"
+        result = CliRunner().invoke(
+            cli, ["camera", "--source", source, "--headless", "--jsonl", str(lines)]
+        )
+        assert result.exit_code == 3, source
+        assert result.stderr.startswith(f"error: {source}: {reason}"), result.stderr
+        assert result.stderr.count("\n") == 1
+        assert not lines.exists()
+
+
+def test_usage_errors(tmp_path: Path, video: Path):
+    for args, message in [
+        (["--headless"], "--headless needs --out or --jsonl"),
+        (["--headless", "--out", str(tmp_path / "a.gif")], "unknown video suffix"),
+        (["--headless", "--out", str(video)], "would overwrite the source"),
+        (["--headless", "--every", "0", "--jsonl", "x"], "--every"),
+    ]:
+        result = CliRunner().invoke(cli, ["camera", "--source", str(video), *args])
+        assert result.exit_code == 2, args
+        assert message in result.stderr, result.stderr
+
+
+def test_parse_source():
+    assert parse_source("0").kind == "camera" and parse_source("0").location == 0
+    assert parse_source("/dev/video2").kind == "camera"
+    assert parse_source("rtsp://cam.local/live").kind == "stream"
+    assert parse_source("http://10.0.0.2:8080/video").kind == "stream"
+    assert parse_source("clips/a.mp4").kind == "file"
+    assert parse_source("file:///tmp/a.mp4").location == "/tmp/a.mp4"
+    secret = parse_source("rtsp://admin:hunter2@10.0.0.9:554/stream1")
+    assert secret.location == "rtsp://admin:hunter2@10.0.0.9:554/stream1"
+    assert secret.name == "rtsp://admin:***@10.0.0.9:554/stream1"
+
+
+# -- the latest-frame reader ---------------------------------------------------------------------
+
+
+def frame_of(value: int) -> np.ndarray:
+    return np.full((4, 6, 3), value, np.uint8)
+
+
+class BatchCapture:
+    """A fake capture fed by the test in batches. Like OpenCV it writes into the buffer it is
+    given. ``drained`` is set when a batch has been read and published in full."""
+
+    def __init__(self) -> None:
+        self.batches: queue.Queue[list[np.ndarray] | None] = queue.Queue()
+        self.pending: list[np.ndarray] = []
+        self.drained = threading.Event()
+        self.released = False
+
+    def feed(self, frames: list[np.ndarray] | None) -> None:
+        self.drained.clear()
+        self.batches.put(frames)
+        if frames is not None:
+            assert self.drained.wait(30)
+
+    def isOpened(self) -> bool:
+        return True
+
+    def get(self, propId: int) -> float:
+        return 0.0
+
+    def release(self) -> None:
+        self.released = True
+
+    def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
+        if not self.pending:
+            self.drained.set()  # everything before has been published by now
+            batch = self.batches.get()
+            if batch is None:
+                return False, None
+            self.pending = list(batch)
+        frame = self.pending.pop(0)
+        if image is not None and image.shape == frame.shape:
+            image[...] = frame
+            return True, image
+        return True, frame.copy()
+
+
+def test_latest_frame_reader_drops_stale_frames():
+    capture = BatchCapture()
+    source = LiveSource("fake", capture)
+    try:
+        capture.feed([frame_of(v) for v in range(10)])  # ten frames while the model is busy
+        frame = source.read()
+        assert frame is not None and frame.index == 9 and frame.image[0, 0, 0] == 9
+        assert source.dropped == 9
+
+        capture.feed([frame_of(10), frame_of(11)])
+        frame = source.read()
+        assert frame is not None and frame.index == 11 and source.dropped == 10
+        held = frame.image
+        capture.feed([frame_of(v) for v in range(12, 20)])  # the reader goes on meanwhile
+        assert held[0, 0, 0] == 11  # the frame handed out is never written under the caller
+
+        stop = threading.Event()
+        stop.set()
+        frame = source.read(stop)
+        assert frame is not None and frame.index == 19  # a new frame is still handed out
+        assert source.read(stop) is None  # nothing newer: a stopped caller is not kept waiting
+
+        capture.feed(None)  # the camera stops
+        assert source.read() is None
+        assert source.error == "the source stopped delivering frames"
+    finally:
+        source.close()
+    assert capture.released
+
+
+class ScriptedCapture:
+    def __init__(self, frames: int, opened: bool = True) -> None:
+        self.frames, self.opened = frames, opened
+
+    def isOpened(self) -> bool:
+        return self.opened
+
+    def get(self, propId: int) -> float:
+        return 25.0
+
+    def release(self) -> None:
+        pass
+
+    def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
+        if self.frames <= 0:
+            return False, None
+        self.frames -= 1
+        return True, frame_of(self.frames)
+
+
+def test_stream_reconnects_with_backoff_then_gives_up(caplog: pytest.LogCaptureFixture):
+    script = iter(
+        [
+            ScriptedCapture(3),  # opens, plays, drops
+            ScriptedCapture(0, opened=False),  # retry 1 fails
+            ScriptedCapture(2),  # retry 2 works, plays, drops again
+            *[ScriptedCapture(0, opened=False) for _ in range(3)],  # then nothing
+        ]
+    )
+    opened: list[str] = []
+
+    def opener(spec):
+        opened.append(spec.kind)
+        return next(script)
+
+    policy = Reconnect(attempts=3, first=0.001, cap=0.004)
+    with caplog.at_level(logging.WARNING, logger="scenecam_edge.camera"):
+        source = open_source("rtsp://cam.local/live", reconnect=policy, opener=opener)
+        with source:
+            assert source.live
+            while source.read() is not None:
+                pass
+    assert opened == ["stream"] * 6
+    assert source.reconnects == 1
+    assert source.error == "the stream dropped and 3 reconnect attempts failed"
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("reconnecting in" in m for m in messages) == 5
+    assert "rtsp://cam.local/live: reconnected" in messages
+    assert Reconnect().delay(0) == 0.5 and Reconnect().delay(10) == Reconnect().cap
+
+
+def test_closing_stops_an_endless_reconnect():
+    policy = Reconnect(attempts=None, first=30.0)
+    source = open_source("rtsp://x/y", reconnect=policy, opener=lambda spec: ScriptedCapture(0))
+    source.close()
+    assert not [t for t in threading.enumerate() if t.name == "capture rtsp://x/y"]
+    assert source.read() is None and source.error is None
+
+
+def test_camera_that_cannot_be_opened():
+    with pytest.raises(SourceError, match="cannot open camera 7"):
+        open_source("7", opener=lambda spec: ScriptedCapture(0, opened=False))
+
+
+# -- the window's keys, with a fake display --------------------------------------------------------
+
+
+class FakeDisplay:
+    def __init__(self, keys: list[int]) -> None:
+        self.keys = keys
+        self.shown: list[np.ndarray] = []
+        self.closed = False
+
+    def show(self, image: np.ndarray) -> int:
+        self.shown.append(image.copy())
+        return self.keys.pop(0) if self.keys else -1
+
+    def poll(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_keys_toggle_cycle_snapshot_and_quit(
+    tmp_path: Path, video: Path, decoded: list[np.ndarray], scenecam, monkeypatch
+):
+    corner = CamMethod("corner", "a test method: the top-left cell", _corner_map)
+    methods = {"gradcam": METHODS["gradcam"], "corner": corner}
+    monkeypatch.setattr(cam_module, "METHODS", methods)
+    monkeypatch.setattr(camera_module, "METHODS", methods)
+
+    keys = [-1, KEY_HEATMAP, -1, KEY_HEATMAP, KEY_METHOD, KEY_SNAPSHOT, -1, KEY_QUIT]
+    display = FakeDisplay(keys)
+    lines = tmp_path / "frames.jsonl"
+    settings = CameraSettings(jsonl=lines, snapshot_dir=tmp_path / "shots")
+    with open_source(str(video)) as source:
+        summary = run_camera(scenecam, source, settings, display=display)
+
+    assert summary.ended == "quit" and summary.frames == 8 and display.closed
+    records = read_jsonl(lines)
+    assert [r["heatmap"] for r in records] == ["computed"] * 2 + ["off"] * 2 + ["computed"] * 4
+    assert [r["method"] for r in records] == [
+        *["gradcam", "gradcam", None, None, "gradcam"],
+        *["corner", "corner", "corner"],
+    ]
+    assert summary.heatmaps == 6
+    # Heatmap off: the frame itself under the text.
+    assert np.array_equal(display.shown[2][MIDDLE], decoded[2][MIDDLE])
+    # The snapshot is the annotated frame 5, as shown.
+    (snapshot,) = summary.snapshots
+    assert snapshot.parent == tmp_path / "shots" and snapshot.suffix == ".png"
+    assert np.array_equal(cv2.imread(str(snapshot)), display.shown[5])
+    assert not [p for p in snapshot.parent.iterdir() if p.name.startswith(".")]
+
+
+def _corner_map(x) -> np.ndarray:
+    cam = np.zeros(x.features.shape[:3], np.float32)
+    cam[:, 0, 0] = 1.0
+    return cam
+
+
+class PollingDisplay(FakeDisplay):
+    def __init__(self, poll_key: int) -> None:
+        super().__init__([])
+        self.poll_key = poll_key
+        self.polls = 0
+
+    def poll(self) -> int:
+        self.polls += 1
+        return self.poll_key
+
+
+def test_window_keys_work_while_a_live_source_has_no_frame(scenecam):
+    capture = BatchCapture()
+    source = LiveSource("stalled camera", capture)
+    try:
+        capture.feed([np.full((64, 64, 3), 120, np.uint8)])  # one frame, then nothing
+        display = PollingDisplay(KEY_QUIT)
+        summary = run_camera(scenecam, source, display=display)
+        assert summary.ended == "quit" and summary.frames == 1 and display.polls >= 1
+    finally:
+        capture.feed(None)
+        source.close()
