@@ -40,7 +40,8 @@ SIZE = (640, 480)
 def make_video(path: Path, frames: int, fps: float = 30.0) -> Path:
     """The sample photos panning sideways, a new photo every 10 frames."""
     photos = [
-        cv2.resize(cv2.imread(str(p)), SIZE) for p in sorted((REPO / "samples").glob("*.jpg"))
+        cv2.resize(cv2.imread(str(p)), SIZE)
+        for p in sorted((REPO / "samples" / "scenes").glob("*.jpg"))
     ]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, SIZE)
     for i in range(frames):
@@ -133,7 +134,7 @@ def main() -> None:
             rows["every frame"].append(end_to_end(quiet, video, out, 1, True))
             rows["every 5"].append(end_to_end(quiet, video, out, 5, True))
             rows["off"].append(end_to_end(quiet, video, out, 1, False))
-        frame = cv2.resize(cv2.imread(str(REPO / "samples" / "forest_8.jpg")), SIZE)
+        frame = cv2.resize(cv2.imread(str(REPO / "samples" / "scenes" / "forest_8.jpg")), SIZE)
         for _ in range(max(1, args.rounds - 1)):
             idle["off"].append(idle_cpu(quiet, frame, args.idle_frames, 0.2))
             idle["on"].append(idle_cpu(spinning, frame, args.idle_frames, 0.2))

@@ -134,7 +134,8 @@ def export_keras(
                 "layers": head.specs,
                 "final_activation": head.final_activation,
                 "linear": all(
-                    s["type"] != "relu" and s.get("activation", "linear") == "linear" for s in head.specs
+                    s["type"] != "relu" and s.get("activation", "linear") == "linear"
+                    for s in head.specs
                 ),
             },
             "files": {
@@ -264,14 +265,25 @@ def _describe_layer(head: HeadSpec, i: int, layer: keras.layers.Layer, last: boo
         offset = beta - mean * scale
         head.arrays[f"{i}.scale"] = np.broadcast_to(scale, mean.shape).astype(np.float32)
         head.arrays[f"{i}.offset"] = np.broadcast_to(offset, mean.shape).astype(np.float32)
-        head.specs.append({"type": "batch_normalization", "name": layer.name, "scale": f"{i}.scale", "offset": f"{i}.offset"})
+        head.specs.append(
+            {
+                "type": "batch_normalization",
+                "name": layer.name,
+                "scale": f"{i}.scale",
+                "offset": f"{i}.offset",
+            }
+        )
     elif isinstance(layer, keras.layers.ReLU) or (
         isinstance(layer, keras.layers.Activation) and _activation_name(layer.activation) == "relu"
     ):
         if isinstance(layer, keras.layers.ReLU) and (
-            layer.max_value is not None or float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0
+            layer.max_value is not None
+            or float(layer.negative_slope) != 0.0
+            or float(layer.threshold) != 0.0
         ):
-            raise ExportError(f"{where}: only a plain ReLU (no max value, slope or threshold) is supported")
+            raise ExportError(
+                f"{where}: only a plain ReLU (no max value, slope or threshold) is supported"
+            )
         head.specs.append({"type": "relu"})
     elif _is_softmax(layer) and last:
         head.final_activation = "softmax"

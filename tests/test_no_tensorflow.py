@@ -38,7 +38,7 @@ cam = SceneCam.load()
 e = cam.explain(np.full((150, 150, 3), 90, np.uint8))
 assert e.heatmap.shape == (150, 150)
 try:
-    cli(['classify', {str(REPO / "samples")!r}, '--json', '--save-dir', {str(tmp_path)!r}])
+    cli(['classify', {str(REPO / "samples" / "scenes")!r}, '--json', '--save-dir', {str(tmp_path)!r}])
 except SystemExit as exc:
     assert exc.code in (0, None), exc.code
 bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')
@@ -49,7 +49,9 @@ print('ok')
     proc = _run(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
-    assert len(list(tmp_path.glob("*.png"))) == len(list((REPO / "samples").glob("*.jpg")))
+    assert len(list(tmp_path.glob("*.png"))) == len(
+        list((REPO / "samples" / "scenes").glob("*.jpg"))
+    )
 
 
 def test_train_command_without_tensorflow_names_the_extra():

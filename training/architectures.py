@@ -7,6 +7,7 @@ Each builder returns (model, name of its Grad-CAM layer).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 from keras import layers
@@ -120,20 +121,62 @@ def seed_resnet(size: tuple[int, int], channels: int, num_classes: int) -> tuple
     return keras.Model(inp, out, name="seed_resnet"), conv_layer
 
 
-ARCHITECTURES: dict[str, Callable[[tuple[int, int], int, int], tuple[keras.Model, str]]] = {
-    "small": small_cnn,
-    "resnet18": resnet18,
-    "seed-resnet": seed_resnet,
+def mnist_tutorial(
+    size: tuple[int, int], channels: int, num_classes: int
+) -> tuple[keras.Model, str]:
+    """The Grad-CAM-on-MNIST tutorial's network: two convolutions with max pooling between,
+    then a nonlinear head (dropout, flatten, Dense 128 ReLU, dropout, Dense softmax)."""
+    inp = keras.Input((*size, channels), name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale")(inp)
+    x = layers.Conv2D(32, 3, activation="relu", name="conv1")(x)
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = layers.Conv2D(64, 3, activation="relu", name="last_conv_layer")(x)
+    x = layers.Dropout(0.5, name="dropout1")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.5, name="dropout2")(x)
+    out = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inp, out, name="mnist_tutorial"), "last_conv_layer"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an architecture is trained unless the command line says otherwise."""
+
+    img_size: int = 150
+    channels: int = 3
+    optimizer: str = "adamw"
+    augment: bool = True  # flips, shear, zoom...: right for scenes, wrong for digits
+    label_smoothing: float = 0.1
+
+
+Builder = Callable[[tuple[int, int], int, int], tuple[keras.Model, str]]
+
+ARCHITECTURES: dict[str, tuple[Builder, Recipe]] = {
+    "small": (small_cnn, Recipe()),
+    "resnet18": (resnet18, Recipe()),
+    "seed-resnet": (seed_resnet, Recipe()),
+    "mnist-tutorial": (
+        mnist_tutorial,
+        Recipe(img_size=28, channels=1, optimizer="nadam", augment=False, label_smoothing=0.0),
+    ),
 }
+
+
+def recipe(arch: str) -> Recipe:
+    return _lookup(arch)[1]
+
+
+def _lookup(arch: str) -> tuple[Builder, Recipe]:
+    try:
+        return ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}"
+        ) from None
 
 
 def build(
     arch: str, size: tuple[int, int], channels: int, num_classes: int
 ) -> tuple[keras.Model, str]:
-    try:
-        builder = ARCHITECTURES[arch]
-    except KeyError:
-        raise ValueError(
-            f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}"
-        ) from None
-    return builder(size, channels, num_classes)
+    return _lookup(arch)[0](size, channels, num_classes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from scenecam_edge import SceneCam
 from scenecam_edge.cam import softmax
+from scenecam_edge.faithfulness import Faithfulness, evaluate_maps, random_map
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
 from scenecam_edge.training.data import LabelledImages, batches
 from scenecam_edge.training.metrics import classification_figures
@@ -54,16 +55,21 @@ def write_report(
     *,
     title: str,
     gallery_per_class: int = 6,
+    faithfulness: dict[str, Faithfulness] | None = None,
 ) -> Path:
     """Write ``metrics.json`` and ``report.html`` (confusion matrix, per-class figures, and a
     Grad-CAM gallery per class with the misclassifications first)."""
     out = Path(out_dir)
-    write_json_atomic(out / "metrics.json", {"title": title, **result.figures})
+    metrics: dict[str, Any] = {"title": title, **result.figures}
+    if faithfulness:
+        metrics["faithfulness"] = faithfulness_rows(faithfulness)
+    write_json_atomic(out / "metrics.json", metrics)
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         _summary(result.figures),
         _confusion(result.figures),
         _per_class(result.figures),
+        faithfulness_html(faithfulness) if faithfulness else "",
         _gallery(cam, data, result, gallery_per_class),
     ]
     page = _PAGE.format(title=html.escape(title), body="\n".join(sections))
@@ -182,3 +188,82 @@ figure.ok img {{ border-color: #3a3; }} figure.bad img {{ border-color: #d33; }}
 {body}
 </body></html>
 """
+
+
+RANDOM_BASELINE = "random map (baseline)"
+
+
+def faithfulness_table(
+    cam: SceneCam,
+    data: LabelledImages,
+    methods: list[str],
+    images: int = 100,
+    steps: int = 16,
+    seed: int = 0,
+    max_channels: int = 64,
+) -> dict[str, Faithfulness]:
+    """Deletion/insertion AUC, average drop and increase in confidence per method, on up to
+    ``images`` images of ``data`` (a fixed random subset), explaining each prediction; plus a
+    random-map baseline row."""
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.permutation(len(data))[:images])
+    batch = [data.images[i] for i in chosen]
+    names = [data.sources[i] for i in chosen]
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return cam.forward(x)[1]
+
+    table: dict[str, Faithfulness] = {}
+    for method in methods:
+        options = cam.explain_options(method=method, max_channels=max_channels)
+        explained = [
+            e
+            for s in batches(len(batch), 16)
+            for e in cam.predict(batch[s], names[s], explain=options)
+        ]
+        table[method] = evaluate_maps(
+            forward,
+            ((img, e.heatmap, e.index) for img, e in zip(batch, explained, strict=True)),
+            steps,
+        )
+    h, w = cam.manifest.features_shape[:2]
+    predicted = [r.index for s in batches(len(batch), 64) for r in cam.predict(batch[s], names[s])]
+    table[RANDOM_BASELINE] = evaluate_maps(
+        forward,
+        (
+            (img, random_map((h, w), img.shape[:2], rng), t)
+            for img, t in zip(batch, predicted, strict=True)
+        ),
+        steps,
+    )
+    return table
+
+
+def faithfulness_rows(table: dict[str, Faithfulness]) -> list[dict[str, Any]]:
+    return [{"method": name, **asdict(f)} for name, f in table.items()]
+
+
+def faithfulness_markdown(table: dict[str, Faithfulness]) -> str:
+    lines = [
+        "| method | deletion AUC (lower is better) | insertion AUC (higher) | average drop % (lower) | increase in confidence % (higher) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, f in table.items():
+        lines.append(
+            f"| {name} | {f.deletion_auc:.3f} | {f.insertion_auc:.3f} | {f.average_drop:.1f} | {f.increase_in_confidence:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def faithfulness_html(table: dict[str, Faithfulness]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{f.deletion_auc:.3f}</td><td>{f.insertion_auc:.3f}</td>"
+        f"<td>{f.average_drop:.1f}</td><td>{f.increase_in_confidence:.1f}</td></tr>"
+        for name, f in table.items()
+    )
+    images = next(iter(table.values())).images if table else 0
+    return (
+        f"<h2>Faithfulness ({images} images, explaining each prediction)</h2>"
+        "<table><tr><th>method</th><th>deletion AUC &darr;</th><th>insertion AUC &uarr;</th>"
+        f"<th>average drop % &darr;</th><th>increase in confidence % &uarr;</th></tr>{rows}</table>"
+    )

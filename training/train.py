@@ -18,7 +18,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from scenecam_edge import SceneCam
 from scenecam_edge.fileio import write_json_atomic
-from scenecam_edge.training.architectures import build
+from scenecam_edge.training.architectures import build, recipe
 from scenecam_edge.training.data import LabelledImages, load_dataset, stratified_split
 from scenecam_edge.training.report import evaluate
 
@@ -41,16 +41,18 @@ class TrainConfig:
     out: str
     arch: str = "resnet18"
     epochs: int = 30
-    img_size: int = 150
+    img_size: int | None = None  # None: the architecture's recipe
     batch_size: int = 64
     val_split: float = 0.15
     seed: int = 1337
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None
+    optimizer: str | None = None  # "adamw" or "nadam"
+    augment: bool | None = None
     patience: int = 6
     precision: str = "auto"  # "auto" (bf16 where the CPU has it), "bfloat16" or "float32"
-    channels: int = 3
+    channels: int | None = None
     resume: bool = False
     cache_dir: str | None = None
     name: str | None = None
@@ -69,12 +71,14 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
 
     ``extra_callbacks`` run after the built-in ones (logging, checkpoints, resume state).
     """
+    cfg = resolve(cfg)
+    channels = cfg.channels or 3
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
-    size = (cfg.img_size, cfg.img_size)
+    size = (cfg.img_size or 150, cfg.img_size or 150)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "scenecam-edge"
-    data = load_dataset(cfg.data, size, cfg.channels, cache_dir=cache)
+    data = load_dataset(cfg.data, size, channels, cache_dir=cache)
     for path, reason in data.skipped:
         log.warning("skipped %s: %s", path, reason)
     train_idx, val_idx = stratified_split(data.labels, cfg.val_split, cfg.seed)
@@ -98,7 +102,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     policy = "mixed_bfloat16" if bf16 else "float32"
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model, conv_layer = build(cfg.arch, size, cfg.channels, len(data.class_names))
+        model, conv_layer = build(cfg.arch, size, channels, len(data.class_names))
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -109,9 +113,14 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         warmup_target=cfg.learning_rate,
         warmup_steps=steps,
     )
+    optimizer = (
+        keras.optimizers.Nadam(schedule)
+        if cfg.optimizer == "nadam"
+        else keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    )
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing or 0.0),
         metrics=["accuracy"],
     )
     backup = out / "backup"
@@ -129,8 +138,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     ]
     started = time.perf_counter()
     model.fit(
-        _dataset(train_set, cfg, augment=True),
-        validation_data=_dataset(val_set, cfg, augment=False),
+        _dataset(train_set, cfg, training=True),
+        validation_data=_dataset(val_set, cfg, training=False),
         epochs=cfg.epochs,
         callbacks=callbacks,
         verbose=1 if sys.stderr.isatty() else 2,
@@ -139,7 +148,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
 
     # The bundle is float32 whatever the training precision: rebuild and copy the weights.
     trained = keras.models.load_model(best, compile=False)
-    model32, _ = build(cfg.arch, size, cfg.channels, len(data.class_names))
+    model32, _ = build(cfg.arch, size, channels, len(data.class_names))
     model32.set_weights(trained.get_weights())
     epochs = _read_log(out / "log.csv")  # the whole run, across resumes
     val_losses = [row["val_loss"] for row in epochs]
@@ -182,6 +191,21 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     return bundle
 
 
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill what the command line left open from the architecture's recipe."""
+    r = recipe(cfg.arch)
+    if cfg.optimizer not in (None, "adamw", "nadam"):
+        raise ValueError(f"optimizer must be adamw or nadam, not {cfg.optimizer!r}")
+    return replace(
+        cfg,
+        img_size=cfg.img_size or r.img_size,
+        channels=cfg.channels or r.channels,
+        optimizer=cfg.optimizer or r.optimizer,
+        augment=r.augment if cfg.augment is None else cfg.augment,
+        label_smoothing=r.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing,
+    )
+
+
 def set_manifest_fields(bundle: Path, **fields: Any) -> None:
     """Update unchecksummed manifest fields (training, evaluation) in place, atomically."""
     import json
@@ -202,13 +226,15 @@ def _summary(figures: dict[str, Any], on: str) -> dict[str, Any]:
     return {"on": on, **figures}
 
 
-def _dataset(data: LabelledImages, cfg: TrainConfig, augment: bool) -> tf.data.Dataset:
+def _dataset(data: LabelledImages, cfg: TrainConfig, training: bool) -> tf.data.Dataset:
+    """Batches of (float pixels, one-hot labels); shuffled, and augmented if the recipe says
+    so, for training."""
     num_classes = len(data.class_names)
     ds = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
-    if augment:
+    if training:
         ds = ds.shuffle(len(data), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
-    augmenter = _augmenter(cfg.seed) if augment else None
+    augmenter = _augmenter(cfg.seed) if training and cfg.augment else None
 
     def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x = tf.cast(x, tf.float32)

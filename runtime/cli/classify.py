@@ -11,11 +11,12 @@ import numpy as np
 from ..cam import METHODS, TARGET_SPACES
 from ..errors import ImageError, SceneCamError
 from ..fileio import write_png_atomic
+from ..images import resize_to
 from ..model import SceneCam
 from ..outputs import OutputNamer
 from ..results import Classification, Explanation
 from ..sources import SourceItem, iter_sources
-from ..visual import DEFAULT_ALPHA, panel
+from ..visual import DEFAULT_ALPHA, heatmap_at, overlay, panel
 from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, error_line, fail, model_options
 
 
@@ -44,6 +45,20 @@ from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, error_line, fail, model_opti
     show_default=True,
     help="Heatmap weight in the overlay.",
 )
+@click.option(
+    "--display-size",
+    type=click.IntRange(min=16),
+    default=None,
+    metavar="N",
+    help="Show the image and its heatmap at N x N in the panels (e.g. 500 for 28 x 28 digits).",
+)
+@click.option(
+    "--max-channels",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="scorecam: channels it masks the image with (one forward pass each).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 def classify(
     paths: tuple[str, ...],
@@ -56,6 +71,8 @@ def classify(
     method: str,
     top_k: int,
     alpha: float,
+    display_size: int | None,
+    max_channels: int,
     batch_size: int,
 ) -> None:
     """Classify images: PATHS are files, folders (searched recursively) or glob patterns.
@@ -69,7 +86,7 @@ def classify(
     except SceneCamError as exc:
         fail(exc)
     try:
-        options = scenecam.explain_options(target, method, target_space, alpha)  # type: ignore[arg-type]
+        options = scenecam.explain_options(target, method, target_space, alpha, max_channels)  # type: ignore[arg-type]
     except ValueError as exc:
         fail(f"--target: {exc}", EXIT_USAGE)
     explaining = save_dir is not None or target is not None
@@ -102,9 +119,7 @@ def classify(
             saved = None
             if namer is not None and isinstance(result, Explanation):
                 saved = namer.path_for(result.source)
-                write_png_atomic(
-                    saved, panel(image, result.heatmap, result.overlay, _title(result))
-                )
+                write_png_atomic(saved, _panel(image, result, alpha, display_size))
             printer.result(result, saved)
     printer.close()
     if failed:
@@ -118,6 +133,16 @@ def _decode(scenecam: SceneCam, item: SourceItem) -> np.ndarray | ImageError:
         return scenecam.load_image(item.path)
     except ImageError as exc:
         return exc
+
+
+def _panel(
+    image: np.ndarray, result: Explanation, alpha: float, display_size: int | None
+) -> np.ndarray:
+    if display_size is None:
+        return panel(image, result.heatmap, result.overlay, _title(result))
+    shown = resize_to(image, display_size, display_size)
+    heat = heatmap_at(result.cam, display_size, display_size)
+    return panel(shown, heat, overlay(shown, heat, alpha), _title(result))
 
 
 def _title(result: Explanation) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..cam import METHODS
 from ..errors import SceneCamError
 from ..model import SceneCam
 from .common import EXIT_USAGE, fail, model_options
@@ -42,6 +43,18 @@ from .common import EXIT_USAGE, fail, model_options
     type=click.IntRange(min=0),
     help="Grad-CAM examples per class.",
 )
+@click.option(
+    "--faithfulness",
+    is_flag=True,
+    help="Also score every CAM method: deletion and insertion AUC, average drop, increase in confidence.",
+)
+@click.option(
+    "--faithfulness-images",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images (a fixed random subset) for the faithfulness scores.",
+)
 def evaluate(
     data_dir: str,
     model: str | None,
@@ -51,15 +64,22 @@ def evaluate(
     val_split: float,
     seed: int,
     gallery: int,
+    faithfulness: bool,
+    faithfulness_images: int,
 ) -> None:
     """Evaluate a bundle on DATA_DIR (class-per-folder images, or an .npz with x and y).
 
     Writes metrics.json (accuracy, per-class precision, recall, F1 and support, macro and
-    weighted averages, confusion matrix) and a self-contained report.html.
+    weighted averages, confusion matrix, and with --faithfulness a table per CAM method) and
+    a self-contained report.html.
     """
     from scenecam_edge.training.data import load_dataset, stratified_split
     from scenecam_edge.training.report import evaluate as run_evaluation
-    from scenecam_edge.training.report import write_report
+    from scenecam_edge.training.report import (
+        faithfulness_markdown,
+        faithfulness_table,
+        write_report,
+    )
 
     try:
         scenecam = SceneCam.load(model, threads=threads)
@@ -79,12 +99,25 @@ def evaluate(
         result = run_evaluation(scenecam, data)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+    table = (
+        faithfulness_table(scenecam, data, list(METHODS), images=faithfulness_images)
+        if faithfulness
+        else None
+    )
     title = f"{scenecam.manifest.name} on {data_dir} ({split})"
     report = write_report(
-        report_dir, scenecam, data, result, title=title, gallery_per_class=gallery
+        report_dir,
+        scenecam,
+        data,
+        result,
+        title=title,
+        gallery_per_class=gallery,
+        faithfulness=table,
     )
     f = result.figures
     click.echo(
         f"accuracy {f['accuracy']:.4f} on {f['count']} images, macro F1 {f['macro_avg']['f1']:.4f}"
     )
+    if table:
+        click.echo(faithfulness_markdown(table))
     click.echo(f"wrote {report_dir / 'metrics.json'} and {report}")

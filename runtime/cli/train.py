@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .common import needs_train_extra
+from .common import EXIT_USAGE, fail, needs_train_extra
+
+# Kept here as plain names so that --help works without importing TensorFlow; the training
+# module checks them against its registry.
+ARCHITECTURES = ("resnet18", "seed-resnet", "small", "mnist-tutorial")
 
 
 @click.command()
@@ -16,11 +20,22 @@ from .common import needs_train_extra
     "--arch",
     default="resnet18",
     show_default=True,
-    type=click.Choice(["resnet18", "seed-resnet", "small"]),
+    type=click.Choice(ARCHITECTURES),
     help="Architecture.",
 )
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
-@click.option("--img-size", default=150, show_default=True, type=click.IntRange(min=8))
+@click.option(
+    "--img-size",
+    default=None,
+    type=click.IntRange(min=8),
+    help="Square input size [default: the architecture's, 150 or 28].",
+)
+@click.option(
+    "--channels",
+    default=None,
+    type=click.Choice(["1", "3"]),
+    help="Input channels [default: the architecture's].",
+)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--val-split",
@@ -33,7 +48,20 @@ from .common import needs_train_extra
     "--lr", "learning_rate", default=2e-3, show_default=True, type=float, help="Peak learning rate."
 )
 @click.option(
-    "--patience", default=6, show_default=True, type=int, help="Early-stopping patience (epochs)."
+    "--optimizer",
+    default=None,
+    type=click.Choice(["adamw", "nadam"]),
+    help="[default: the architecture's]",
+)
+@click.option(
+    "--augment/--no-augment", default=None, help="Augmentation [default: the architecture's]."
+)
+@click.option(
+    "--patience",
+    default=6,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Early-stopping patience (epochs).",
 )
 @click.option(
     "--precision",
@@ -41,16 +69,53 @@ from .common import needs_train_extra
     default="auto",
     show_default=True,
 )
-@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
 @click.option("--name", default=None, help="Name written into the bundle's manifest.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
-def train(data_dir: str, out: str, channels: str, **options: object) -> None:
-    """Train on DATA_DIR (class-per-folder images, or an .npz with x and y)."""
+def train(
+    data_dir: str,
+    out: str,
+    arch: str,
+    epochs: int,
+    img_size: int | None,
+    channels: str | None,
+    batch_size: int,
+    val_split: float,
+    seed: int,
+    learning_rate: float,
+    optimizer: str | None,
+    augment: bool | None,
+    patience: int,
+    precision: str,
+    name: str | None,
+    resume: bool,
+) -> None:
+    """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
+    best checkpoint as a float32 bundle and evaluate it on the validation split."""
     try:
         from scenecam_edge.training.train import TrainConfig
         from scenecam_edge.training.train import train as run_training
     except ImportError:
         needs_train_extra("train")
-    config = TrainConfig(data=data_dir, out=out, channels=int(channels), **options)  # type: ignore[arg-type]
-    bundle = run_training(config)
+    config = TrainConfig(
+        data=data_dir,
+        out=out,
+        arch=arch,
+        epochs=epochs,
+        img_size=img_size,
+        channels=int(channels) if channels else None,
+        batch_size=batch_size,
+        val_split=val_split,
+        seed=seed,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        augment=augment,
+        patience=patience,
+        precision=precision,
+        name=name,
+        resume=resume,
+    )
+    try:
+        bundle = run_training(config)
+    except ValueError as exc:
+        fail(f"{data_dir}: {exc}", EXIT_USAGE)
     click.echo(f"wrote {bundle}")
