@@ -201,3 +201,16 @@ def keras_head(model: keras.Model, conv_layer: str):
         )
 
     return head
+
+
+def batchnorm_mlp_model(num_classes: int = 4, seed: int = 4) -> keras.Model:
+    """A nonlinear head in another order: GAP, batch norm, Dense ReLU, ReLU layer, dropout, Dense."""
+    inp, x = resnet_trunk(seed=seed)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Dense(12, activation="relu")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(0.2)(x)
+    out = layers.Dense(num_classes, activation="softmax")(x)
+    return with_random_bn(keras.Model(inp, out), seed)

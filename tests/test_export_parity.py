@@ -115,6 +115,7 @@ def test_gradcam_matches_gradienttape(gap_model, gap_bundle: Path, space: str, w
         ("avgpool_flatten_model", "block_16_out", 3, 32),
         ("flatten_dense_model", "block_16_out", 3, 32),
         ("mnist_style_model", "last_conv_layer", 1, 28),
+        ("batchnorm_mlp_model", "block_16_out", 3, 32),
     ],
 )
 def test_other_heads_match_gradienttape(builder, conv_layer, channels, size, tmp_path: Path):
