@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
+from .onnx_scan import MalformedModel, external_locations
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -25,15 +26,16 @@ INPUT_NAME = "image"
 FEATURES = "features"
 LOGITS = "logits"
 
-#: Head layer types the runtime can run forward and backward, with the keys each one needs.
-HEAD_LAYER_TYPES: dict[str, tuple[str, ...]] = {
-    "global_average_pooling": (),
-    "average_pooling": ("pool_size", "strides"),
-    "flatten": (),
-    "dropout": (),
-    "dense": ("kernel", "bias", "activation"),
-    "batch_normalization": ("scale", "offset"),
-    "relu": (),
+#: Head layer types the runtime can run forward and backward, with the keys each one needs
+#: and their JSON types.
+HEAD_LAYER_TYPES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "global_average_pooling": {},
+    "average_pooling": {"pool_size": (int, list), "strides": (int, list)},
+    "flatten": {},
+    "dropout": {},
+    "dense": {"kernel": str, "bias": str, "activation": str},
+    "batch_normalization": {"scale": str, "offset": str},
+    "relu": {},
 }
 DENSE_ACTIVATIONS = ("linear", "relu")
 
@@ -119,11 +121,13 @@ class Manifest:
         for i, layer in enumerate(layers):
             layer = m.mapping(layer, f"head.layers[{i}]")
             kind = layer.get("type")
-            if kind not in HEAD_LAYER_TYPES:
+            if not isinstance(kind, str) or kind not in HEAD_LAYER_TYPES:
                 raise BundleError(where, f"head.layers[{i}] has unknown type {kind!r}")
-            for key in HEAD_LAYER_TYPES[kind]:
+            for key, expected in HEAD_LAYER_TYPES[kind].items():
                 if key not in layer:
                     raise BundleError(where, f"head.layers[{i}] ({kind}) lacks '{key}'")
+                if not isinstance(layer[key], expected) or isinstance(layer[key], bool):
+                    raise BundleError(where, f"head.layers[{i}] ({kind}) has a malformed '{key}'")
             if kind == "dense" and layer["activation"] not in DENSE_ACTIVATIONS:
                 raise BundleError(
                     where, f"head.layers[{i}] has unsupported activation {layer['activation']!r}"
@@ -149,9 +153,9 @@ class Manifest:
             head_layers=tuple(layers),
             files=dict(files),
             description=str(root.get("description", "")),
-            producer=dict(root.get("producer") or {}),
-            training=root.get("training"),
-            evaluation=root.get("evaluation"),
+            producer=m.optional_mapping(root, "producer") or {},
+            training=m.optional_mapping(root, "training"),
+            evaluation=m.optional_mapping(root, "evaluation"),
             raw=root,
         )
 
@@ -195,6 +199,31 @@ def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
             )
 
 
+def check_external_data(bundle_dir: Path, manifest: Manifest) -> None:
+    """Refuse a graph whose tensors live in files outside the bundle, or in files the
+    manifest does not checksum. Exports never write external data; this guards bundles that
+    come from elsewhere."""
+    try:
+        locations = external_locations((bundle_dir / "model.onnx").read_bytes())
+    except MalformedModel as exc:
+        raise BundleError(bundle_dir, f"model.onnx is not a valid ONNX file ({exc})") from None
+    for location in locations:
+        p = Path(location)
+        if (
+            p.is_absolute()
+            or ".." in p.parts
+            or not (bundle_dir / p).resolve().is_relative_to(bundle_dir.resolve())
+        ):
+            raise BundleError(
+                bundle_dir, f"model.onnx refers to external data outside the bundle ({location!r})"
+            )
+        if location not in manifest.files:
+            raise BundleError(
+                bundle_dir,
+                f"model.onnx refers to external data {location!r} that the manifest does not checksum",
+            )
+
+
 def load_arrays(path: Path, where: str | Path) -> dict[str, np.ndarray]:
     """Read an ``.npz`` without ever unpickling."""
     try:
@@ -231,6 +260,12 @@ class _Checker:
             raise BundleError(
                 self.where, f"manifest '{key}' must be {kind.__name__}, not {type(value).__name__}"
             )
+        return value
+
+    def optional_mapping(self, obj: dict[str, Any], key: str) -> dict[str, Any] | None:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise BundleError(self.where, f"manifest '{key}' must be an object or null")
         return value
 
     def positive(self, obj: dict[str, Any], key: str) -> int:

@@ -7,6 +7,7 @@ normalisation are inside the ONNX graph, so this module only produces uint8 pixe
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TypeAlias
 
@@ -75,6 +76,11 @@ def _from_path(path: Path, channels: int, name: str, max_pixels: int) -> np.ndar
     try:
         with Image.open(path) as img:
             return _from_pil(img, channels, name, max_pixels)
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard, at a higher limit than ours, fired while reading the header.
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{declared.group(1)} pixels" if declared else "too many pixels"
+        raise ImageError(name, f"image declares {size}, over the limit of {max_pixels}") from None
     except UnidentifiedImageError:
         raise ImageError(name, "not an image (unrecognised format)") from None
     except PermissionError:
@@ -101,7 +107,7 @@ def _from_pil(img: Image.Image, channels: int, name: str, max_pixels: int) -> np
             arr16 = np.asarray(img, dtype=np.float64)
             top = arr16.max()
             arr8 = (arr16 * (255.0 / top) if top > 0 else arr16).round().astype(np.uint8)
-            img = Image.fromarray(arr8, mode="L")
+            img = Image.fromarray(arr8)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             # Composite transparency onto white instead of exposing undefined colour values.
             rgba = img.convert("RGBA")

@@ -12,7 +12,15 @@ from typing import overload
 import numpy as np
 
 from . import visual
-from .bundle import FEATURES, LOGITS, Manifest, load_arrays, read_manifest, verify_files
+from .bundle import (
+    FEATURES,
+    LOGITS,
+    Manifest,
+    check_external_data,
+    load_arrays,
+    read_manifest,
+    verify_files,
+)
 from .cam import (
     DEFAULT_MAX_CHANNELS,
     TARGET_SPACES,
@@ -56,12 +64,19 @@ class SceneCam:
     >>> cam.explain("photo.jpg", target="forest").overlay
     """
 
-    def __init__(self, path: Path, manifest: Manifest, head: Head, config: SessionConfig) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        head: Head,
+        config: SessionConfig,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.head = head
         self.config = config
-        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.max_pixels = max_pixels
         self._session = create_session(path / "model.onnx", config)
         self._check_graph()
 
@@ -73,16 +88,20 @@ class SceneCam:
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         spin: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> SceneCam:
         """Load a bundle (a folder, or a shipped model's name; ``None`` for the default).
 
         The manifest is validated, every file's sha256 checked, the head's arrays read without
         pickle, and the head self-checked against the graph on a probe input. A bundle that
         fails any of these raises :class:`BundleError` saying what is wrong.
+
+        ``max_pixels`` refuses images that declare more pixels, before decoding them.
         """
         bundle_dir = resolve_model(path)
         manifest = read_manifest(bundle_dir)
         verify_files(bundle_dir, manifest)
+        check_external_data(bundle_dir, manifest)
         arrays = load_arrays(bundle_dir / manifest.head_file, bundle_dir)
         head = Head.from_manifest(
             manifest.head_layers, arrays, manifest.features_shape, str(bundle_dir)
@@ -93,7 +112,7 @@ class SceneCam:
                 f"head gives {head.num_classes} classes, manifest names {manifest.num_classes}",
             )
         config = SessionConfig(threads=threads, providers=tuple(providers), spin=spin)
-        return cls(bundle_dir, manifest, head, config)
+        return cls(bundle_dir, manifest, head, config, max_pixels)
 
     # -- facts about the model -------------------------------------------------------------
 

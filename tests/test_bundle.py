@@ -124,3 +124,38 @@ def test_graph_with_wrong_outputs(bundle_copy: Path, tmp_path: Path):
     _rehash(bundle_copy)
     with pytest.raises(BundleError, match="outputs must be exactly 'features' and 'logits'"):
         SceneCam.load(bundle_copy)
+
+
+@pytest.mark.parametrize(
+    "location,match",
+    [
+        ("../secret.bin", "outside the bundle"),
+        ("/etc/passwd", "outside the bundle"),
+        ("weights.bin", "does not checksum"),
+    ],
+)
+def test_external_data_must_stay_inside_and_be_checksummed(
+    bundle_copy: Path, location: str, match: str
+):
+    onnx = pytest.importorskip("onnx")
+    (bundle_copy.parent / "secret.bin").write_bytes(b"\0" * 4096)
+    (bundle_copy / "weights.bin").write_bytes(b"\0" * 4096)
+    model = onnx.load(str(bundle_copy / "model.onnx"))
+    tensor = next(t for t in model.graph.initializer if t.raw_data)
+    size = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    (bundle_copy / "model.onnx").write_bytes(model.SerializeToString())
+    _rehash(bundle_copy)
+    with pytest.raises(BundleError, match=match):
+        SceneCam.load(bundle_copy)
+
+
+def test_model_file_that_is_not_onnx(bundle_copy: Path):
+    (bundle_copy / "model.onnx").write_bytes(b"\x0a\xff\xff\xff\xff\x0f garbage")
+    _rehash(bundle_copy)
+    with pytest.raises(BundleError, match="model.onnx"):
+        SceneCam.load(bundle_copy)

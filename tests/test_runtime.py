@@ -122,13 +122,13 @@ def test_unreadable_inputs_raise_image_error(scenecam: SceneCam, tmp_path: Path)
         scenecam.classify(np.zeros((10, 10, 3), np.float32))
 
 
-def test_threads_from_many_callers_give_serial_results(
+def test_eight_threads_give_the_serial_results(
     scenecam: SceneCam, sample_images: list[Path]
 ):
     from concurrent.futures import ThreadPoolExecutor
 
     serial = [scenecam.explain(p).cam for p in sample_images * 3]
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(8) as pool:
         parallel = list(pool.map(lambda p: scenecam.explain(p).cam, sample_images * 3))
     for a, b in zip(serial, parallel, strict=True):
         assert np.allclose(a, b, atol=1e-5)

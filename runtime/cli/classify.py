@@ -11,7 +11,7 @@ import numpy as np
 from ..cam import METHODS, TARGET_SPACES
 from ..errors import ImageError, SceneCamError
 from ..fileio import write_png_atomic
-from ..images import resize_to
+from ..images import DEFAULT_MAX_PIXELS, resize_to
 from ..model import SceneCam
 from ..outputs import OutputNamer
 from ..results import Classification, Explanation
@@ -60,6 +60,13 @@ from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, error_line, fail, model_opti
     help="scorecam: channels it masks the image with (one forward pass each).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images that declare more pixels than this (before decoding).",
+)
 def classify(
     paths: tuple[str, ...],
     model: str | None,
@@ -74,6 +81,7 @@ def classify(
     display_size: int | None,
     max_channels: int,
     batch_size: int,
+    max_pixels: int,
 ) -> None:
     """Classify images: PATHS are files, folders (searched recursively) or glob patterns.
 
@@ -82,7 +90,7 @@ def classify(
     code is then 1.
     """
     try:
-        scenecam = SceneCam.load(model, threads=threads)
+        scenecam = SceneCam.load(model, threads=threads, max_pixels=max_pixels)
     except SceneCamError as exc:
         fail(exc)
     try:
