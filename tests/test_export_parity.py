@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import HAS_TF
+from .conftest import HAS_TF, wave_images
 
 pytestmark = [
     pytest.mark.tf,
@@ -24,19 +24,6 @@ if HAS_TF:
 
 N_IMAGES = 24
 MAP_TOLERANCE = 1e-4
-
-
-def _images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    # Smooth images with texture, so maps have structure (pure noise gives flat maps).
-    yy, xx = np.mgrid[0:size, 0:size]
-    out = []
-    for _ in range(n):
-        f = rng.uniform(0.1, 0.6, size=2)
-        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
-        noise = rng.normal(0, 25, size=(size, size, channels))
-        out.append(np.clip(base[..., None] + noise, 0, 255).astype(np.uint8))
-    return np.stack(out)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +60,7 @@ def test_onnx_logits_match_keras(gap_model, gap_bundle: Path):
     import keras
 
     cam = SceneCam.load(gap_bundle, threads=1)
-    images = _images(16, seed=1)
+    images = wave_images(16, seed=1)
     features, logits = cam.forward(images)
     last = gap_model.layers[-1]
     reference = keras.Model(
@@ -94,7 +81,7 @@ def test_onnx_logits_match_keras(gap_model, gap_bundle: Path):
 @pytest.mark.parametrize("which", ["predicted", "other"])
 def test_gradcam_matches_gradienttape(gap_model, gap_bundle: Path, space: str, which: str):
     cam = SceneCam.load(gap_bundle, threads=1)
-    images = _images(N_IMAGES, seed=2)
+    images = wave_images(N_IMAGES, seed=2)
     nontrivial = 0
     for i, image in enumerate(images):
         predicted = cam.classify(image).index
@@ -125,7 +112,7 @@ def test_other_heads_match_gradienttape(builder, conv_layer, channels, size, tmp
     assert manifest["conv_layer"] == conv_layer  # found by default
     cam = SceneCam.load(bundle, threads=1)
     classes = cam.manifest.num_classes
-    for i, image in enumerate(_images(8, size=size, channels=channels, seed=3)):
+    for i, image in enumerate(wave_images(8, size=size, channels=channels, seed=3)):
         for space in ("logit", "probability"):
             target = i % classes
             expected, _ = km.tape_gradcam(model, conv_layer, image, target, space)
@@ -143,7 +130,7 @@ def test_explicit_conv_layer(tmp_path: Path):
     cam = SceneCam.load(bundle, threads=1)
     assert cam.manifest.conv_layer == dropout
     assert [layer["type"] for layer in cam.manifest.head_layers] == ["flatten", "dense"]
-    image = _images(1, seed=4)[0]
+    image = wave_images(1, seed=4)[0]
     expected, _ = km.tape_gradcam(model, "block_16_out", image, 2, "logit")
     got = cam.explain(image, target=2).cam
     assert np.abs(got / got.max() - expected).max() <= MAP_TOLERANCE
@@ -201,7 +188,7 @@ def test_training_architectures_export_with_their_gradcam_layer(tmp_path: Path):
         bundle = export_keras(model, tmp_path / arch)  # the default walk finds the same layer
         cam = SceneCam.load(bundle, threads=1)
         assert cam.manifest.conv_layer == conv_layer, arch
-        image = _images(1, size=32, seed=9)[0]
+        image = wave_images(1, size=32, seed=9)[0]
         expected, _ = km.tape_gradcam(model, conv_layer, image, 1, "probability")
         got = cam.explain(image, target=1, target_space="probability").cam
         ours = got / got.max() if got.max() > 0 else got

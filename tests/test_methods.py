@@ -11,27 +11,12 @@ import pytest
 from scenecam_edge import METHODS, SceneCam
 from scenecam_edge.cam import softmax
 
-from .conftest import HAS_TF
+from .conftest import HAS_TF, wave_images
 
 GRADIENT_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 TOLERANCE = 1e-4
 
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")
-
-
-def _images(n: int, size: int, channels: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    out = []
-    for _ in range(n):
-        f = rng.uniform(0.1, 0.6, size=2)
-        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
-        out.append(
-            np.clip(base[..., None] + rng.normal(0, 25, (size, size, channels)), 0, 255).astype(
-                np.uint8
-            )
-        )
-    return np.stack(out)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +48,7 @@ def test_gradient_methods_match_gradienttape(models, head: str, method: str, spa
 
     model, conv, cam, size, channels = models[head]
     checked = 0
-    for i, image in enumerate(_images(6, size, channels, seed=11)):
+    for i, image in enumerate(wave_images(6, size, channels, seed=11)):
         predicted = cam.classify(image).index
         target = (predicted + 1 + i) % cam.manifest.num_classes  # never the predicted class
         expected = km.tape_method(model, conv, image, target, space, method)
@@ -86,7 +71,7 @@ def test_ablationcam_equals_brute_force_ablation(models, head: str, space: str):
 
     model, conv, cam, size, channels = models[head]
     keras_head = km.keras_head(model, conv)
-    for i, image in enumerate(_images(3, size, channels, seed=12)):
+    for i, image in enumerate(wave_images(3, size, channels, seed=12)):
         features, logits = cam.forward(image[None])
         a = features[0].astype(np.float64)
         target = (int(logits[0].argmax()) + 1) % cam.manifest.num_classes
