@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from pathlib import Path
 from typing import TypeAlias
 
@@ -89,6 +90,23 @@ def _from_path(path: Path, channels: int, name: str, max_pixels: int) -> np.ndar
         if exc.errno is not None:  # the file system's error (I/O error, name too long, ...)
             raise ImageError(name, f"cannot read: {exc.strerror}") from None
         raise ImageError(name, f"truncated or corrupt image ({exc})") from None
+    except _DECODER_ERRORS as exc:
+        raise ImageError(name, f"corrupt image ({type(exc).__name__}: {exc})") from None
+
+
+# Pillow's decoders signal damaged files with more than OSError (found by fuzzing, e.g.
+# ValueError "tile cannot extend outside image" from a mutated TIFF). These come from
+# parsing untrusted bytes and become the documented ImageError; anything else propagates.
+_DECODER_ERRORS = (
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    ZeroDivisionError,
+)
 
 
 def _from_pil(img: Image.Image, channels: int, name: str, max_pixels: int) -> np.ndarray:
@@ -118,6 +136,8 @@ def _from_pil(img: Image.Image, channels: int, name: str, max_pixels: int) -> np
         raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
     except OSError as exc:
         raise ImageError(name, f"truncated or corrupt image ({exc})") from None
+    except _DECODER_ERRORS as exc:
+        raise ImageError(name, f"corrupt image ({type(exc).__name__}: {exc})") from None
     arr = np.asarray(converted, dtype=np.uint8)
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
 
