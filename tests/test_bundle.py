@@ -157,5 +157,5 @@ def test_external_data_must_stay_inside_and_be_checksummed(
 def test_model_file_that_is_not_onnx(bundle_copy: Path):
     (bundle_copy / "model.onnx").write_bytes(b"\x0a\xff\xff\xff\xff\x0f garbage")
     _rehash(bundle_copy)
-    with pytest.raises(BundleError, match="model.onnx"):
+    with pytest.raises(BundleError, match=r"model\.onnx"):
         SceneCam.load(bundle_copy)

@@ -122,9 +122,7 @@ def test_unreadable_inputs_raise_image_error(scenecam: SceneCam, tmp_path: Path)
         scenecam.classify(np.zeros((10, 10, 3), np.float32))
 
 
-def test_eight_threads_give_the_serial_results(
-    scenecam: SceneCam, sample_images: list[Path]
-):
+def test_eight_threads_give_the_serial_results(scenecam: SceneCam, sample_images: list[Path]):
     from concurrent.futures import ThreadPoolExecutor
 
     serial = [scenecam.explain(p).cam for p in sample_images * 3]

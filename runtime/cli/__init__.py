@@ -11,11 +11,13 @@ import logging
 import click
 
 from .._version import __version__
+from .batch import batch
 from .camera import camera
 from .classify import classify
 from .evaluate import evaluate
 from .export import export
 from .models import models
+from .tiles import tiles
 from .train import train
 
 
@@ -34,6 +36,8 @@ cli.add_command(export)
 cli.add_command(train)
 cli.add_command(models)
 cli.add_command(camera)
+cli.add_command(batch)
+cli.add_command(tiles)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..errors import SceneCamError
+from ..cam import METHODS, TARGET_SPACES
+from ..errors import MissingExtraError, SceneCamError
+from ..visual import DEFAULT_ALPHA
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
 
@@ -33,13 +35,44 @@ def model_options(fn: F) -> F:
     return fn
 
 
+def cam_options(*, alpha: bool) -> Callable[[F], F]:
+    """--target, --method and --target-space (and --alpha for overlays): how heatmaps are
+    made, the same on every command that saves them."""
+
+    def decorate(fn: F) -> F:
+        if alpha:
+            fn = click.option(
+                "--alpha",
+                type=click.FloatRange(0.0, 1.0),
+                default=DEFAULT_ALPHA,
+                show_default=True,
+                help="Heatmap weight in the overlay.",
+            )(fn)
+        fn = click.option(
+            "--method", type=click.Choice(sorted(METHODS)), default="gradcam", show_default=True
+        )(fn)
+        fn = click.option(
+            "--target-space", type=click.Choice(TARGET_SPACES), default="logit", show_default=True
+        )(fn)
+        fn = click.option(
+            "--target",
+            default=None,
+            help="Class to explain, by name or index (default: each image's prediction).",
+        )(fn)
+        return fn
+
+    return decorate
+
+
 def error_line(subject: str, reason: str) -> None:
     """One line on stderr naming the input and the reason."""
     click.echo(f"error: {subject}: {reason}", err=True)
 
 
 def fail(exc: SceneCamError | str, code: int = EXIT_MODEL) -> NoReturn:
-    if isinstance(exc, SceneCamError):
+    if isinstance(exc, MissingExtraError):
+        click.echo(f"error: {exc.reason}", err=True)
+    elif isinstance(exc, SceneCamError):
         error_line(exc.subject, exc.reason)
     else:
         click.echo(f"error: {exc}", err=True)

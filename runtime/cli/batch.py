@@ -1,0 +1,202 @@
+"""``scenecam-edge batch``: classify any number of images into a resumable results file."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..batch import HEATMAP_FORMATS, BatchJob, HeatmapFormat, JobCounts, ResultsFile
+from ..errors import SceneCamError
+from ..model import DEFAULT_BATCH, SceneCam
+from ..sources import iter_sources
+from .common import (
+    EXIT_FAILED_INPUTS,
+    EXIT_USAGE,
+    cam_options,
+    error_line,
+    fail,
+    model_options,
+)
+
+#: Exit status after an interrupt (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+@click.command()
+@click.argument("inputs", nargs=-1)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Results file: JSON lines (CSV with --csv). An existing one is resumed.",
+)
+@click.option(
+    "--from-list",
+    "from_list",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    default=None,
+    help="A text file of inputs, one path, folder or pattern per line ('-': standard input).",
+)
+@click.option("--csv", "as_csv", is_flag=True, help="Write CSV instead of JSON lines.")
+@click.option(
+    "--heatmaps",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save each image's heatmap in this folder; its path goes into the record.",
+)
+@click.option(
+    "--heatmap-format",
+    type=click.Choice(HEATMAP_FORMATS),
+    default=None,
+    help="png: the overlay; npy: the raw CAM (float32); both. [default: png]",
+)
+@cam_options(alpha=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decoding threads beside inference (default: a few; 0: decode in line).",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Try again the inputs that failed in an earlier run."
+)
+@model_options
+def batch(
+    inputs: tuple[str, ...],
+    out: Path,
+    from_list: str | None,
+    as_csv: bool,
+    heatmaps: Path | None,
+    heatmap_format: HeatmapFormat | None,
+    target: str | None,
+    target_space: str,
+    method: str,
+    alpha: float,
+    top_k: int,
+    batch_size: int,
+    workers: int | None,
+    retry_failed: bool,
+    model: str | None,
+    threads: int | None,
+) -> None:
+    """Classify INPUTS (files, folders searched recursively, glob patterns) into --out.
+
+    Writes one line per image, with the keys of `classify --json` (and `heatmap`, the saved
+    file, with --heatmaps); an image that cannot be read gets a line with `path` and `error`,
+    and the job goes on. Images are decoded in parallel with inference and memory stays flat
+    however many there are. Rerunning with the same --out skips every input it already holds
+    (failed ones too, unless --retry-failed), so a killed job picks up where it stopped.
+
+    Exit codes: 0 every input done; 1 some inputs failed (now or in an earlier run, see
+    --retry-failed); 2 usage error, or --out is not a results file of this format; 3 the
+    model could not be loaded; 130 interrupted (what was written is kept).
+    """
+    if not inputs and from_list is None:
+        fail("give INPUTS or --from-list FILE", EXIT_USAGE)
+    if heatmap_format is not None and heatmaps is None:
+        fail("--heatmap-format needs --heatmaps DIR", EXIT_USAGE)
+    try:
+        # No busy-waiting between runs: the cores go to decoding (reading) meanwhile.
+        scenecam = SceneCam.load(model, threads=threads, spin=False)
+    except SceneCamError as exc:
+        fail(exc)
+    try:
+        options = scenecam.explain_options(target, method, target_space, alpha)  # type: ignore[arg-type]
+    except ValueError as exc:
+        fail(f"--target: {exc}", EXIT_USAGE)
+    explaining = heatmaps is not None or target is not None
+    results = ResultsFile(out, "csv" if as_csv else "jsonl", scenecam.class_names)
+    job = BatchJob(
+        scenecam,
+        results,
+        batch_size=batch_size,
+        workers=workers,
+        explain=options if explaining else None,
+        heatmaps=None if heatmaps is None else (heatmaps, heatmap_format or "png"),
+        retry_failed=retry_failed,
+        top_k=top_k,
+    )
+    arguments = itertools.chain(inputs, _list_lines(from_list) if from_list else ())
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        _drive(job, iter_sources(arguments))
+    except SceneCamError as exc:  # --out is not a results file we may append to
+        fail(exc, EXIT_USAGE)
+    except OSError as exc:  # the results file or the heatmap folder cannot be written
+        fail(f"{exc.filename or out}: {exc.strerror or exc}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        interrupted = True
+    _summary(job.counts, time.perf_counter() - start, out, interrupted)
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    if job.counts.failed or job.counts.skipped_failed:
+        sys.exit(EXIT_FAILED_INPUTS)
+
+
+def _drive(job: BatchJob, sources: Iterator[Any]) -> None:
+    from tqdm import tqdm
+
+    with tqdm(
+        desc="batch",
+        unit="img",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    ) as bar:
+        for records in job.run(sources):
+            for record in records:
+                if record.get("error"):
+                    line = f"error: {record['path']}: {_one_line(record['error'])}"
+                    if bar.disable:
+                        error_line(record["path"], _one_line(record["error"]))
+                    else:
+                        bar.write(line, file=sys.stderr)
+            bar.update(len(records))
+            bar.set_postfix(skipped=job.counts.skipped, failed=job.counts.failed, refresh=False)
+
+
+def _list_lines(path: str) -> Iterator[str]:
+    """The non-blank lines of a list file (or standard input), without their line ends."""
+    if path == "-":
+        yield from (line.rstrip("\r\n") for line in sys.stdin if line.strip())
+        return
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        yield from (line.rstrip("\r\n") for line in fh if line.strip())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
+
+
+def _summary(counts: JobCounts, seconds: float, out: Path, interrupted: bool) -> None:
+    processed = counts.done + counts.failed
+    rate = processed / seconds if seconds > 0 else 0.0
+    state = "interrupted after" if interrupted else "summary:"
+    click.echo(
+        f"{state} {counts.done} done, {counts.skipped} skipped, {counts.failed} failed "
+        f"in {seconds:.1f} s ({rate:.1f} images/s) -> {out}",
+        err=True,
+    )
+    notes = []
+    if counts.dropped_torn:
+        notes.append("dropped a torn last line left by an interrupted run")
+    if counts.retried:
+        notes.append(f"removed {counts.retried} failed records to try them again")
+    if counts.skipped_failed:
+        notes.append(
+            f"{counts.skipped_failed} of the skipped inputs failed in an earlier run; "
+            "--retry-failed tries them again"
+        )
+    if counts.excluded:
+        notes.append(f"{counts.excluded} inputs inside the --heatmaps folder were not classified")
+    for note in notes:
+        click.echo(f"note: {note}", err=True)

@@ -1,0 +1,277 @@
+"""Large scenes: `scenecam-edge tiles` on small synthetic GeoTIFFs made here."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from scenecam_edge.cli import cli
+
+from .conftest import SAMPLES
+
+HAS_RASTERIO = importlib.util.find_spec("rasterio") is not None
+needs_geo = pytest.mark.skipif(not HAS_RASTERIO, reason="needs rasterio: pip install '.[geo]'")
+
+TILE = 150
+HEIGHT, WIDTH = 450, 600  # 3 x 4 tiles
+ORIGIN = (500_000.0, 5_000_000.0)  # UTM 33N, metres
+PIXEL = 10.0
+#: (row, col) -> a sample photo the shipped model classifies confidently (checked below).
+PLANTED = {
+    (0, 0): "forest_8",
+    (1, 2): "sea_62",
+    (2, 3): "buildings_137",
+    (0, 3): "mountain_323",
+    (2, 1): "street_31",
+}
+
+
+def run_tiles(*args: str):
+    result = CliRunner().invoke(cli, ["tiles", "--threads", "1", *args])
+    # exits are fine, crashes are not (the runner turns both into exit codes)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    return result
+
+
+@pytest.fixture(scope="module")
+def planted_classes() -> dict[tuple[int, int], str]:
+    from scenecam_edge import SceneCam
+
+    model = SceneCam.load(threads=1)
+    expected = {}
+    for cell, name in PLANTED.items():
+        result = model.classify(SAMPLES / f"{name}.jpg")
+        assert result.label == name.split("_")[0] and result.confidence > 0.8, (name, result)
+        expected[cell] = result.label
+    return expected
+
+
+def scene_pixels() -> np.ndarray:
+    """uint8 (H, W, 3): planted photos; elsewhere tiles half black, half white."""
+    img = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    img[:, :, :] = 0
+    for r in range(HEIGHT // TILE):
+        for c in range(WIDTH // TILE):
+            img[r * TILE : (r + 1) * TILE, c * TILE + TILE // 2 : (c + 1) * TILE] = 255
+    for (r, c), name in PLANTED.items():
+        photo = np.asarray(Image.open(SAMPLES / f"{name}.jpg").convert("RGB"))
+        img[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] = photo
+    return img
+
+
+def write_scene(path: Path, bands: np.ndarray) -> Path:
+    """bands: (B, H, W) of any dtype -> a GeoTIFF in EPSG:32633."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=bands.shape[2],
+        height=bands.shape[1],
+        count=bands.shape[0],
+        dtype=bands.dtype.name,
+        crs="EPSG:32633",
+        transform=from_origin(*ORIGIN, PIXEL, PIXEL),
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+    ) as dst:
+        dst.write(bands)
+    return path
+
+
+@pytest.fixture
+def rgb_scene(tmp_path: Path) -> Path:
+    return write_scene(tmp_path / "scene.tif", np.moveaxis(scene_pixels(), -1, 0))
+
+
+def read(path: Path):
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(), src.crs, src.transform, src.descriptions, src.tags(), src.nodata
+
+
+@needs_geo
+def test_class_map_keeps_crs_scaled_transform_and_planted_classes(
+    tmp_path: Path, rgb_scene: Path, planted_classes, scenecam
+):
+    out = tmp_path / "classmap.tif"
+    result = run_tiles(str(rgb_scene), "--tile", str(TILE), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    data, crs, transform, descriptions, tags, _ = read(out)
+    assert crs.to_epsg() == 32633
+    assert tuple(transform)[:6] == (PIXEL * TILE, 0.0, ORIGIN[0], 0.0, -PIXEL * TILE, ORIGIN[1])
+    names = scenecam.class_names
+    assert data.shape == (1 + len(names), 3, 4) and data.dtype == np.float32
+    assert descriptions == ("class", *(f"p_{n}" for n in names))
+    for (r, c), label in planted_classes.items():
+        assert names[int(data[0, r, c])] == label
+    np.testing.assert_allclose(data[1:].sum(axis=0), 1.0, atol=1e-5)
+    assert np.array_equal(data[0], data[1:].argmax(axis=0))
+    assert tags["tile"] == "150" and tags["classes"].startswith('["')
+    assert "summary: 12 tiles (4 x 3" in result.stderr
+    # the numbers equal classifying the same pixels as images
+    pixels = scene_pixels()
+    expected = scenecam.classify(pixels[150:300, 300:450].copy())
+    np.testing.assert_allclose(
+        data[1:, 1, 2], [expected.probabilities[n] for n in names], atol=1e-5
+    )
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@needs_geo
+def test_overlapping_tiles_and_heatmap_mosaic(tmp_path: Path, rgb_scene: Path, scenecam):
+    out, cam = tmp_path / "classmap.tif", tmp_path / "cam.tif"
+    result = run_tiles(
+        str(rgb_scene),
+        "--out",
+        str(out),
+        "--stride",
+        "75",
+        "--heatmap-out",
+        str(cam),
+        "--no-probabilities",
+        "--batch-size",
+        "5",
+    )
+    assert result.exit_code == 0, result.output
+    data, crs, transform, *_ = read(out)
+    assert data.shape == (1, 5, 7) and data.dtype == np.uint8
+    # each output pixel is the 75 px square at the centre of its 150 px tile
+    offset = (TILE - 75) / 2 * PIXEL
+    assert tuple(transform)[:6] == (750.0, 0.0, ORIGIN[0] + offset, 0.0, -750.0, ORIGIN[1] - offset)
+    mosaic, cam_crs, cam_transform, _, tags, nodata = read(cam)
+    assert mosaic.shape == (1, HEIGHT, WIDTH) and mosaic.dtype == np.float32
+    assert cam_crs == crs and tuple(cam_transform) == tuple(read(rgb_scene)[2])
+    assert np.isnan(nodata) and not np.isnan(mosaic).any() and mosaic.min() >= 0
+    assert tags["method"] == "gradcam"
+    # the top-left 75 x 75 px are covered by the first tile alone: its CAM, resized
+    pixels = scene_pixels()
+    import cv2
+
+    first = scenecam.explain(pixels[:150, :150].copy())
+    resized = cv2.resize(first.cam, (150, 150), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(mosaic[0, :75, :75], resized[:75, :75], rtol=1e-4, atol=1e-6)
+
+
+@needs_geo
+def test_uncovered_edges_are_nan_in_the_mosaic(tmp_path: Path):
+    scene = write_scene(tmp_path / "odd.tif", np.full((3, 200, 320), 90, np.uint8))
+    cam = tmp_path / "cam.tif"
+    result = run_tiles(str(scene), "--out", str(tmp_path / "m.tif"), "--heatmap-out", str(cam))
+    assert result.exit_code == 0, result.output
+    mosaic = read(cam)[0][0]
+    assert not np.isnan(mosaic[:150, :300]).any()
+    assert np.isnan(mosaic[150:]).all() and np.isnan(mosaic[:, 300:]).all()
+    assert read(tmp_path / "m.tif")[0].shape[1:] == (1, 2)
+
+
+@needs_geo
+def test_multispectral_bands_and_16_bit_stretch(tmp_path: Path, rgb_scene: Path, planted_classes):
+    rgb = np.moveaxis(scene_pixels(), -1, 0).astype(np.uint16)
+    noise = np.random.default_rng(0).integers(0, 60000, size=(HEIGHT, WIDTH), dtype=np.uint16)
+    # bands 4, 3, 2 hold red, green, blue as 16-bit values 1000 + 40 * v; 1 and 5 are noise
+    bands = np.stack([noise, 1000 + 40 * rgb[2], 1000 + 40 * rgb[1], 1000 + 40 * rgb[0], noise])
+    scene = write_scene(tmp_path / "ms.tif", bands.astype(np.uint16))
+    out, reference = tmp_path / "ms-map.tif", tmp_path / "rgb-map.tif"
+    result = run_tiles(str(scene), "--out", str(out), "--bands", "4,3,2")
+    assert result.exit_code == 0, result.output
+    # a third of every band is black and a third white, so the 2-98 % stretch maps
+    # 1000 -> 0 and 11200 -> 255: the pixels, and so the answers, of the 8-bit scene
+    assert "from [1000,1000,1000] .. [11200,11200,11200]" in result.stderr
+    assert run_tiles(str(rgb_scene), "--out", str(reference)).exit_code == 0
+    ours, theirs = read(out)[0], read(reference)[0]
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    names = list(json_classes(out))
+    for (r, c), label in planted_classes.items():
+        assert names[int(ours[0, r, c])] == label
+    # default bands 1,2,3 of this scene are noise and blue: a different map
+    assert run_tiles(str(scene), "--out", str(tmp_path / "x.tif")).exit_code == 0
+    assert not np.allclose(read(tmp_path / "x.tif")[0], theirs)
+
+
+def json_classes(path: Path) -> list[str]:
+    import json
+
+    return json.loads(read(path)[4]["classes"])
+
+
+@needs_geo
+def test_library_stretch_and_single_band(tmp_path: Path, scenecam):
+    from scenecam_edge.tiles import SceneTiler
+
+    ramp = np.linspace(0, 4000, 300 * 300, dtype=np.float32).reshape(1, 300, 300)
+    scene = write_scene(tmp_path / "gray.tif", ramp)
+    with SceneTiler(scenecam, scene, percentiles=(0, 100)) as tiler:
+        assert tiler.bands == (1,)
+        assert tiler.stretch is not None
+        assert tiler.stretch.low[0] == pytest.approx(0, abs=20)
+        assert tiler.stretch.high[0] == pytest.approx(4000, abs=20)
+        row = tiler.read_row(1)
+        assert row.shape == (150, 300, 3) and row.dtype == np.uint8
+        assert (row[..., 0] == row[..., 2]).all() and row.max() == 255
+        rows = list(tiler.rows(batch_size=3))
+    assert [r.row for r in rows] == [0, 1] and rows[1].indices.shape == (2,)
+
+
+@needs_geo
+def test_usage_errors_are_one_line(tmp_path: Path, rgb_scene: Path):
+    out = str(tmp_path / "m.tif")
+    for args, code, words in [
+        (["--bands", "4,3,2"], 2, "no band 4"),
+        (["--bands", "1,2"], 2, "choose 1 or 3 bands"),
+        (["--bands", "x"], 2, "comma-separated"),
+        (["--stretch", "50,10"], 2, "LOW < HIGH"),
+        (["--tile", "1000"], 2, "smaller than one tile"),
+        (["--target", "volcano"], 2, "unknown class"),
+    ]:
+        result = run_tiles(str(rgb_scene), "--out", out, *args)
+        assert result.exit_code == code, (args, result.output)
+        assert result.stderr.count("\n") == 1 and words in result.stderr, (args, result.stderr)
+    result = run_tiles(str(rgb_scene), "--out", str(rgb_scene))
+    assert result.exit_code == 2 and "overwrite the scene" in result.stderr
+    not_raster = tmp_path / "notes.tif"
+    not_raster.write_text("hello")
+    result = run_tiles(str(not_raster), "--out", out)
+    assert result.exit_code == 1 and result.stderr.startswith(f"error: {not_raster}: ")
+    assert result.stderr.count("\n") == 1
+    assert not Path(out).exists()
+
+
+BLOCK_RASTERIO = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('rasterio', 'ray'):
+            raise ImportError('blocked: ' + name)
+        return None
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_without_rasterio_the_command_names_the_extra(tmp_path: Path):
+    code = f"""
+import scenecam_edge.cli, scenecam_edge.tiles, scenecam_edge.batch
+import scenecam_edge.integrations.ray
+assert not [m for m in sys.modules if m.split('.')[0] in ('rasterio', 'ray')]
+from scenecam_edge.cli import cli
+cli(['tiles', {str(tmp_path / "x.tif")!r}, '--out', {str(tmp_path / "y.tif")!r}])
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_RASTERIO + code], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip() == (
+        "error: reading and writing rasters needs rasterio; "
+        "install it with: pip install 'scenecam-edge[geo]'"
+    )
