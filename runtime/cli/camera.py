@@ -16,7 +16,6 @@ from typing import NoReturn, TextIO
 import click
 import cv2
 
-from ..cam import METHODS
 from ..camera import (
     VIDEO_CODECS,
     CameraSettings,
@@ -30,8 +29,7 @@ from ..camera import (
 )
 from ..errors import SceneCamError
 from ..model import SceneCam
-from ..visual import DEFAULT_ALPHA
-from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, error_line, fail, model_options
+from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fail, model_options
 
 #: What ``signal.signal`` returns: a Python handler, SIG_DFL/SIG_IGN, or None (set from C).
 _Handler = Callable[[int, FrameType | None], object] | int | None
@@ -67,14 +65,7 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     help="Compute the heatmap every N frames and reuse it between (labels: every frame).",
 )
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
-@click.option("--method", type=click.Choice(sorted(METHODS)), default="gradcam", show_default=True)
-@click.option(
-    "--alpha",
-    type=click.FloatRange(0.0, 1.0),
-    default=DEFAULT_ALPHA,
-    show_default=True,
-    help="Heatmap weight in the overlay.",
-)
+@cam_options(alpha=True)
 @click.option(
     "--snapshot-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -91,6 +82,8 @@ def camera(
     jsonl: str | None,
     every: int,
     max_frames: int | None,
+    target: str | None,
+    target_space: str,
     method: str,
     alpha: float,
     snapshot_dir: Path,
@@ -132,9 +125,15 @@ def camera(
     except SceneCamError as exc:
         fail(exc)
 
+    try:
+        scenecam.explain_options(target, method, target_space, alpha)  # type: ignore[arg-type]
+    except ValueError as exc:
+        _usage(f"--target: {exc}")
     settings = CameraSettings(
         method=method,
         alpha=alpha,
+        target=target,
+        target_space=target_space,  # type: ignore[arg-type]
         every=every,
         max_frames=max_frames,
         realtime=not headless,

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..cam import METHODS, TARGET_SPACES
 from ..errors import ImageError, SceneCamError
 from ..fileio import write_png_atomic
 from ..images import DEFAULT_MAX_PIXELS, resize_to
@@ -16,8 +15,8 @@ from ..model import SceneCam
 from ..outputs import OutputNamer
 from ..results import Classification, Explanation
 from ..sources import SourceItem, iter_sources
-from ..visual import DEFAULT_ALPHA, heatmap_at, overlay, panel
-from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, error_line, fail, model_options
+from ..visual import heatmap_at, overlay, panel
+from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fail, model_options
 
 
 @click.command()
@@ -30,21 +29,8 @@ from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, error_line, fail, model_opti
     default=None,
     help="Write original | heatmap | overlay panels (PNG) here.",
 )
-@click.option(
-    "--target", default=None, help="Class to explain, by name or index (default: the prediction)."
-)
-@click.option(
-    "--target-space", type=click.Choice(TARGET_SPACES), default="logit", show_default=True
-)
-@click.option("--method", type=click.Choice(sorted(METHODS)), default="gradcam", show_default=True)
+@cam_options(alpha=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option(
-    "--alpha",
-    type=click.FloatRange(0.0, 1.0),
-    default=DEFAULT_ALPHA,
-    show_default=True,
-    help="Heatmap weight in the overlay.",
-)
 @click.option(
     "--display-size",
     type=click.IntRange(min=16),

@@ -35,6 +35,25 @@ def model_options(fn: F) -> F:
     return fn
 
 
+def split_options(fn: F) -> F:
+    """--val-split and --seed: the stratified split, the same for training and evaluation."""
+    fn = click.option(
+        "--seed",
+        default=1337,
+        show_default=True,
+        type=int,
+        help="Seed of the stratified split (and of training's initialisation and augmentation).",
+    )(fn)
+    fn = click.option(
+        "--val-split",
+        default=0.15,
+        show_default=True,
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help="Share of each class held out for validation.",
+    )(fn)
+    return fn
+
+
 def cam_options(*, alpha: bool) -> Callable[[F], F]:
     """--target, --method and --target-space (and --alpha for overlays): how heatmaps are
     made, the same on every command that saves them."""

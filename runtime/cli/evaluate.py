@@ -9,7 +9,7 @@ import click
 from ..cam import METHODS
 from ..errors import SceneCamError
 from ..model import SceneCam
-from .common import EXIT_USAGE, fail, model_options
+from .common import EXIT_USAGE, fail, model_options, split_options
 
 
 @click.command()
@@ -29,13 +29,7 @@ from .common import EXIT_USAGE, fail, model_options
     show_default=True,
     help="Evaluate every image, or one side of the training split (same --val-split and --seed as training).",
 )
-@click.option(
-    "--val-split",
-    default=0.15,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-)
-@click.option("--seed", default=1337, show_default=True, type=int)
+@split_options
 @click.option(
     "--gallery",
     default=6,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import EXIT_USAGE, fail, needs_train_extra
+from .common import EXIT_USAGE, fail, needs_train_extra, split_options
 
 # Kept here as plain names so that --help works without importing TensorFlow; the training
 # module checks them against its registry.
@@ -37,13 +37,7 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "small", "mnist-tutorial")
     help="Input channels [default: the architecture's].",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--val-split",
-    default=0.15,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-)
-@click.option("--seed", default=1337, show_default=True, type=int)
+@split_options
 @click.option(
     "--lr", "learning_rate", default=2e-3, show_default=True, type=float, help="Peak learning rate."
 )
