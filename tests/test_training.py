@@ -153,6 +153,28 @@ def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["confusion_matrix"] == figures["confusion_matrix"]
+    # Fine-tuning starts from the checkpoint's weights: before any step, the same predictions.
+    import keras
+
+    from scenecam_edge.training.architectures import build
+
+    best = keras.models.load_model(tmp_path / "run" / "best.keras", compile=False)
+    fresh, _ = build("small", (32, 32), 3, 3)
+    fresh.set_weights(best.get_weights())
+    probe = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    assert np.allclose(np.asarray(fresh(probe)), np.asarray(best(probe)), atol=1e-6)
+    tuned = train(
+        TrainConfig(
+            **{
+                **cfg.__dict__,
+                "out": str(tmp_path / "tuned"),
+                "epochs": 1,
+                "resume": False,
+                "init_from": str(tmp_path / "run" / "best.keras"),
+            }
+        )
+    )
+    assert SceneCam.load(tuned).manifest.training["config"]["init_from"].endswith("best.keras")
     page = (report / "report.html").read_text()
     assert (
         "Confusion matrix" in page

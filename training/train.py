@@ -56,6 +56,7 @@ class TrainConfig:
     resume: bool = False
     cache_dir: str | None = None
     name: str | None = None
+    init_from: str | None = None  # a .keras checkpoint of the same architecture to start from
 
 
 def cpu_has_bf16() -> bool:
@@ -105,6 +106,15 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         model, conv_layer = build(cfg.arch, size, channels, len(data.class_names))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    if cfg.init_from:
+        start = keras.models.load_model(cfg.init_from, compile=False)
+        try:
+            model.set_weights(start.get_weights())
+        except ValueError as exc:
+            raise ValueError(
+                f"--init-from {cfg.init_from}: not a {cfg.arch} model ({exc})"
+            ) from None
+        log.info("starting from the weights of %s", cfg.init_from)
 
     steps = int(np.ceil(len(train_set) / cfg.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(

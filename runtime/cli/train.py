@@ -64,6 +64,12 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "small", "mnist-tutorial")
     show_default=True,
 )
 @click.option("--name", default=None, help="Name written into the bundle's manifest.")
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Start from the weights of a .keras checkpoint of the same architecture (fine-tuning).",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
 def train(
     data_dir: str,
@@ -81,6 +87,7 @@ def train(
     patience: int,
     precision: str,
     name: str | None,
+    init_from: str | None,
     resume: bool,
 ) -> None:
     """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
@@ -106,6 +113,7 @@ def train(
         patience=patience,
         precision=precision,
         name=name,
+        init_from=init_from,
         resume=resume,
     )
     try:
