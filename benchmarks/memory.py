@@ -92,9 +92,11 @@ def main() -> None:
             tenths.append(max(at) if at else float("nan"))
             print(f"| {int(target)} | {tenths[-1]:.0f} |")
         peak = max(rss for _, _, rss in samples)
+        errors = sum(1 for line in out.open() if '"error"' in line)
         print(
-            f"\npeak {peak:.0f} MB; first tenth {tenths[0]:.0f} MB, last tenth {tenths[-1]:.0f} MB"
+            f"\npeak {peak:.0f} MB; at 20% done {tenths[1]:.0f} MB, at the end {tenths[-1]:.0f} MB"
         )
+        print(f"{errors} of {done} lines are errors")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
