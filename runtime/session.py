@@ -26,17 +26,52 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: onnxruntime's graph optimisation levels by the names SessionConfig takes.
+OPTIMIZATION_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """How to run a graph. ``threads=None`` uses every CPU this process may use.
 
     ``spin=False`` turns off onnxruntime's busy-waiting between runs: a loop that waits for
     frames (a camera) then does not burn a core while idle, at a small cost in latency.
+
+    ``optimization``, ``memory_arena`` and ``memory_pattern`` are onnxruntime's graph
+    optimisation level and its CPU allocator settings; they are here so that the benchmark can
+    sweep them, not for everyday use. The defaults are what measured fastest on a 2-core x86
+    with VNNI, float and int8, small CNN and ResNet-18 (``python benchmarks/run.py``, see
+    BENCHMARKS.md; ranges over several runs):
+
+    - threads: every CPU. Two threads ran 1.5-1.9x faster than one at batch 1 and batch 32.
+    - optimisation "all": "extended" ran 1.3-1.65x slower in float and 1.35-1.95x in int8,
+      "basic" slower still (up to 5x in int8).
+    - memory arena on: off cost 11-70% at batch 32 in float. Memory pattern on: off made no
+      difference beyond the noise (a few %).
+    - spinning on for back-to-back runs: off cost 9-48% at batch 1. The camera loop turns it
+      off: at 30 fps its process then uses 3-35% of a core instead of more than 100%, for a
+      slower run that still fits the 33 ms frame (ResNet-18: about 10.5 ms instead of 5.8).
+      With spinning off, one thread gave the same latency as two there.
     """
 
     threads: int | None = None
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     spin: bool = True
+    optimization: str = "all"
+    memory_arena: bool = True
+    memory_pattern: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise ValueError(
+                f"optimization must be one of {sorted(OPTIMIZATION_LEVELS)}, "
+                f"not {self.optimization!r}"
+            )
 
     def resolved_threads(self) -> int:
         if self.threads is None:
@@ -59,7 +94,9 @@ def create_session(model_path: Path, config: SessionConfig) -> ort.InferenceSess
     options.intra_op_num_threads = config.resolved_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[config.optimization]
+    options.enable_cpu_mem_arena = config.memory_arena
+    options.enable_mem_pattern = config.memory_pattern
     options.log_severity_level = 3
     spin = "1" if config.spin else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)

@@ -17,6 +17,7 @@ from .classify import classify
 from .evaluate import evaluate
 from .export import export
 from .models import models
+from .quantize import quantize
 from .tiles import tiles
 from .train import train
 
@@ -35,9 +36,10 @@ cli.add_command(evaluate)
 cli.add_command(export)
 cli.add_command(train)
 cli.add_command(models)
-cli.add_command(camera)
 cli.add_command(batch)
 cli.add_command(tiles)
+cli.add_command(camera)
+cli.add_command(quantize)
 
 
 def main() -> None:

@@ -1,0 +1,199 @@
+"""``scenecam-edge quantize``: a float bundle to an int8 bundle (needs onnx: the train extra)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import MissingExtraError, SceneCamError
+from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, fail
+
+# The defaults live in scenecam_edge.export.quantize, which needs onnx; these mirror them so
+# that --help works without it (a test keeps them equal).
+CALIBRATION_IMAGES = 300
+MAX_ACCURACY_DROP_POINTS = 1.0
+MIN_CAM_CORRELATION = 0.9
+
+
+@click.command()
+@click.argument("bundle", metavar="BUNDLE")
+@click.option(
+    "--calibration",
+    "calibration_dir",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    metavar="DATA_DIR",
+    help="Class-per-folder images (or an .npz) the model was trained on; any folder of "
+    "images also works, without accuracy figures.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundle folder to write.",
+)
+@click.option(
+    "--calibration-images",
+    default=CALIBRATION_IMAGES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images from the training side of the split to calibrate on.",
+)
+@click.option(
+    "--val-split",
+    default=None,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="The training split's validation fraction, compared on and never calibrated on "
+    "(default: the split the bundle's manifest records, else 0.15).",
+)
+@click.option(
+    "--seed",
+    default=None,
+    type=int,
+    help="The training split's seed (default: the manifest's, else 1337).",
+)
+@click.option(
+    "--activation-type",
+    type=click.Choice(["uint8", "int8"]),
+    default="uint8",
+    show_default=True,
+    help="uint8 activations with int8 weights (U8S8) ran fastest on x86 with VNNI.",
+)
+@click.option(
+    "--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+)
+@click.option(
+    "--reduce-range",
+    is_flag=True,
+    help="7-bit weights: for x86 CPUs without VNNI, where U8S8 products can saturate.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    default=MAX_ACCURACY_DROP_POINTS,
+    show_default=True,
+    type=float,
+    help="Refuse the int8 model if its accuracy is more than this many points below float.",
+)
+@click.option(
+    "--min-cam-correlation",
+    default=MIN_CAM_CORRELATION,
+    show_default=True,
+    type=float,
+    help="Refuse the int8 model if its Grad-CAM maps correlate less with the float ones.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where decoded data sets are cached (default: training's, ~/.cache/scenecam-edge).",
+)
+@click.option("--no-cache", is_flag=True, help="Decode the images without a cache.")
+@click.option("--name", default=None, help="Bundle name (default: the folder name).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+def quantize(
+    bundle: str,
+    calibration_dir: Path,
+    out_dir: Path,
+    calibration_images: int,
+    val_split: float | None,
+    seed: int | None,
+    activation_type: str,
+    weight_type: str,
+    calibration_method: str,
+    reduce_range: bool,
+    max_accuracy_drop: float,
+    min_cam_correlation: float,
+    cache_dir: Path | None,
+    no_cache: bool,
+    name: str | None,
+    threads: int | None,
+    force: bool,
+) -> None:
+    """Write an int8 copy of BUNDLE (a folder or a shipped model's name) into --out.
+
+    onnxruntime static quantisation in QDQ form (per-channel weights), calibrated on
+    --calibration-images training images. The classifier head stays float, so the logits
+    come from the same features the Grad-CAM maps use. On the validation split it prints
+    (and records in the manifest) both models' accuracy, how often they agree, and how well
+    their Grad-CAM maps correlate. It exits 1 and writes nothing when a target is missed.
+
+    \b
+    scenecam-edge quantize scenes-mini --calibration ../shared/data/intel-scenes/train \\
+        --out models/scenes-mini-int8 --force
+    """
+    try:
+        from scenecam_edge.export import quantize as q
+    except ImportError as exc:
+        missing = (exc.name or "onnx").split(".")[0]
+        fail(MissingExtraError(missing, "train", "quantize"))
+
+    from ..model import SceneCam
+
+    try:
+        settings = q.QuantSettings(
+            activation_type=activation_type,
+            weight_type=weight_type,
+            reduce_range=reduce_range,
+            calibration_method=calibration_method,
+        )
+        reference = SceneCam.load(bundle, threads=threads)
+    except SceneCamError as exc:
+        fail(exc)
+    try:
+        data = q.calibration_data(
+            calibration_dir,
+            reference,
+            calibration_images,
+            val_fraction=val_split,
+            seed=seed,
+            cache_dir=None if no_cache else (cache_dir or q.DEFAULT_CACHE_DIR),
+        )
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    command = "scenecam-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        result = q.quantize_bundle(
+            reference.path,
+            out_dir,
+            data,
+            settings=settings,
+            name=name,
+            command=command,
+            max_accuracy_drop_points=max_accuracy_drop,
+            min_cam_correlation=min_cam_correlation,
+            threads=threads,
+            overwrite=force,
+            progress=lambda message: click.echo(message, err=True),
+        )
+    except q.TargetMissed as exc:
+        fail(str(exc), EXIT_FAILED_INPUTS)
+    except q.QuantizeError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except SceneCamError as exc:
+        fail(exc)
+    c = result.comparison
+    sizes = result.manifest["quantization"]["size_bytes"]
+    click.echo(f"{settings.label} QDQ, per-channel weights, {len(data.calibration)} images")
+    if c.float_accuracy is not None and c.int8_accuracy is not None:
+        click.echo(
+            f"accuracy on {c.images} validation images: float {c.float_accuracy:.4f}, "
+            f"int8 {c.int8_accuracy:.4f} ({100 * (c.int8_accuracy - c.float_accuracy):+.2f} points)"
+        )
+    click.echo(f"predictions agree on {c.prediction_agreement:.1%} of {c.images} images")
+    click.echo(
+        f"Grad-CAM correlation int8 vs float: mean {c.cam_correlation_mean:.4f}, "
+        f"median {c.cam_correlation_median:.4f}, min {c.cam_correlation_min:.4f}"
+    )
+    click.echo(f"model.onnx {sizes['float'] / 1e6:.2f} MB -> {sizes['int8'] / 1e6:.2f} MB")
+    click.echo(f"wrote {result.path}")
