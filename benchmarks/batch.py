@@ -3,7 +3,7 @@
     python benchmarks/batch.py                     # 1000 photos, a 6000 x 6000 scene
     python benchmarks/batch.py --images 300 --scene 3000 --rounds 1
 
-Measures, with the shipped default model and the same batch size everywhere:
+Measures, with the shipped default model (or --model) and the same batch size everywhere:
   model alone: SceneCam.predict on images decoded and resized beforehand (no I/O);
   batch engine: BatchJob over the folder in this process (listing, decoding in threads,
     inference, JSON lines written), so the ratio to the model alone is what the pipeline
@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads.")
+    parser.add_argument(
+        "--model", default=None, help="A shipped model's name or a bundle (default: the default)."
+    )
     args = parser.parse_args()
 
     from scenecam_edge import SceneCam
@@ -140,14 +143,15 @@ def main() -> None:
     # The commands load the model without onnxruntime's busy-waiting (spin=False) so that
     # decoding gets the cores between runs; the model alone runs the same way and, for
     # reference, with spinning (the API's default).
-    model = SceneCam.load(threads=args.threads, spin=False)
-    spinning = SceneCam.load(threads=args.threads, spin=True)
+    model = SceneCam.load(args.model, threads=args.threads, spin=False)
+    spinning = SceneCam.load(args.model, threads=args.threads, spin=True)
     files = sorted(folder.iterdir())
     arrays = [model.to_input(model.load_image(p)) for p in files]
     names = [str(p) for p in files]
     bs = args.batch_size
     exe = str(Path(sys.executable).with_name("scenecam-edge"))
     threads = [] if args.threads is None else ["--threads", str(args.threads)]
+    model_arg = [] if args.model is None else ["--model", args.model]
 
     def model_alone(candidate: SceneCam) -> float:
         start = time.perf_counter()
@@ -165,7 +169,17 @@ def main() -> None:
     def command(k: int) -> tuple[float, float, float]:
         out = tmp / f"cli{k}.jsonl"
         wall, rss, err = child(
-            [exe, "batch", str(folder), "--out", str(out), "--batch-size", str(bs), *threads]
+            [
+                exe,
+                "batch",
+                str(folder),
+                "--out",
+                str(out),
+                "--batch-size",
+                str(bs),
+                *threads,
+                *model_arg,
+            ]
         )
         return rate(err, "images"), len(arrays) / wall, rss
 
@@ -182,7 +196,18 @@ def main() -> None:
 
     def tiles(k: int, *extra: str) -> tuple[float, float]:
         out = str(tmp / f"map{k}.tif")
-        cmd = [exe, "tiles", str(scene), "--out", out, "--batch-size", str(bs), *threads, *extra]
+        cmd = [
+            exe,
+            "tiles",
+            str(scene),
+            "--out",
+            out,
+            "--batch-size",
+            str(bs),
+            *threads,
+            *model_arg,
+            *extra,
+        ]
         _, rss, err = child(cmd)
         return rate(err, "tiles"), rss
 
@@ -237,7 +262,7 @@ def main() -> None:
     if has_geo:
         cam_rate, cam_rss = tiles(args.rounds, "--heatmap-out", str(tmp / "cam.tif"))
         _, small_rss, _ = child(
-            [exe, "tiles", str(small), "--out", str(tmp / "small-map.tif"), *threads]
+            [exe, "tiles", str(small), "--out", str(tmp / "small-map.tif"), *threads, *model_arg]
         )
         grid = (args.scene // 150) ** 2
         tiles_rate = med["tiles"]
