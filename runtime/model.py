@@ -294,6 +294,7 @@ class SceneCam:
             forward=lambda images: self.forward(images)[1],
             max_channels=explain.max_channels,
         )
+        inputs.probabilities = probs  # already computed above: spare the cached property
         cams = get_method(explain.method).compute(inputs)
         results: list[Explanation] = []
         for base, img, t, cam in zip(bases, decoded, targets, cams, strict=True):
