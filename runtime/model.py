@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -156,10 +156,7 @@ class SceneCam:
         Raises :class:`ImageError` for an input that cannot be read.
         """
         items, single = _as_list(images)
-        results: list[Classification] = []
-        for chunk in _chunks(items, DEFAULT_BATCH):
-            decoded = [self.load_image(item) for item in chunk]
-            results.extend(self.predict(decoded, [describe(i) for i in chunk], top_k=top_k))
+        results: list[Classification] = self._decode_and_predict(items, top_k, None)
         return results[0] if single else results
 
     @overload
@@ -206,12 +203,19 @@ class SceneCam:
         """
         options = self.explain_options(target, method, target_space, alpha, max_channels)
         items, single = _as_list(images)
-        results: list[Explanation] = []
+        results: list[Explanation] = self._decode_and_predict(items, top_k, options)
+        return results[0] if single else results
+
+    def _decode_and_predict(
+        self, items: list[ImageInput], top_k: int, explain: ExplainOptions | None
+    ) -> list[Any]:
+        """Decode and predict in chunks of DEFAULT_BATCH, so memory stays bounded."""
+        results: list[Any] = []
         for chunk in _chunks(items, DEFAULT_BATCH):
             decoded = [self.load_image(item) for item in chunk]
             names = [describe(i) for i in chunk]
-            results.extend(self.predict(decoded, names, top_k=top_k, explain=options))
-        return results[0] if single else results
+            results.extend(self.predict(decoded, names, top_k=top_k, explain=explain))  # type: ignore[call-overload]
+        return results
 
     def explain_options(
         self,

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError, MissingExtraError
+from .fileio import temporary_beside
 from .model import DEFAULT_BATCH, ExplainOptions, SceneCam
 from .results import Explanation
 
@@ -507,14 +507,7 @@ class _Replacing:
     def __init__(self, target: str | os.PathLike[str]) -> None:
         self.target = Path(target)
         self.done = False
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(
-            prefix=f".{self.target.stem}.",
-            suffix=f".tmp{self.target.suffix}",
-            dir=self.target.parent,
-        )
-        os.close(fd)
-        self.temporary = Path(name)
+        self.temporary = temporary_beside(self.target)
 
     def __enter__(self) -> _Replacing:
         return self
@@ -526,9 +519,6 @@ class _Replacing:
         traceback: TracebackType | None,
     ) -> None:
         if kind is None and self.done:
-            mask = os.umask(0o022)
-            os.umask(mask)
-            os.chmod(self.temporary, 0o666 & ~mask)
             os.replace(self.temporary, self.target)
         else:
             self.temporary.unlink(missing_ok=True)
