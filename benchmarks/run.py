@@ -13,7 +13,7 @@ calibrated on training images) in a temporary folder. Then, each contender in a 
 of its own (so that its peak resident memory, ru_maxrss, is its own):
 
 - float ONNX and int8 ONNX through the runtime (``SceneCam.predict``): classify, and explain
-  (Grad-CAM, heatmap at image size and overlay), at batch 1 and batch 32;
+  (Grad-CAM and its heatmap at image size, as ``explain`` returns them), at batch 1 and 32;
 - Keras ``tf.function``: the forward pass, and forward + GradientTape Grad-CAM;
 - the tutorial style: eager Keras calls and GradientTape (keras-io grad_cam.py). Eager conv
   gradients abort inside this TensorFlow build's oneDNN kernels on these CPUs
@@ -672,9 +672,10 @@ def report(
         "",
         "Each contender runs in a child process of its own. *classify*: the forward pass "
         "and class probabilities. *explain*: classify plus a Grad-CAM map of the predicted "
-        "class; for the runtime that includes the heatmap at image size and the overlay, for "
-        "TensorFlow only the normalised map at feature resolution (so the comparison favours "
-        "TensorFlow). Batch 1: one image per call; batch 32: 32 per call.",
+        "class; for the runtime that includes the normalised heatmap resized to the image "
+        "(the coloured overlay is made when first read, and `benchmarks/speed.py` times it), "
+        "for TensorFlow only the normalised map at feature resolution (so the comparison "
+        "favours TensorFlow). Batch 1: one image per call; batch 32: 32 per call.",
         "",
         "| contender | classify b1 | explain b1 | classify b32 | explain b32 | peak RSS |",
         "|---|---:|---:|---:|---:|---:|",

@@ -312,7 +312,8 @@ class SceneCam:
                     method=explain.method,
                     cam=cam,
                     heatmap=heat,
-                    overlay=visual.overlay(img, heat, explain.alpha),
+                    image=img,
+                    alpha=explain.alpha,
                 )
             )
         return results

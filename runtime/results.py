@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+
+from . import visual
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +44,9 @@ class Explanation(Classification):
 
     ``cam`` is the raw (h, w) map after ReLU at the features' resolution; ``heatmap`` is it
     normalised to [0, 1] and resized to the input image; ``overlay`` is the heatmap in JET
-    colours blended over the image (RGB uint8).
+    colours blended over the image (RGB uint8) with weight ``alpha``. The overlay is made the
+    first time it is read and then kept: jobs that store only maps (batch ``--heatmaps npy``,
+    tiles, evaluation) never pay for the colour map and the blend.
     """
 
     target_index: int
@@ -50,7 +55,12 @@ class Explanation(Classification):
     method: str
     cam: np.ndarray = field(repr=False, compare=False)
     heatmap: np.ndarray = field(repr=False, compare=False)
-    overlay: np.ndarray = field(repr=False, compare=False)
+    image: np.ndarray = field(repr=False, compare=False)
+    alpha: float = field(default=visual.DEFAULT_ALPHA, repr=False, compare=False)
+
+    @cached_property
+    def overlay(self) -> np.ndarray:
+        return visual.overlay(self.image, self.heatmap, self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
         record = super().to_dict()

@@ -65,7 +65,9 @@ def test_explain_outputs(scenecam: SceneCam, image_folder: Path):
     assert e.cam.min() >= 0
     assert e.heatmap.shape == (200, 90)
     assert e.heatmap.min() >= 0 and e.heatmap.max() <= 1 and e.heatmap.max() > 0.99
+    assert "overlay" not in vars(e)  # made on first read, not by explain
     assert e.overlay.shape == (200, 90, 3) and e.overlay.dtype == np.uint8
+    assert e.overlay is e.overlay  # and kept
     original = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
     expected = 0.5 * colorize(e.heatmap) + 0.5 * original
     assert np.abs(e.overlay - expected).max() <= 1.0
