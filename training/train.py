@@ -181,6 +181,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         "config": asdict(cfg),
         "command": "scenecam-edge " + shlex.join(sys.argv[1:]) if sys.argv else "",
     }
+    if cfg.init_from:
+        training.update(earlier_stages(cfg.init_from, training))
     from scenecam_edge.export import export_keras
 
     bundle = export_keras(
@@ -214,6 +216,26 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         augment=r.augment if cfg.augment is None else cfg.augment,
         label_smoothing=r.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing,
     )
+
+
+def earlier_stages(init_from: str | Path, this_stage: dict[str, Any]) -> dict[str, Any]:
+    """Provenance of a run that started from another run's checkpoint: that run's own
+    ``training`` record (read from the bundle beside the checkpoint, when there is one) under
+    ``started_from``, and the time of all stages together, so that a chain of runs can be
+    reproduced command by command."""
+    import json
+
+    record: dict[str, Any] = {"checkpoint": str(init_from)}
+    manifest = Path(init_from).parent / "bundle" / "manifest.json"
+    earlier: dict[str, Any] = {}
+    if manifest.is_file():
+        earlier = json.loads(manifest.read_text(encoding="utf-8")).get("training", {})
+        record["training"] = earlier
+    seconds = [this_stage.get("seconds"), earlier.get("seconds_all_stages", earlier.get("seconds"))]
+    fields: dict[str, Any] = {"started_from": record}
+    if all(isinstance(x, (int, float)) for x in seconds):
+        fields["seconds_all_stages"] = round(sum(seconds), 1)  # type: ignore[arg-type]
+    return fields
 
 
 def set_manifest_fields(bundle: Path, **fields: Any) -> None:
