@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import tensorflow as tf
 from scenecam_edge import SceneCam
 from scenecam_edge._version import __version__
 from scenecam_edge.bundle import FEATURES, LOGITS, MANIFEST, SCHEMA_VERSION, sha256_file
+from scenecam_edge.fileio import staging_dir_beside
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,7 @@ def export_keras(
     )
     features_shape = [None, *(int(d) for d in head.conv_layer.output.shape[1:])]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = staging_dir_beside(out)
     try:
         (staging / "model.onnx").write_bytes(onnx_model.SerializeToString())
         np.savez(staging / HEAD_FILE, allow_pickle=False, **head.arrays)

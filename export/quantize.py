@@ -45,6 +45,7 @@ from scenecam_edge._version import __version__
 from scenecam_edge.bundle import FEATURES, LOGITS, MANIFEST, sha256_file
 from scenecam_edge.cam import CamInputs, get_method, softmax
 from scenecam_edge.errors import ImageError
+from scenecam_edge.fileio import staging_dir_beside
 from scenecam_edge.images import load_image, resize_to
 from scenecam_edge.registry import resolve_model
 from scenecam_edge.sources import IMAGE_SUFFIXES
@@ -468,8 +469,7 @@ def quantize_bundle(
     if original.get("quantization"):
         raise QuantizeError(f"{source} is already quantised; start from the float bundle")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = staging_dir_beside(out)
     try:
         say(f"quantising {source} ({settings.label}, {len(data.calibration)} calibration images)")
         keep_float = quantize_graph(

@@ -46,6 +46,16 @@ def temporary_beside(path: str | os.PathLike[str]) -> Path:
     return Path(tmp)
 
 
+def staging_dir_beside(path: str | os.PathLike[str]) -> Path:
+    """An empty temporary folder in ``path``'s parent with the usual permissions (mkdtemp
+    makes 0700), to fill and then move into place as ``path`` in one rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())
+    return staging
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

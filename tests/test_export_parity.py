@@ -4,6 +4,8 @@ GradientTape (the keras-io recipe) on the same random-weight models."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,9 @@ def test_other_heads_match_gradienttape(builder, conv_layer, channels, size, tmp
     bundle = export_keras(model, tmp_path / "b")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["conv_layer"] == conv_layer  # found by default
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
     cam = SceneCam.load(bundle, threads=1)
     classes = cam.manifest.num_classes
     for i, image in enumerate(wave_images(8, size=size, channels=channels, seed=3)):
