@@ -4,12 +4,13 @@
     python benchmarks/speed.py --arch resnet18      # another architecture
     python benchmarks/speed.py --keras runs/x/best.keras
 
-Measures, per image at batch 1 and in one process (interleaved rounds, medians):
-  runtime classify; runtime explain (Grad-CAM and the heatmap at image size, as `explain`
-  returns them); the same plus reading `.overlay` (JET colours blended over the image, made on
-  first read);
-  TensorFlow tf.function forward + GradientTape Grad-CAM; the tutorial style (eager Keras call
-  per image, then GradientTape, as in keras-io's grad_cam.py).
+Measures, per image at batch 1 (medians of rounds):
+  in this process, interleaved: runtime classify; runtime explain (Grad-CAM and the heatmap at
+  image size, as `explain` returns them); the same plus reading `.overlay` (JET colours
+  blended over the image, made on first read);
+  each in a child process of its own, so that neither shares the cores with onnxruntime's
+  threads: TensorFlow tf.function forward + GradientTape Grad-CAM; the tutorial style (eager
+  Keras call per image, then GradientTape, as in keras-io's grad_cam.py).
 Then cold start: `scenecam-edge classify one.jpg` against the same job done in TensorFlow,
 each as a fresh process. Prints a Markdown table; needs the train extra. Weights do not change
 the speed, so without --keras it builds the architecture with random weights.
@@ -33,9 +34,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "intel-scenes" / "train"
 
-# The eager tutorial style runs in a child process with TF_ENABLE_ONEDNN_OPTS=0: eager conv
-# gradients abort in this TensorFlow build's oneDNN kernels on these CPUs (see tests/keras_models.py).
-EAGER_CHILD = "SCENECAM_BENCH_EAGER_CHILD"
+# TensorFlow's contenders run in child processes: "compiled" (tf.function) with TensorFlow's
+# defaults, "eager" (the tutorial style) with TF_ENABLE_ONEDNN_OPTS=0, since eager conv
+# gradients abort in this TensorFlow build's oneDNN kernels on these CPUs (see
+# tests/keras_models.py). In one process with onnxruntime, whose threads spin after each run,
+# TensorFlow measured up to 2x slower on 2 cores.
+TF_CHILD = "SCENECAM_BENCH_TF_CHILD"
 
 
 def images(n: int, size: int) -> list[np.ndarray]:
@@ -96,13 +100,14 @@ def build_model(args):
     return build(args.arch, (args.size, args.size), 3, 6)
 
 
-def eager_child(args) -> None:
+def tf_child(args, style: str) -> None:
     model, conv = build_model(args)
-    _, eager = tf_functions(model, conv)
+    compiled, eager = tf_functions(model, conv)
+    fn = compiled if style == "compiled" else eager
     imgs = images(args.images, args.size)
     for img in imgs[:3]:
-        eager(img)
-    times = [per_image_ms(eager, imgs) for _ in range(args.rounds)]
+        fn(img)
+    times = [per_image_ms(fn, imgs) for _ in range(args.rounds)]
     print(statistics.median(times))
 
 
@@ -132,8 +137,8 @@ def main() -> None:
         from scenecam_edge import SceneCam
 
         args.arch = (SceneCam.load().manifest.training or {}).get("arch", "small")
-    if os.environ.get(EAGER_CHILD):
-        eager_child(args)
+    if os.environ.get(TF_CHILD):
+        tf_child(args, os.environ[TF_CHILD])
         return
 
     from scenecam_edge import SceneCam
@@ -147,7 +152,6 @@ def main() -> None:
     cam = SceneCam.load(bundle, threads=args.threads)
     options = cam.explain_options()
     imgs = images(args.images, args.size)
-    compiled, _ = tf_functions(model, conv)
 
     def classify(img: np.ndarray):
         return cam.predict([img], ["x"])
@@ -162,7 +166,6 @@ def main() -> None:
         "runtime classify": classify,
         "runtime explain (Grad-CAM)": explain,
         "runtime explain + overlay": explain_overlay,
-        "TF tf.function + GradientTape": compiled,
     }
     for fn in contenders.values():  # warm up (graph tracing, arenas)
         for img in imgs[:3]:
@@ -173,9 +176,6 @@ def main() -> None:
             times[name].append(per_image_ms(fn, imgs))
     ms = {k: statistics.median(v) for k, v in times.items()}
 
-    env = dict(
-        os.environ, **{EAGER_CHILD: "1", "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    )
     child = [
         sys.executable,
         __file__,
@@ -190,8 +190,13 @@ def main() -> None:
     ]
     if args.keras:
         child += ["--keras", args.keras, "--conv-layer", str(args.conv_layer)]
-    out = subprocess.run(child, check=True, capture_output=True, text=True, env=env)
-    ms["tutorial style (eager Keras + GradientTape)"] = float(out.stdout.strip().splitlines()[-1])
+    for name, style, extra in (
+        ("TF tf.function + GradientTape", "compiled", {}),
+        ("tutorial style (eager Keras + GradientTape)", "eager", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    ):
+        env = dict(os.environ, **{TF_CHILD: style, "TF_CPP_MIN_LOG_LEVEL": "3"}, **extra)
+        out = subprocess.run(child, check=True, capture_output=True, text=True, env=env)
+        ms[name] = float(out.stdout.strip().splitlines()[-1])
 
     # Cold start: a fresh process classifies one photo, each way, alternating.
     photo = tmp / "one.jpg"
