@@ -3,7 +3,7 @@ weights and the same images, measured in one run. Writes BENCHMARKS.md; needs th
 
     python benchmarks/run.py                  # the shipped default's architecture
     python benchmarks/run.py --sizes          # also install two fresh virtualenvs (minutes)
-    python benchmarks/run.py --arch resnet18 --out BENCHMARKS-resnet18.md
+    python benchmarks/run.py --arch small --out BENCHMARKS-small.md
     python benchmarks/run.py --keras runs/x/best.keras    # a trained model instead
     python benchmarks/run.py --quick --out /tmp/b.md      # tiny settings: does it all run?
 

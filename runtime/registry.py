@@ -10,7 +10,7 @@ from .bundle import MANIFEST
 from .errors import BundleError
 
 #: The bundle ``SceneCam.load()`` and the CLI use when no model is named.
-DEFAULT_MODEL = "scenes-mini"
+DEFAULT_MODEL = "scenes-resnet18"
 
 
 def models_dir() -> Path:
