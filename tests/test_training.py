@@ -179,7 +179,9 @@ def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
     # The chain of stages is recorded: the first run's own record, and the time of both.
     first = SceneCam.load(tmp_path / "run" / "bundle").manifest.training
     assert record["started_from"]["training"]["config"] == first["config"]
-    assert record["seconds_all_stages"] == pytest.approx(first["seconds"] + record["seconds"], abs=0.2)
+    assert record["seconds_all_stages"] == pytest.approx(
+        first["seconds"] + record["seconds"], abs=0.2
+    )
     page = (report / "report.html").read_text()
     assert (
         "Confusion matrix" in page
