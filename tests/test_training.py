@@ -194,3 +194,61 @@ def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
 def test_scene_folder_has_the_six_classes():
     names = sorted(p.name for p in (SHARED_DATA / "intel-scenes" / "train").iterdir() if p.is_dir())
     assert names == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
+
+
+def test_mixup_blends_images_and_labels_alike():
+    import tensorflow as tf
+
+    from scenecam_edge.training.train import mixup
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 255, (16, 4, 4, 3)), tf.float32)
+    labels = tf.one_hot(rng.integers(0, 3, 16), 3)
+    mx, my = (t.numpy() for t in mixup(x, labels, 0.4))
+    assert np.allclose(my.sum(axis=1), 1.0, atol=1e-6) and my.min() >= 0
+    assert not np.allclose(mx, x.numpy())  # something was mixed
+    # Each mixed image is lam * x_i + (1 - lam) * x_j for the same lam and j as its label.
+    xs, ys = x.numpy().reshape(16, -1), labels.numpy()
+    for i in range(16):
+        fits = []
+        for j in range(16):
+            d = xs[i] - xs[j]
+            lam = 1.0 if not d.any() else float(np.dot(mx[i].ravel() - xs[j], d) / np.dot(d, d))
+            if np.allclose(lam * xs[i] + (1 - lam) * xs[j], mx[i].ravel(), atol=1e-3):
+                fits.append(np.allclose(lam * ys[i] + (1 - lam) * ys[j], my[i], atol=1e-4))
+        assert any(fits), f"example {i} is no blend of two batch members"
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_ema_checkpoints_the_averaged_weights(ema: bool, colour_folder: Path, tmp_path: Path):
+    import keras
+
+    from scenecam_edge.training.train import TrainConfig, train
+
+    raw: list[list[np.ndarray]] = []
+
+    class LastRawWeights(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw[:] = [[w.copy() for w in self.model.get_weights()]]
+
+    cfg = TrainConfig(
+        data=str(colour_folder),
+        out=str(tmp_path / "run"),
+        arch="small",
+        epochs=1,
+        img_size=32,
+        batch_size=8,
+        val_split=0.25,
+        cache_dir=str(tmp_path / "cache"),
+        precision="float32",
+        mixup=0.2,
+        ema=ema,
+    )
+    bundle = train(cfg, extra_callbacks=[LastRawWeights()])
+    saved = keras.models.load_model(tmp_path / "run" / "best.keras", compile=False).get_weights()
+    same = all(np.array_equal(a, b) for a, b in zip(saved, raw[0], strict=True))
+    assert same is not ema  # with --ema the checkpoint holds the average, not the last step
+    from scenecam_edge import SceneCam
+
+    record = SceneCam.load(bundle).manifest.training["config"]
+    assert record["ema"] is ema and record["mixup"] == 0.2

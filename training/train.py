@@ -34,6 +34,9 @@ from scenecam_edge.training.report import evaluate
 
 log = logging.getLogger(__name__)
 
+#: Per-step decay of the weights' moving average with --ema (about the last 100 steps).
+EMA_MOMENTUM = 0.99
+
 
 @dataclass
 class TrainConfig:
@@ -57,6 +60,8 @@ class TrainConfig:
     cache_dir: str | None = None
     name: str | None = None
     init_from: str | None = None  # a .keras checkpoint of the same architecture to start from
+    mixup: float = 0.0  # Beta(a, a) parameter of mixup; 0: off
+    ema: bool = False  # validate, checkpoint and export the weights' moving average
 
 
 def cpu_has_bf16() -> bool:
@@ -123,10 +128,12 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         warmup_target=cfg.learning_rate,
         warmup_steps=steps,
     )
+    # --ema: the optimizer keeps a moving average of the trainable weights, updated every step.
+    ema: dict[str, Any] = {"use_ema": True, "ema_momentum": EMA_MOMENTUM} if cfg.ema else {}
     optimizer = (
-        keras.optimizers.Nadam(schedule)
+        keras.optimizers.Nadam(schedule, **ema)
         if cfg.optimizer == "nadam"
-        else keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+        else keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, **ema)
     )
     model.compile(
         optimizer=optimizer,
@@ -139,8 +146,11 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     if cfg.resume and not backup.exists():
         log.warning("--resume: no backup in %s, starting from scratch", backup)
     best = out / "best.keras"
+    # With --ema, validation and the checkpoint see the averaged weights: the swap comes first.
+    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema else []
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
+        *swap,
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=cfg.resume),
@@ -268,13 +278,33 @@ def _dataset(data: LabelledImages, cfg: TrainConfig, training: bool) -> tf.data.
     ds = ds.batch(cfg.batch_size)
     augmenter = _augmenter(cfg.seed) if training and cfg.augment else None
 
+    mix = cfg.mixup if training else 0.0
+
     def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x = tf.cast(x, tf.float32)
         if augmenter is not None:
             x = tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0)
-        return x, tf.one_hot(y, num_classes)
+        labels = tf.one_hot(y, num_classes)
+        if mix > 0:
+            x, labels = mixup(x, labels, mix)
+        return x, labels
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def mixup(x: tf.Tensor, labels: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixup (Zhang et al. 2018): each example blended with another of the same batch, images
+    and one-hot labels alike, with a weight drawn from Beta(alpha, alpha) per example."""
+    n = tf.shape(x)[0]
+    a = tf.random.gamma([n], alpha)
+    b = tf.random.gamma([n], alpha)
+    lam = a / (a + b)
+    order = tf.random.shuffle(tf.range(n))
+    lam_x = tf.reshape(lam, [-1, 1, 1, 1])
+    lam_y = tf.reshape(lam, [-1, 1])
+    mixed_x = lam_x * x + (1.0 - lam_x) * tf.gather(x, order)
+    mixed_y = lam_y * labels + (1.0 - lam_y) * tf.gather(labels, order)
+    return mixed_x, mixed_y
 
 
 def _augmenter(seed: int) -> keras.Sequential:

@@ -70,6 +70,20 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "small", "mnist-tutorial")
     default=None,
     help="Start from the weights of a .keras checkpoint of the same architecture (fine-tuning).",
 )
+@click.option(
+    "--mixup",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Mixup: blend each training batch with a shuffled copy of itself, images and labels, "
+    "weights drawn from Beta(a, a). 0: off; 0.2 is usual.",
+)
+@click.option(
+    "--ema/--no-ema",
+    default=False,
+    show_default=True,
+    help="Validate, checkpoint and export an exponential moving average of the weights.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
 def train(
     data_dir: str,
@@ -88,6 +102,8 @@ def train(
     precision: str,
     name: str | None,
     init_from: str | None,
+    mixup: float,
+    ema: bool,
     resume: bool,
 ) -> None:
     """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
@@ -114,6 +130,8 @@ def train(
         precision=precision,
         name=name,
         init_from=init_from,
+        mixup=mixup,
+        ema=ema,
         resume=resume,
     )
     try:
