@@ -43,7 +43,8 @@ class Explanation(Classification):
     """A classification plus the map that explains ``target`` (by default the predicted class).
 
     ``cam`` is the raw (h, w) map after ReLU at the features' resolution; ``heatmap`` is it
-    normalised to [0, 1] and resized to the input image; ``overlay`` is the heatmap in JET
+    normalised to [0, 1] and resized to ``image``, the decoded input (uint8, H x W x 1 or 3,
+    at its own size); ``overlay`` is the heatmap in JET
     colours blended over the image (RGB uint8) with weight ``alpha``. The overlay is made the
     first time it is read and then kept: jobs that store only maps (batch ``--heatmaps npy``,
     tiles, evaluation) never pay for the colour map and the blend.
