@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ from scenecam_edge.training.data import load_dataset, stratified_split
 from scenecam_edge.training.metrics import classification_figures
 
 from .conftest import HAS_TF, SHARED_DATA, needs_data
+
+if TYPE_CHECKING:
+    from scenecam_edge.training.train import TrainConfig
 
 COLOURS = {"blue": (40, 60, 200), "green": (40, 170, 60), "red": (200, 40, 40)}
 
@@ -90,6 +94,23 @@ def test_metrics_equal_scikit_learn():
 
 @pytest.mark.tf
 @pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")
+def quick_config(data: Path, tmp_path: Path, **overrides: Any) -> TrainConfig:
+    """A seconds-long run of the small architecture at 32 px, in float32, into tmp_path/run."""
+    from scenecam_edge.training.train import TrainConfig
+
+    settings: dict[str, Any] = {
+        "data": str(data),
+        "out": str(tmp_path / "run"),
+        "arch": "small",
+        "img_size": 32,
+        "batch_size": 8,
+        "val_split": 0.25,
+        "cache_dir": str(tmp_path / "cache"),
+        "precision": "float32",
+    }
+    return TrainConfig(**{**settings, **overrides})
+
+
 def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
     import keras
 
@@ -102,18 +123,7 @@ def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
             if epoch == 0:
                 raise KeyboardInterrupt
 
-    cfg = TrainConfig(
-        data=str(colour_folder),
-        out=str(tmp_path / "run"),
-        arch="small",
-        epochs=2,
-        img_size=32,
-        batch_size=8,
-        val_split=0.25,
-        patience=5,
-        cache_dir=str(tmp_path / "cache"),
-        precision="float32",
-    )
+    cfg = quick_config(colour_folder, tmp_path, epochs=2, patience=5)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, extra_callbacks=[Interrupt()])
     assert (tmp_path / "run" / "backup").is_dir() and not (tmp_path / "run" / "bundle").exists()
@@ -223,7 +233,7 @@ def test_mixup_blends_images_and_labels_alike():
 def test_ema_checkpoints_the_averaged_weights(ema: bool, colour_folder: Path, tmp_path: Path):
     import keras
 
-    from scenecam_edge.training.train import TrainConfig, train
+    from scenecam_edge.training.train import train
 
     raw: list[list[np.ndarray]] = []
 
@@ -231,19 +241,7 @@ def test_ema_checkpoints_the_averaged_weights(ema: bool, colour_folder: Path, tm
         def on_train_batch_end(self, batch, logs=None):
             raw[:] = [[w.copy() for w in self.model.get_weights()]]
 
-    cfg = TrainConfig(
-        data=str(colour_folder),
-        out=str(tmp_path / "run"),
-        arch="small",
-        epochs=1,
-        img_size=32,
-        batch_size=8,
-        val_split=0.25,
-        cache_dir=str(tmp_path / "cache"),
-        precision="float32",
-        mixup=0.2,
-        ema=ema,
-    )
+    cfg = quick_config(colour_folder, tmp_path, epochs=1, mixup=0.2, ema=ema)
     bundle = train(cfg, extra_callbacks=[LastRawWeights()])
     saved = keras.models.load_model(tmp_path / "run" / "best.keras", compile=False).get_weights()
     same = all(np.array_equal(a, b) for a, b in zip(saved, raw[0], strict=True))
