@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import tensorflow as tf
 from scenecam_edge import SceneCam
 from scenecam_edge._version import __version__
 from scenecam_edge.bundle import FEATURES, LOGITS, MANIFEST, SCHEMA_VERSION, sha256_file
-from scenecam_edge.fileio import staging_dir_beside
+from scenecam_edge.fileio import folder_replaced_on_success
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +105,7 @@ def export_keras(
     )
     features_shape = [None, *(int(d) for d in head.conv_layer.output.shape[1:])]
 
-    staging = staging_dir_beside(out)
-    try:
+    with folder_replaced_on_success(out) as staging:
         (staging / "model.onnx").write_bytes(onnx_model.SerializeToString())
         np.savez(staging / HEAD_FILE, allow_pickle=False, **head.arrays)
         manifest = {
@@ -154,12 +152,6 @@ def export_keras(
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _check_parity(model, staging, height, width, channels)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     log.info("exported %s -> %s (Grad-CAM layer %s)", model.name, out, head.conv_layer.name)
     return out
 

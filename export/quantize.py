@@ -45,7 +45,7 @@ from scenecam_edge._version import __version__
 from scenecam_edge.bundle import FEATURES, LOGITS, MANIFEST, sha256_file
 from scenecam_edge.cam import CamInputs, get_method, softmax
 from scenecam_edge.errors import ImageError
-from scenecam_edge.fileio import staging_dir_beside
+from scenecam_edge.fileio import folder_replaced_on_success
 from scenecam_edge.images import load_image, resize_to
 from scenecam_edge.registry import resolve_model
 from scenecam_edge.sources import IMAGE_SUFFIXES
@@ -469,8 +469,7 @@ def quantize_bundle(
     if original.get("quantization"):
         raise QuantizeError(f"{source} is already quantised; start from the float bundle")
 
-    staging = staging_dir_beside(out)
-    try:
+    with folder_replaced_on_success(out) as staging:
         say(f"quantising {source} ({settings.label}, {len(data.calibration)} calibration images)")
         keep_float = quantize_graph(
             source / "model.onnx", staging / "model.onnx", data.calibration, settings
@@ -527,12 +526,6 @@ def quantize_bundle(
         problems = comparison.misses(max_accuracy_drop_points, min_cam_correlation)
         if problems:
             raise TargetMissed("the int8 model was not written: " + "; ".join(problems))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     log.info("wrote %s", out)
     return QuantizeResult(out, comparison, manifest)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +49,24 @@ def temporary_beside(path: str | os.PathLike[str]) -> Path:
     return Path(tmp)
 
 
-def staging_dir_beside(path: str | os.PathLike[str]) -> Path:
-    """An empty temporary folder in ``path``'s parent with the usual permissions (mkdtemp
-    makes 0700), to fill and then move into place as ``path`` in one rename."""
+@contextmanager
+def folder_replaced_on_success(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder beside ``path``, with the usual permissions (mkdtemp makes 0700),
+    to fill inside the ``with`` block. If the block ends without an error, the folder
+    replaces ``path`` (a folder already there is removed) in one rename; otherwise it is
+    removed and ``path`` is left as it was."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o777 & ~_umask())
-    return staging
+    try:
+        staging.chmod(0o777 & ~_umask())
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def _umask() -> int:
