@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecam_edge.training.data import load_dataset, stratified_split
-from scenecam_edge.training.metrics import classification_figures
+from scenecam_edge.training.metrics import classification_figures, figures_markdown
 
-from .conftest import HAS_TF, SHARED_DATA, needs_data
+from .conftest import SHARED_DATA, needs_data, needs_tf
 
 if TYPE_CHECKING:
     from scenecam_edge.training.train import TrainConfig
@@ -92,8 +92,6 @@ def test_metrics_equal_scikit_learn():
     )
 
 
-@pytest.mark.tf
-@pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")
 def quick_config(data: Path, tmp_path: Path, **overrides: Any) -> TrainConfig:
     """A seconds-long run of the small architecture at 32 px, in float32, into tmp_path/run."""
     from scenecam_edge.training.train import TrainConfig
@@ -111,6 +109,20 @@ def quick_config(data: Path, tmp_path: Path, **overrides: Any) -> TrainConfig:
     return TrainConfig(**{**settings, **overrides})
 
 
+def test_figures_markdown_tables():
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    y_pred = np.array([0, 0, 1, 1, 1, 2, 2, 0, 0])
+    md = figures_markdown(classification_figures(y_true, y_pred, ["a", "b", "c"]))
+    # a: 2 of the 4 predicted a are right, 2 of the 3 true a are found.
+    assert "| a | 0.500 | 0.667 | 0.571 | 3 |" in md
+    assert "| b | 0.667 | 1.000 | 0.800 | 2 |" in md
+    assert "| **accuracy** | | | **0.667** | 9 |" in md
+    assert "| c | 2 | 0 | 2 |" in md  # the confusion matrix row of class c
+    assert md.rstrip().endswith("Most frequent mistakes: 2 c called a, 1 a called b.")
+
+
+@pytest.mark.tf
+@needs_tf
 def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
     import keras
 
@@ -163,6 +175,10 @@ def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["confusion_matrix"] == figures["confusion_matrix"]
+    # The Markdown tables, from the run and from evaluate, say the same.
+    run_tables = (tmp_path / "run" / "evaluation.md").read_text()
+    assert run_tables == figures_markdown(figures)
+    assert run_tables in (report / "metrics.md").read_text()
     # Fine-tuning starts from the checkpoint's weights: before any step, the same predictions.
     import keras
 
@@ -206,6 +222,8 @@ def test_scene_folder_has_the_six_classes():
     assert names == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
 
 
+@pytest.mark.tf
+@needs_tf
 def test_mixup_blends_images_and_labels_alike():
     import tensorflow as tf
 
@@ -229,6 +247,8 @@ def test_mixup_blends_images_and_labels_alike():
         assert any(fits), f"example {i} is no blend of two batch members"
 
 
+@pytest.mark.tf
+@needs_tf
 @pytest.mark.parametrize("ema", [False, True])
 def test_ema_checkpoints_the_averaged_weights(ema: bool, colour_folder: Path, tmp_path: Path):
     import keras

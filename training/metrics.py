@@ -56,3 +56,39 @@ def classification_figures(
         "confusion_matrix": cm.tolist(),
         "class_names": list(class_names),
     }
+
+
+def figures_markdown(figures: dict[str, Any], *, confused: int = 3) -> str:
+    """The figures as Markdown: the per-class table (as the README shows it), the confusion
+    matrix, and the ``confused`` most frequent mistakes, so published tables come from a file
+    a command wrote rather than from copying numbers by hand."""
+    names = figures["class_names"]
+    lines = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for name, c in figures["per_class"].items():
+        lines.append(
+            f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+        )
+    lines.append(f"| **accuracy** | | | **{figures['accuracy']:.3f}** | {figures['count']} |")
+    for label in ("macro_avg", "weighted_avg"):
+        a = figures[label]
+        lines.append(
+            f"| {label.replace('_', ' ')} | {a['precision']:.3f} | {a['recall']:.3f} "
+            f"| {a['f1']:.3f} | {figures['count']} |"
+        )
+    cm = np.array(figures["confusion_matrix"])
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
+    lines.append("| | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---:|" * len(names))
+    for i, name in enumerate(names):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in cm[i]) + " |")
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:confused]
+    mistakes = [
+        f"{off.flat[k]} {names[k // len(names)]} called {names[k % len(names)]}"
+        for k in order
+        if off.flat[k] > 0
+    ]
+    if mistakes:
+        lines += ["", "Most frequent mistakes: " + ", ".join(mistakes) + "."]
+    return "\n".join(lines) + "\n"

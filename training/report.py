@@ -20,7 +20,7 @@ from scenecam_edge.cam import softmax
 from scenecam_edge.faithfulness import Faithfulness, evaluate_maps, random_map
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
 from scenecam_edge.training.data import LabelledImages, batches
-from scenecam_edge.training.metrics import classification_figures
+from scenecam_edge.training.metrics import classification_figures, figures_markdown
 
 
 @dataclass
@@ -57,13 +57,17 @@ def write_report(
     gallery_per_class: int = 6,
     faithfulness: dict[str, Faithfulness] | None = None,
 ) -> Path:
-    """Write ``metrics.json`` and ``report.html`` (confusion matrix, per-class figures, and a
-    Grad-CAM gallery per class with the misclassifications first)."""
+    """Write ``metrics.json``, ``metrics.md`` (the tables in Markdown) and ``report.html``
+    (confusion matrix, per-class figures, and a Grad-CAM gallery per class with the
+    misclassifications first)."""
     out = Path(out_dir)
     metrics: dict[str, Any] = {"title": title, **result.figures}
     if faithfulness:
         metrics["faithfulness"] = faithfulness_rows(faithfulness)
     write_json_atomic(out / "metrics.json", metrics)
+    write_bytes_atomic(
+        out / "metrics.md", f"# {title}\n\n{figures_markdown(result.figures)}".encode()
+    )
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         _summary(result.figures),

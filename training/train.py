@@ -9,6 +9,7 @@ Run folder layout (``--out``)::
     split.json          the validation split (seed, fraction, files)
     bundle/             the exported float32 bundle of the best checkpoint
     evaluation.json     its figures on the validation split, through the runtime
+    evaluation.md       the same as Markdown tables (per class, confusion matrix)
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import numpy as np
 import tensorflow as tf
 
 from scenecam_edge import SceneCam
-from scenecam_edge.fileio import write_json_atomic
+from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
 from scenecam_edge.training.architectures import build, recipe
 from scenecam_edge.training.data import LabelledImages, load_dataset, stratified_split
+from scenecam_edge.training.metrics import figures_markdown
 from scenecam_edge.training.report import evaluate
 
 log = logging.getLogger(__name__)
@@ -206,6 +208,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     )
     evaluation = evaluate(SceneCam.load(bundle), val_set).figures
     write_json_atomic(out / "evaluation.json", evaluation)
+    write_bytes_atomic(out / "evaluation.md", figures_markdown(evaluation).encode())
     set_manifest_fields(bundle, evaluation=_summary(evaluation, "validation split"))
     if backup.exists():
         shutil.rmtree(backup)

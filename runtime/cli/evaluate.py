@@ -20,7 +20,7 @@ from .common import EXIT_USAGE, fail, model_options, split_options
     "report_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for metrics.json and report.html.",
+    help="Folder for metrics.json, metrics.md and report.html.",
 )
 @click.option(
     "--split",
@@ -64,8 +64,8 @@ def evaluate(
     """Evaluate a bundle on DATA_DIR (class-per-folder images, or an .npz with x and y).
 
     Writes metrics.json (accuracy, per-class precision, recall, F1 and support, macro and
-    weighted averages, confusion matrix, and with --faithfulness a table per CAM method) and
-    a self-contained report.html.
+    weighted averages, confusion matrix, and with --faithfulness a table per CAM method), the
+    same tables in metrics.md, and a self-contained report.html.
     """
     from scenecam_edge.training.data import load_dataset, stratified_split
     from scenecam_edge.training.report import evaluate as run_evaluation
@@ -114,4 +114,4 @@ def evaluate(
     )
     if table:
         click.echo(faithfulness_markdown(table))
-    click.echo(f"wrote {report_dir / 'metrics.json'} and {report}")
+    click.echo(f"wrote {report_dir / 'metrics.json'}, {report_dir / 'metrics.md'} and {report}")
