@@ -192,7 +192,7 @@ def calibration_data(
     images is unlabelled: the first ``images`` of a seeded shuffle calibrate and the rest (or,
     when none are left, the same ones) are compared on.
     """
-    from scenecam_edge.training.data import class_folders, load_dataset, stratified_split
+    from scenecam_edge.dataset import class_folders, load_dataset, stratified_split
 
     if images < 1:
         raise ValueError(f"calibration images must be at least 1, not {images}")
@@ -411,7 +411,7 @@ def compare(
         cam_correlation_min=float(corr.min()),
     )
     if labels is not None:
-        from scenecam_edge.training.metrics import classification_figures
+        from scenecam_edge.metrics import classification_figures
 
         result.float_accuracy = float((pred_ref == labels).mean())
         result.int8_accuracy = float((pred_cand == labels).mean())

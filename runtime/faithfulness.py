@@ -75,12 +75,20 @@ def auc(curve: np.ndarray) -> float:
     return float(((curve[1:] + curve[:-1]) / 2).mean())
 
 
+def forward_passes(steps: int = 16) -> int:
+    """Images through the graph per scored map: the original, ``steps + 1`` deletion and
+    insertion images each, and the masked image."""
+    return 2 * (steps + 1) + 2
+
+
 def evaluate_maps(
     forward: Forward,
     items: Iterable[tuple[np.ndarray, np.ndarray, int]],
     steps: int = 16,
+    on_image: Callable[[], None] | None = None,
 ) -> Faithfulness:
-    """Scores for (model-size image, saliency at image size, target) triples."""
+    """Scores for (model-size image, saliency at image size, target) triples; ``on_image`` is
+    called after each one."""
     deletion, insertion, drops, increases = [], [], [], []
     for image, saliency, target in items:
         original = float(softmax(forward(image[None]).astype(np.float64))[0, target])
@@ -89,6 +97,8 @@ def evaluate_maps(
         insertion.append(auc(ins_curve))
         drops.append(max(0.0, original - masked) / max(original, 1e-12))
         increases.append(masked > original)
+        if on_image is not None:
+            on_image()
     n = len(deletion)
     if n == 0:
         raise ValueError("no images to evaluate")

@@ -41,9 +41,9 @@ def test_curves_start_and_end_where_they_should(scenecam: SceneCam, sample_image
 
 @needs_data
 def test_gradcam_is_more_faithful_than_a_random_map(scenecam: SceneCam):
+    from scenecam_edge.dataset import LabelledImages, list_folder, stratified_split
+    from scenecam_edge.evaluation import RANDOM_BASELINE, faithfulness_table
     from scenecam_edge.images import load_image, resize_to
-    from scenecam_edge.training.data import LabelledImages, list_folder, stratified_split
-    from scenecam_edge.training.report import RANDOM_BASELINE, faithfulness_table
 
     names, items = list_folder(SHARED_DATA / "intel-scenes" / "train")
     _, val = stratified_split(np.array([label for _, label in items]), 0.15, 1337)

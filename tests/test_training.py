@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from scenecam_edge.training.data import load_dataset, stratified_split
-from scenecam_edge.training.metrics import classification_figures, figures_markdown
+from scenecam_edge.dataset import load_dataset, stratified_split
+from scenecam_edge.metrics import classification_figures, figures_markdown
 
 from .conftest import SHARED_DATA, needs_data, needs_tf
 

@@ -28,11 +28,11 @@ import numpy as np
 import tensorflow as tf
 
 from scenecam_edge import SceneCam
+from scenecam_edge.dataset import LabelledImages, load_dataset, stratified_split
+from scenecam_edge.evaluation import evaluate
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
+from scenecam_edge.metrics import figures_markdown
 from scenecam_edge.training.architectures import build, recipe
-from scenecam_edge.training.data import LabelledImages, load_dataset, stratified_split
-from scenecam_edge.training.metrics import figures_markdown
-from scenecam_edge.training.report import evaluate
 
 log = logging.getLogger(__name__)
 

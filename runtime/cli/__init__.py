@@ -31,15 +31,22 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-cli.add_command(classify)
-cli.add_command(evaluate)
-cli.add_command(export)
-cli.add_command(train)
-cli.add_command(models)
-cli.add_command(batch)
-cli.add_command(tiles)
-cli.add_command(camera)
-cli.add_command(quantize)
+#: One line each for ``scenecam-edge --help``: click would cut the docstrings' first
+#: sentences at the terminal's width, mid-sentence.
+SUMMARIES = {
+    classify: "Classify photos and save their Grad-CAM panels.",
+    batch: "Classify many images into a resumable JSONL or CSV file.",
+    tiles: "Classify a satellite or aerial scene tile by tile.",
+    camera: "Classify and explain a camera, video file or stream live.",
+    evaluate: "Score a model on labelled images; write an HTML report.",
+    models: "List the shipped models.",
+    train: "Train a model on labelled images (train extra).",
+    export: "Turn a Keras model into a bundle (train extra).",
+    quantize: "Write an int8 copy of a bundle.",
+}
+for command, summary in SUMMARIES.items():
+    command.short_help = summary
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -100,3 +102,12 @@ def fail(exc: SceneCamError | str, code: int = EXIT_MODEL) -> NoReturn:
 
 def needs_train_extra(what: str) -> NoReturn:
     fail(f"{what} needs TensorFlow; install it with: pip install 'scenecam-edge[train]'")
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ start-up chatter (oneDNN, CPU features, XLA) off stderr unless
+    ``-v`` was given. Call before TensorFlow is imported; an explicit TF_CPP_MIN_LOG_LEVEL
+    in the environment wins."""
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")

@@ -1,15 +1,35 @@
-"""``scenecam-edge evaluate``: figures and an HTML report for a bundle on labelled images."""
+"""``scenecam-edge evaluate``: figures and an HTML report for a bundle on labelled images.
+
+Runs in a runtime-only install: the data reader, metrics and report are the runtime's own.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from ..cam import METHODS
+from ..dataset import LabelledImages, align_classes, load_dataset, stratified_split
 from ..errors import SceneCamError
+from ..evaluation import estimate_faithfulness_seconds, faithfulness_table
+from ..evaluation import evaluate as run_evaluation
+from ..faithfulness import Faithfulness
 from ..model import SceneCam
-from .common import EXIT_USAGE, fail, model_options, split_options
+from ..report import faithfulness_markdown, write_report
+from .common import (
+    EXIT_FAILED_INPUTS,
+    EXIT_USAGE,
+    error_line,
+    fail,
+    model_options,
+    split_options,
+)
+
+log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -63,41 +83,30 @@ def evaluate(
 ) -> None:
     """Evaluate a bundle on DATA_DIR (class-per-folder images, or an .npz with x and y).
 
-    Writes metrics.json (accuracy, per-class precision, recall, F1 and support, macro and
-    weighted averages, confusion matrix, and with --faithfulness a table per CAM method), the
-    same tables in metrics.md, and a self-contained report.html.
+    Folders are matched to the model's classes ignoring case, and may cover only some of
+    them. Writes metrics.json, metrics.md and a self-contained report.html.
     """
-    from scenecam_edge.training.data import load_dataset, stratified_split
-    from scenecam_edge.training.report import evaluate as run_evaluation
-    from scenecam_edge.training.report import (
-        faithfulness_markdown,
-        faithfulness_table,
-        write_report,
-    )
-
     try:
         scenecam = SceneCam.load(model, threads=threads)
     except SceneCamError as exc:
         fail(exc)
     spec = scenecam.manifest.input
     try:
-        data = load_dataset(data_dir, (spec.height, spec.width), spec.channels)
+        data = align_classes(
+            load_dataset(data_dir, (spec.height, spec.width), spec.channels),
+            scenecam.class_names,
+        )
     except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(f"{data_dir}: {exc}", EXIT_USAGE)
     for path, reason in data.skipped:
-        click.echo(f"error: {path}: {reason} (skipped)", err=True)
+        error_line(path, reason)
     if split != "all":
         train_idx, val_idx = stratified_split(data.labels, val_split, seed)
         data = data.subset(val_idx if split == "validation" else train_idx)
-    try:
-        result = run_evaluation(scenecam, data)
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    table = (
-        faithfulness_table(scenecam, data, list(METHODS), images=faithfulness_images)
-        if faithfulness
-        else None
-    )
+    if not len(data):
+        fail(f"{data_dir}: no images to evaluate", EXIT_USAGE)
+    result = run_evaluation(scenecam, data)
+    table = _faithfulness(scenecam, data, faithfulness_images) if faithfulness else None
     title = f"{scenecam.manifest.name} on {data_dir} ({split})"
     report = write_report(
         report_dir,
@@ -115,3 +124,38 @@ def evaluate(
     if table:
         click.echo(faithfulness_markdown(table))
     click.echo(f"wrote {report_dir / 'metrics.json'}, {report_dir / 'metrics.md'} and {report}")
+    if data.skipped:
+        sys.exit(EXIT_FAILED_INPUTS)
+
+
+def _faithfulness(cam: SceneCam, data: LabelledImages, images: int) -> dict[str, Faithfulness]:
+    """Every CAM method's faithfulness, with an estimate up front and progress on stderr: a
+    bar on a terminal, a log line every tenth of the way with -v elsewhere."""
+    methods = list(METHODS)
+    seconds = estimate_faithfulness_seconds(cam, data, methods, images)
+    n = min(images, len(data))
+    click.echo(
+        f"faithfulness: {len(methods)} methods and a random baseline on {n} images, "
+        f"about {_duration(seconds)}",
+        err=True,
+    )
+    with tqdm(
+        total=n * (len(methods) + 1),
+        desc="faithfulness",
+        unit="map",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    ) as bar:
+        step = max(1, (n * (len(methods) + 1)) // 10)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(1)
+            if done % step == 0 or done == total:
+                log.info("faithfulness: %d of %d maps scored", done, total)
+
+        return faithfulness_table(cam, data, methods, images=images, progress=progress)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"

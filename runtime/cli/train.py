@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
-from .common import EXIT_USAGE, fail, needs_train_extra, split_options
+from .common import EXIT_USAGE, fail, needs_train_extra, quiet_tensorflow, split_options
 
 # Kept here as plain names so that --help works without importing TensorFlow; the training
 # module checks them against its registry.
@@ -108,6 +111,7 @@ def train(
 ) -> None:
     """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
     best checkpoint as a float32 bundle and evaluate it on the validation split."""
+    quiet_tensorflow()
     try:
         from scenecam_edge.training.train import TrainConfig
         from scenecam_edge.training.train import train as run_training
@@ -138,4 +142,20 @@ def train(
         bundle = run_training(config)
     except ValueError as exc:
         fail(f"{data_dir}: {exc}", EXIT_USAGE)
-    click.echo(f"wrote {bundle}")
+    click.echo(_summary(Path(out), bundle))
+
+
+def _summary(out: Path, bundle: Path) -> str:
+    """What a run ends with: the validation figures of the exported bundle, and where the
+    run's files are."""
+    figures = json.loads((out / "evaluation.json").read_text())
+    training = json.loads((bundle / "manifest.json").read_text()).get("training", {})
+    best, run = training.get("best_epoch"), training.get("epochs_run")
+    lines = [
+        f"validation accuracy {figures['accuracy']:.2%} on {figures['count']} images, "
+        f"macro F1 {figures['macro_avg']['f1']:.3f}"
+        + (f" (checkpoint of epoch {best} of {run}, lowest validation loss)" if best else ""),
+        f"per class and confusion matrix: {out / 'evaluation.md'}",
+        f"bundle: {bundle} (try: scenecam-edge classify --model {bundle} PHOTO)",
+    ]
+    return "\n".join(lines)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scenecam_edge.errors import ImageError
-from scenecam_edge.images import load_image, resize_to
-from scenecam_edge.sources import IMAGE_SUFFIXES
+from .errors import ImageError
+from .images import load_image, resize_to
+from .sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ def load_dataset(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, out in enumerate(pool.map(decode, items)):
             if isinstance(out, str):
-                skipped.append((str(items[i][0]), out))
-                log.warning("skipped %s: %s", items[i][0], out)
+                skipped.append((str(items[i][0]), out))  # the caller reports them
             else:
                 images[i] = out
                 keep.append(i)
@@ -158,6 +157,32 @@ def _load_npz(path: Path, size: tuple[int, int], channels: int) -> LabelledImage
     classes = np.unique(y)
     names = [str(c) for c in range(int(classes.max()) + 1)]
     return LabelledImages(x, y, names, [f"{path}[{i}]" for i in range(len(y))])
+
+
+def align_classes(
+    data: LabelledImages, model_classes: tuple[str, ...] | list[str]
+) -> LabelledImages:
+    """``data`` relabelled with the model's class indices, its class names the model's.
+
+    A test set may hold only some of the model's classes, and its folders may be named in
+    another case (``Sea/`` for ``sea``): each data class is matched to the model's class of
+    the same name ignoring case. Raises ValueError naming every data class that matches none.
+    """
+    by_name = {name.casefold(): i for i, name in enumerate(model_classes)}
+    unknown = [name for name in data.class_names if name.casefold() not in by_name]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(repr(n) for n in unknown)} match{'es' if len(unknown) == 1 else ''} "
+            f"none of the model's classes ({', '.join(model_classes)})"
+        )
+    mapping = np.array([by_name[name.casefold()] for name in data.class_names], dtype=np.int64)
+    return LabelledImages(
+        data.images,
+        mapping[data.labels] if len(data.labels) else data.labels,
+        list(model_classes),
+        data.sources,
+        data.skipped,
+    )
 
 
 def stratified_split(

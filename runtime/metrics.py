@@ -18,7 +18,11 @@ def classification_figures(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str] | tuple[str, ...]
 ) -> dict[str, Any]:
     """Accuracy; per-class precision, recall, F1, support; macro and weighted averages; the
-    confusion matrix. Undefined ratios (0/0) count as 0, as scikit-learn does by default."""
+    confusion matrix. Undefined ratios (0/0) count as 0, as scikit-learn does by default.
+
+    Every class is in the per-class table and the confusion matrix. The macro average is over
+    the classes that occur in ``y_true`` or ``y_pred`` (scikit-learn's default ``labels``), so
+    a test set that covers only some classes is not marked down for the ones it lacks."""
     n = len(class_names)
     cm = confusion_matrix(y_true, y_pred, n)
     tp = np.diag(cm).astype(np.float64)
@@ -30,6 +34,7 @@ def classification_figures(
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
     total = support.sum()
     weights = support / total if total else np.zeros(n)
+    present = (support > 0) | (predicted > 0) if total else np.ones(n, bool)
     per_class = {
         name: {
             "precision": float(precision[i]),
@@ -44,9 +49,9 @@ def classification_figures(
         "count": int(total),
         "per_class": per_class,
         "macro_avg": {
-            "precision": float(precision.mean()),
-            "recall": float(recall.mean()),
-            "f1": float(f1.mean()),
+            "precision": float(precision[present].mean()),
+            "recall": float(recall[present].mean()),
+            "f1": float(f1[present].mean()),
         },
         "weighted_avg": {
             "precision": float((precision * weights).sum()),

@@ -1,0 +1,136 @@
+"""Evaluation of a bundle on labelled images, through the runtime alone (no TensorFlow).
+
+Figures (:mod:`.metrics`) over the model's classes, and faithfulness scores per CAM method
+(:mod:`.faithfulness`). The HTML and Markdown that present them are in :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .cam import softmax
+from .dataset import LabelledImages, batches
+from .faithfulness import Faithfulness, evaluate_maps, forward_passes, random_map
+from .metrics import classification_figures
+from .model import SceneCam
+
+RANDOM_BASELINE = "random map (baseline)"
+
+#: Called after each image of the faithfulness run with (done, total).
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Evaluation:
+    figures: dict[str, Any]
+    predictions: np.ndarray  # (N,) class indices into the model's classes
+    confidences: np.ndarray  # (N,) probability of the predicted class
+
+
+def evaluate(cam: SceneCam, data: LabelledImages, batch_size: int = 64) -> Evaluation:
+    """Run ``data`` (model-sized uint8 images, labelled with the model's class indices; see
+    :func:`.dataset.align_classes`) through the bundle and compute the figures."""
+    if list(cam.class_names) != list(data.class_names):
+        raise ValueError(
+            f"the model's classes {list(cam.class_names)} differ from the data's {data.class_names}"
+        )
+    preds, confs = [], []
+    for s in batches(len(data), batch_size):
+        probs = softmax(cam.forward(data.images[s])[1].astype(np.float64))
+        preds.append(probs.argmax(axis=1))
+        confs.append(probs.max(axis=1))
+    predictions = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    confidences = np.concatenate(confs) if confs else np.zeros(0)
+    figures = classification_figures(data.labels, predictions, data.class_names)
+    return Evaluation(figures, predictions, confidences)
+
+
+def faithfulness_subset(data: LabelledImages, images: int, seed: int = 0) -> np.ndarray:
+    """The fixed random subset of ``data`` the faithfulness scores use (sorted indices)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(len(data))[:images])
+
+
+def estimate_faithfulness_seconds(
+    cam: SceneCam, data: LabelledImages, methods: list[str], images: int, steps: int = 16
+) -> float:
+    """Seconds the faithfulness run will take, from one timed batch of the perturbation size.
+
+    The run is dominated by forward passes: each image and method costs ``steps`` deletion
+    and insertion images plus two (see :func:`.faithfulness.forward_passes`)."""
+    n = min(images, len(data))
+    if n == 0:
+        return 0.0
+    per_map = forward_passes(steps)
+    probe = np.repeat(data.images[:1], per_map, axis=0)
+    cam.forward(probe)  # the first call pays for memory planning; time the second
+    start = time.perf_counter()
+    cam.forward(probe)
+    seconds_per_map = time.perf_counter() - start
+    return seconds_per_map * n * (len(methods) + 1)  # + the random baseline
+
+
+def faithfulness_table(
+    cam: SceneCam,
+    data: LabelledImages,
+    methods: list[str],
+    images: int = 100,
+    steps: int = 16,
+    seed: int = 0,
+    max_channels: int = 64,
+    progress: Progress | None = None,
+) -> dict[str, Faithfulness]:
+    """Deletion/insertion AUC, average drop and increase in confidence per method, on up to
+    ``images`` images of ``data`` (a fixed random subset), explaining each prediction; plus a
+    random-map baseline row. ``progress`` hears of every image scored."""
+    rng = np.random.default_rng(seed)
+    chosen = faithfulness_subset(data, images, seed)
+    batch = [data.images[i] for i in chosen]
+    names = [data.sources[i] for i in chosen]
+    total = len(batch) * (len(methods) + 1)
+    done = 0
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return cam.forward(x)[1]
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    table: dict[str, Faithfulness] = {}
+    for method in methods:
+        options = cam.explain_options(method=method, max_channels=max_channels)
+        explained = [
+            e
+            for s in batches(len(batch), 16)
+            for e in cam.predict(batch[s], names[s], explain=options)
+        ]
+        table[method] = evaluate_maps(
+            forward,
+            ((img, e.heatmap, e.index) for img, e in zip(batch, explained, strict=True)),
+            steps,
+            on_image=tick,
+        )
+    h, w = cam.manifest.features_shape[:2]
+    predicted = [r.index for s in batches(len(batch), 64) for r in cam.predict(batch[s], names[s])]
+    table[RANDOM_BASELINE] = evaluate_maps(
+        forward,
+        (
+            (img, random_map((h, w), img.shape[:2], rng), t)
+            for img, t in zip(batch, predicted, strict=True)
+        ),
+        steps,
+        on_image=tick,
+    )
+    return table
+
+
+def faithfulness_rows(table: dict[str, Faithfulness]) -> list[dict[str, Any]]:
+    return [{"method": name, **asdict(f)} for name, f in table.items()]

@@ -1,0 +1,298 @@
+"""The evaluation's outputs: ``metrics.json``, ``metrics.md`` and a self-contained
+``report.html`` (summary, confusion matrix, per-class figures, faithfulness, and a Grad-CAM
+gallery). Works without TensorFlow or OpenCV: images are encoded with Pillow.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .dataset import LabelledImages
+from .evaluation import Evaluation, faithfulness_rows
+from .faithfulness import Faithfulness
+from .fileio import write_bytes_atomic, write_json_atomic
+from .metrics import figures_markdown
+from .model import SceneCam
+
+
+def write_report(
+    out_dir: str | os.PathLike[str],
+    cam: SceneCam,
+    data: LabelledImages,
+    result: Evaluation,
+    *,
+    title: str,
+    gallery_per_class: int = 6,
+    faithfulness: dict[str, Faithfulness] | None = None,
+) -> Path:
+    """Write ``metrics.json``, ``metrics.md`` (the tables in Markdown) and ``report.html``
+    (confusion matrix, per-class figures, and a Grad-CAM gallery per class with the
+    misclassifications first). Each records when it was made and which model made it."""
+    out = Path(out_dir)
+    made = provenance(cam)
+    metrics: dict[str, Any] = {"title": title, **made, **result.figures}
+    if faithfulness:
+        metrics["faithfulness"] = faithfulness_rows(faithfulness)
+    write_json_atomic(out / "metrics.json", metrics)
+    markdown = f"# {title}\n\n{_provenance_line(made)}\n\n{figures_markdown(result.figures)}"
+    if faithfulness:
+        markdown += f"\n## Faithfulness\n\n{faithfulness_markdown(faithfulness)}"
+    write_bytes_atomic(out / "metrics.md", markdown.encode())
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class=meta>{html.escape(_provenance_line(made))}</p>",
+        _summary(result.figures),
+        _confusion(result.figures),
+        _per_class(result.figures),
+        faithfulness_html(faithfulness) if faithfulness else "",
+        _gallery(cam, data, result, gallery_per_class),
+    ]
+    page = _PAGE.format(title=html.escape(title), body="\n".join(sections))
+    return write_bytes_atomic(out / "report.html", page.encode("utf-8"))
+
+
+def provenance(cam: SceneCam) -> dict[str, str]:
+    """When the report was made, and the model: name, folder and the graph's sha256."""
+    return {
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": cam.manifest.name,
+        "model_path": str(cam.path),
+        "model_sha256": cam.manifest.files.get("model.onnx", ""),
+    }
+
+
+def _provenance_line(made: dict[str, str]) -> str:
+    return (
+        f"Model {made['model']} ({made['model_path']}, model.onnx sha256 "
+        f"{made['model_sha256'][:16]}...), report made {made['created']}."
+    )
+
+
+def _summary(f: dict[str, Any]) -> str:
+    m, w = f["macro_avg"], f["weighted_avg"]
+    return (
+        f"<p class=big>Accuracy <b>{f['accuracy']:.2%}</b> on {f['count']} images &middot; "
+        f"macro F1 {m['f1']:.3f} &middot; weighted F1 {w['f1']:.3f}</p>"
+    )
+
+
+def _confusion(f: dict[str, Any]) -> str:
+    names = f["class_names"]
+    cm = np.array(f["confusion_matrix"])
+    rows = []
+    for i, name in enumerate(names):
+        total = max(1, int(cm[i].sum()))
+        cells = []
+        for j in range(len(names)):
+            share = cm[i, j] / total
+            hue = 140 if i == j else 0  # green on the diagonal, red off it
+            light = 100 - 55 * share
+            style = f"background:hsl({hue},70%,{light:.0f}%)"
+            cells.append(
+                f'<td style="{style}" title="{share:.1%} of {html.escape(name)}">{cm[i, j]}</td>'
+            )
+        rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    return (
+        "<h2>Confusion matrix</h2><p>Rows: true class; columns: predicted. Shade: share of the row.</p>"
+        f"<table class=cm><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+def _per_class(f: dict[str, Any]) -> str:
+    rows = [
+        f"<tr><th>{html.escape(n)}</th><td>{c['precision']:.3f}</td><td>{c['recall']:.3f}</td>"
+        f"<td>{c['f1']:.3f}</td><td>{c['support']}</td></tr>"
+        for n, c in f["per_class"].items()
+    ]
+    for label in ("macro_avg", "weighted_avg"):
+        a = f[label]
+        rows.append(
+            f"<tr class=avg><th>{label.replace('_', ' ')}</th><td>{a['precision']:.3f}</td>"
+            f"<td>{a['recall']:.3f}</td><td>{a['f1']:.3f}</td><td>{f['count']}</td></tr>"
+        )
+    return (
+        "<h2>Per class</h2><table><tr><th></th><th>precision</th><th>recall</th><th>F1</th>"
+        f"<th>support</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _gallery(cam: SceneCam, data: LabelledImages, result: Evaluation, per_class: int) -> str:
+    if per_class <= 0:
+        return ""
+    options = cam.explain_options()
+    parts = [
+        "<h2>Grad-CAM gallery</h2><p>Per true class: misclassified first (most confident "
+        "mistakes first), then correct. Each card shows the photo and the Grad-CAM overlay of "
+        "the class the model predicted (named under the card); click a card to enlarge it.</p>"
+    ]
+    for c, name in enumerate(data.class_names):
+        members = np.flatnonzero(data.labels == c)
+        if not len(members):
+            continue
+        wrong = members[result.predictions[members] != c]
+        right = members[result.predictions[members] == c]
+        wrong = wrong[np.argsort(-result.confidences[wrong])]
+        right = right[np.argsort(-result.confidences[right])]
+        chosen = np.concatenate([wrong, right])[:per_class]
+        explained = cam.predict(
+            [data.images[i] for i in chosen], [data.sources[i] for i in chosen], explain=options
+        )
+        cards = [_card(data, i, c, e) for i, e in zip(chosen, explained, strict=True)]
+        parts.append(
+            f"<h3>{html.escape(name)} ({len(wrong)} of {len(members)} misclassified)</h3>"
+            f"<div class=row>{''.join(cards)}</div>"
+        )
+    return "\n".join(parts)
+
+
+def _card(data: LabelledImages, i: int, true: int, e: Any) -> str:
+    """One gallery card: photo and overlay side by side, what the map explains below."""
+    ok = e.index == true
+    name = html.escape(Path(data.sources[i]).name)
+    verdict = (
+        f"&#10003; {html.escape(e.label)} {e.confidence:.0%}"
+        if ok
+        else f"&#10007; called {html.escape(e.label)} {e.confidence:.0%}, "
+        f"truly {html.escape(data.class_names[true])}"
+    )
+    return (
+        f'<figure class="{"ok" if ok else "bad"}" tabindex=0 '
+        "onclick=\"this.classList.toggle('big')\">"
+        f'<img src="data:image/jpeg;base64,{_jpeg(e.image)}" alt="{name}">'
+        f'<img src="data:image/jpeg;base64,{_jpeg(e.overlay)}" alt="Grad-CAM of {name}">'
+        f"<figcaption>{verdict}<br><small>map explains: {html.escape(e.target_label)}"
+        f"</small><br><small>{name}</small></figcaption></figure>"
+    )
+
+
+def _jpeg(image: np.ndarray) -> str:
+    """Base64 JPEG of a uint8 (H, W), (H, W, 1) or (H, W, 3) image."""
+    buffer = io.BytesIO()
+    pixels = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="JPEG", quality=85)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_PAGE = """<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>{title}</title>
+<style>
+body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: .5em 0 1.5em; }}
+th, td {{ padding: .35em .7em; border: 1px solid #ddd; text-align: right; }}
+th {{ background: #f6f6f6; }}
+table.cm td {{ min-width: 3.5em; text-align: center; font-weight: 600; }}
+tr.avg th, tr.avg td {{ background: #fafafa; font-style: italic; }}
+.big {{ font-size: 1.25em; }} .meta {{ color: #666; font-size: .9em; }}
+.row {{ display: flex; flex-wrap: wrap; gap: 10px; }}
+figure {{ margin: 0; width: 316px; font-size: .85em; text-align: center; cursor: zoom-in; }}
+figure img {{ width: 150px; height: 150px; border: 4px solid; image-rendering: auto; }}
+figure.ok img {{ border-color: #3a3; }} figure.bad img {{ border-color: #d33; }}
+figure.big {{ width: 100%; cursor: zoom-out; }}
+figure.big img {{ width: 45%; height: auto; }}
+dl.metrics dt {{ font-weight: 600; }} dl.metrics dd {{ margin: 0 0 .5em 1.5em; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+#: (column, attribute, format, True where higher is better)
+_FAITHFULNESS_COLUMNS = (
+    ("deletion AUC", "deletion_auc", "{:.3f}", False),
+    ("insertion AUC", "insertion_auc", "{:.3f}", True),
+    ("average drop %", "average_drop", "{:.1f}", False),
+    ("increase in confidence %", "increase_in_confidence", "{:.1f}", True),
+)
+
+FAITHFULNESS_EXPLAINED = (
+    (
+        "deletion AUC (lower is better)",
+        "The most salient pixels are replaced by a blurred copy "
+        "of the photo, in 16 steps; the area under the explained class's probability curve. A "
+        "faithful map removes the evidence first, so the probability falls fast.",
+    ),
+    (
+        "insertion AUC (higher is better)",
+        "The reverse: the most salient pixels are put back "
+        "into the blurred copy first; a faithful map brings the probability back fast.",
+    ),
+    (
+        "average drop % (lower is better)",
+        "How much the probability falls when the photo is "
+        "multiplied by the heatmap (Grad-CAM++ paper).",
+    ),
+    (
+        "increase in confidence % (higher is better)",
+        "Share of photos whose probability rises when multiplied by the heatmap.",
+    ),
+)
+
+
+def _best(table: dict[str, Faithfulness]) -> dict[str, str]:
+    """For each column, the method (the baseline excluded) with the best value."""
+    methods = {k: v for k, v in table.items() if "baseline" not in k} or table
+    best = {}
+    for _, attr, _, higher in _FAITHFULNESS_COLUMNS:
+        pick = max if higher else min
+        best[attr] = pick(methods, key=lambda m, a=attr: getattr(methods[m], a))
+    return best
+
+
+def faithfulness_markdown(table: dict[str, Faithfulness]) -> str:
+    """The table, best value of each column in bold, then what each column means."""
+    best = _best(table)
+    head = " | ".join(
+        f"{name} ({'higher' if higher else 'lower'} is better)"
+        for name, _, _, higher in _FAITHFULNESS_COLUMNS
+    )
+    lines = [f"| method | {head} |", "|---|" + "---:|" * len(_FAITHFULNESS_COLUMNS)]
+    for name, f in table.items():
+        cells = []
+        for _, attr, fmt, _ in _FAITHFULNESS_COLUMNS:
+            text = fmt.format(getattr(f, attr))
+            cells.append(f"**{text}**" if best[attr] == name else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {term}: {meaning}" for term, meaning in FAITHFULNESS_EXPLAINED]
+    lines.append(
+        "- Bold: the best method in each column. The random map is the floor a map "
+        "must beat to say anything about the model."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def faithfulness_html(table: dict[str, Faithfulness]) -> str:
+    best = _best(table)
+    rows = []
+    for name, f in table.items():
+        cells = []
+        for _, attr, fmt, _ in _FAITHFULNESS_COLUMNS:
+            text = fmt.format(getattr(f, attr))
+            cells.append(f"<td><b>{text}</b></td>" if best[attr] == name else f"<td>{text}</td>")
+        rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
+    head = "".join(
+        f"<th>{name} {'&uarr;' if higher else '&darr;'}</th>"
+        for name, _, _, higher in _FAITHFULNESS_COLUMNS
+    )
+    explained = "".join(
+        f"<dt>{html.escape(term)}</dt><dd>{html.escape(meaning)}</dd>"
+        for term, meaning in FAITHFULNESS_EXPLAINED
+    )
+    images = next(iter(table.values())).images if table else 0
+    return (
+        f"<h2>Faithfulness ({images} images, explaining each prediction)</h2>"
+        f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
+        "<p>Bold: the best method in each column (&uarr; higher is better, &darr; lower). "
+        "The random map is the floor a map must beat.</p>"
+        f"<dl class=metrics>{explained}</dl>"
+    )

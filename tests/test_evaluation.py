@@ -1,0 +1,141 @@
+"""``evaluate`` as a user meets it: test sets with only some classes, folders named in another
+case, a broken photo, the report's contents and the faithfulness run's progress. Runs in a
+runtime-only install (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from scenecam_edge.cli import cli
+from scenecam_edge.dataset import LabelledImages, align_classes
+from scenecam_edge.metrics import classification_figures
+
+from .conftest import REPO
+
+SAMPLES = REPO / "samples" / "scenes"
+
+
+def labelled_folder(root: Path, folders: dict[str, str]) -> Path:
+    """Class folders named as the keys, holding the sample photos of the class in the value."""
+    for folder, cls in folders.items():
+        (root / folder).mkdir(parents=True)
+        for photo in SAMPLES.glob(f"{cls}_*.jpg"):
+            (root / folder / photo.name).write_bytes(photo.read_bytes())
+    return root
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_a_few_classes_named_in_another_case(tmp_path: Path):
+    data = labelled_folder(tmp_path / "data", {"Sea": "sea", "forest": "forest"})
+    result = run("evaluate", str(data), "--model", "scenes-mini", "--report", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    model_classes = ["buildings", "forest", "glacier", "mountain", "sea", "street"]
+    assert metrics["class_names"] == model_classes
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (6, 6) and cm.sum() == 4
+    # the true classes are exactly the two folders, under the model's names
+    assert cm.sum(axis=1).tolist() == [0, 2, 0, 0, 2, 0]
+    assert metrics["per_class"]["sea"]["support"] == 2
+    assert metrics["model"] == "scenes-mini" and len(metrics["model_sha256"]) == 64
+
+
+def test_a_folder_that_matches_no_class_is_refused_by_name(tmp_path: Path):
+    data = labelled_folder(tmp_path / "data", {"sea": "sea", "lake": "sea"})
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(data), "--model", "scenes-mini", "--report", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2
+    assert "'lake' matches none of the model's classes" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+def test_a_broken_photo_is_one_line_and_exit_1(tmp_path: Path):
+    data = labelled_folder(tmp_path / "data", {"forest": "forest"})
+    (data / "forest" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(data), "--model", "scenes-mini", "--report", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 1
+    mentions = [line for line in result.output.splitlines() if "broken.jpg" in line]
+    assert len(mentions) == 1 and mentions[0].startswith("error: ")
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["count"] == 2
+
+
+def test_the_report_shows_photo_and_overlay_and_what_the_map_explains(tmp_path: Path):
+    data = labelled_folder(tmp_path / "data", {c: c for c in ("glacier", "mountain", "sea")})
+    result = run("evaluate", str(data), "--model", "scenes-mini", "--report", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r" / "report.html").read_text()
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["model_sha256"][:16] in page and metrics["created"] in page
+    cards = re.findall(r"<figure.*?</figure>", page, flags=re.S)
+    assert len(cards) == 6
+    for card in cards:
+        assert card.count("<img ") == 2  # the photo and its overlay
+        explains = re.search(r"map explains: (\w+)", card)
+        assert explains and explains.group(1) in metrics["class_names"]
+    predicted = sum(np.array(metrics["confusion_matrix"]).diagonal())
+    assert page.count("&#10003;") == predicted and page.count("&#10007;") == 6 - predicted
+
+
+def test_faithfulness_says_how_long_and_explains_its_table(tmp_path: Path):
+    data = labelled_folder(tmp_path / "data", {"forest": "forest", "sea": "sea"})
+    result = run(
+        "evaluate",
+        str(data),
+        "--model",
+        "scenes-mini",
+        "--report",
+        str(tmp_path / "r"),
+        "--faithfulness",
+        "--faithfulness-images",
+        "2",
+        "--gallery",
+        "0",
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(
+        r"faithfulness: \d+ methods and a random baseline on 2 images, about ", result.output
+    )
+    table = (tmp_path / "r" / "metrics.md").read_text().split("## Faithfulness")[1]
+    assert "deletion AUC (lower is better)" in table and "Bold: the best method" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
+    # each of the four columns has exactly one bold (best) value, never the random baseline's
+    assert sum(line.count("**") for line in rows) == 2 * 4
+    assert "**" not in next(line for line in rows if "baseline" in line)
+
+
+def test_align_classes_relabels_to_the_model():
+    data = LabelledImages(
+        np.zeros((3, 2, 2, 3), np.uint8), np.array([0, 1, 1]), ["Sea", "forest"], ["a", "b", "c"]
+    )
+    aligned = align_classes(data, ("buildings", "forest", "sea"))
+    assert aligned.class_names == ["buildings", "forest", "sea"]
+    assert aligned.labels.tolist() == [2, 1, 1]
+    with pytest.raises(ValueError, match="'Sea' matches none"):
+        align_classes(data, ("forest", "sea2"))
+
+
+def test_macro_average_over_the_classes_present_equals_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    y_true = rng.choice([1, 4], 200)  # a test set of two classes out of six
+    y_pred = np.where(rng.random(200) < 0.8, y_true, rng.integers(0, 6, 200))
+    ours = classification_figures(y_true, y_pred, [f"c{i}" for i in range(6)])
+    ref = sklearn_metrics.precision_recall_fscore_support(
+        y_true, y_pred, average="macro", zero_division=0
+    )
+    assert ours["macro_avg"]["precision"] == pytest.approx(ref[0])
+    assert ours["macro_avg"]["recall"] == pytest.approx(ref[1])
+    assert ours["macro_avg"]["f1"] == pytest.approx(ref[2])
+    assert len(ours["per_class"]) == 6
