@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +173,10 @@ def test_train_export_evaluate_and_resume(colour_folder: Path, tmp_path: Path):
             "2",
         ],
     )
-    assert result.exit_code == 0, result.output
+    # the folder's one corrupt photo: one line naming it, exit 1, the figures still written
+    assert result.exit_code == 1, result.output
+    mentions = [line for line in result.output.splitlines() if "broken.jpg" in line]
+    assert len(mentions) == 1 and mentions[0].startswith("error: ")
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["confusion_matrix"] == figures["confusion_matrix"]
     # The Markdown tables, from the run and from evaluate, say the same.
@@ -270,3 +274,47 @@ def test_ema_checkpoints_the_averaged_weights(ema: bool, colour_folder: Path, tm
 
     record = SceneCam.load(bundle).manifest.training["config"]
     assert record["ema"] is ema and record["mixup"] == 0.2
+
+
+@needs_tf
+@pytest.mark.slow
+def test_train_command_ends_with_a_summary_and_no_native_log_noise(
+    colour_folder: Path, tmp_path: Path
+):
+    """A real process, since TensorFlow's C++ start-up lines go straight to file descriptor 2."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from scenecam_edge.cli import main; main()",
+            "train",
+            str(colour_folder),
+            "--arch",
+            "small",
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--precision",
+            "float32",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"^validation accuracy \d+\.\d\d% on \d+ images", proc.stdout, re.M)
+    assert f"bundle: {tmp_path / 'run' / 'bundle'}" in proc.stdout
+    noise = [
+        line
+        for line in proc.stderr.splitlines()
+        if re.match(r"[IWE]\d{4} |WARNING: All log messages", line)
+    ]
+    assert noise == []
+    # the one thing stderr must still carry: the corrupt photo of the folder, named
+    assert "broken.jpg" in proc.stderr

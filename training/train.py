@@ -163,6 +163,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         _dataset(train_set, cfg, training=True),
         validation_data=_dataset(val_set, cfg, training=False),
         epochs=cfg.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles; fit's own flag would be ignored
         callbacks=callbacks,
         verbose=1 if sys.stderr.isatty() else 2,
     )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -104,10 +107,39 @@ def needs_train_extra(what: str) -> NoReturn:
     fail(f"{what} needs TensorFlow; install it with: pip install 'scenecam-edge[train]'")
 
 
-def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter (oneDNN, CPU features, XLA) off stderr unless
-    ``-v`` was given. Call before TensorFlow is imported; an explicit TF_CPP_MIN_LOG_LEVEL
-    in the environment wins."""
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+#: What TensorFlow's and XLA's C++ code writes straight to file descriptor 2 at start-up,
+#: whatever TF_CPP_MIN_LOG_LEVEL says (absl's pre-initialisation lines among them).
+_NATIVE_LOG_LINE = re.compile(rb"^(?:[IWE]\d{4} |WARNING: All log messages before absl::)")
+
+
+@contextmanager
+def quiet_tensorflow() -> Iterator[None]:
+    """Keep TensorFlow's C++ chatter (oneDNN, CPU features, CUDA stubs, absl) off stderr
+    unless ``-v`` was given: the log-level variables are set before TensorFlow is imported,
+    and lines in the native log format that still reach file descriptor 2 are dropped.
+    Everything else written to stderr passes through unchanged."""
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not _NATIVE_LOG_LINE.match(line):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the pump reads to the end
+        thread.join(timeout=5)
+        os.close(saved)

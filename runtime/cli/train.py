@@ -111,38 +111,38 @@ def train(
 ) -> None:
     """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
     best checkpoint as a float32 bundle and evaluate it on the validation split."""
-    quiet_tensorflow()
-    try:
-        from scenecam_edge.training.train import TrainConfig
-        from scenecam_edge.training.train import train as run_training
-    except ImportError:
-        needs_train_extra("train")
-    config = TrainConfig(
-        data=data_dir,
-        out=out,
-        arch=arch,
-        epochs=epochs,
-        img_size=img_size,
-        channels=int(channels) if channels else None,
-        batch_size=batch_size,
-        val_split=val_split,
-        seed=seed,
-        learning_rate=learning_rate,
-        optimizer=optimizer,
-        augment=augment,
-        patience=patience,
-        precision=precision,
-        name=name,
-        init_from=init_from,
-        mixup=mixup,
-        ema=ema,
-        resume=resume,
-    )
-    try:
-        bundle = run_training(config)
-    except ValueError as exc:
-        fail(f"{data_dir}: {exc}", EXIT_USAGE)
-    click.echo(_summary(Path(out), bundle))
+    with quiet_tensorflow():
+        try:
+            from scenecam_edge.training.train import TrainConfig
+            from scenecam_edge.training.train import train as run_training
+        except ImportError:
+            needs_train_extra("train")
+        config = TrainConfig(
+            data=data_dir,
+            out=out,
+            arch=arch,
+            epochs=epochs,
+            img_size=img_size,
+            channels=int(channels) if channels else None,
+            batch_size=batch_size,
+            val_split=val_split,
+            seed=seed,
+            learning_rate=learning_rate,
+            optimizer=optimizer,
+            augment=augment,
+            patience=patience,
+            precision=precision,
+            name=name,
+            init_from=init_from,
+            mixup=mixup,
+            ema=ema,
+            resume=resume,
+        )
+        try:
+            bundle = run_training(config)
+        except ValueError as exc:
+            fail(f"{data_dir}: {exc}", EXIT_USAGE)
+        click.echo(_summary(Path(out), bundle))
 
 
 def _summary(out: Path, bundle: Path) -> str:
