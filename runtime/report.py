@@ -241,10 +241,10 @@ FAITHFULNESS_EXPLAINED = (
 def _best(table: dict[str, Faithfulness]) -> dict[str, str]:
     """For each column, the method (the baseline excluded) with the best value."""
     methods = {k: v for k, v in table.items() if "baseline" not in k} or table
-    best = {}
+    best: dict[str, str] = {}
     for _, attr, _, higher in _FAITHFULNESS_COLUMNS:
-        pick = max if higher else min
-        best[attr] = pick(methods, key=lambda m, a=attr: getattr(methods[m], a))
+        ranked = sorted(methods, key=lambda m: float(getattr(methods[m], attr)))
+        best[attr] = ranked[-1] if higher else ranked[0]
     return best
 
 
