@@ -188,7 +188,8 @@ def test_export_cli(gap_model, tmp_path: Path):
 def test_training_architectures_export_with_their_gradcam_layer(tmp_path: Path):
     from scenecam_edge.training.architectures import ARCHITECTURES, build
 
-    for arch in sorted(ARCHITECTURES):
+    # notebook-resnet needs 192 px or more: test_training checks it at that size.
+    for arch in sorted(set(ARCHITECTURES) - {"notebook-resnet"}):
         model, conv_layer = build(arch, (32, 32), 3, 4)
         bundle = export_keras(model, tmp_path / arch)  # the default walk finds the same layer
         cam = SceneCam.load(bundle, threads=1)

@@ -318,3 +318,65 @@ def test_train_command_ends_with_a_summary_and_no_native_log_noise(
     assert noise == []
     # the one thing stderr must still carry: the corrupt photo of the folder, named
     assert "broken.jpg" in proc.stderr
+
+
+@needs_tf
+@pytest.mark.slow
+def test_notebook_resnet_is_the_notebook_network_and_explains(tmp_path: Path):
+    """``notebook-resnet`` as the notebook writes it (zero padding and valid convolutions in
+    the stem, max-pool downsampling on both paths of each convolutional block, seeded glorot
+    kernels, [0, 1] scaling), exported and explained like any other architecture. At 192 px,
+    the smallest input whose last block still has spatial extent (2 x 2)."""
+    import keras
+
+    from scenecam_edge import SceneCam
+    from scenecam_edge.export import export_keras
+    from scenecam_edge.training.architectures import build, recipe
+
+    from . import keras_models as km
+    from .conftest import wave_images
+
+    assert (recipe("notebook-resnet").img_size, recipe("notebook-resnet").optimizer) == (
+        256,
+        "adam",
+    )
+    assert recipe("notebook-resnet").label_smoothing == 0.0
+    model, conv_layer = build("notebook-resnet", (192, 192), 3, 6)
+    kinds = [type(layer).__name__ for layer in model.layers[:6]]
+    assert kinds == [
+        "InputLayer",
+        "Rescaling",
+        "ZeroPadding2D",
+        "Conv2D",
+        "BatchNormalization",
+        "ReLU",
+    ]
+    assert model.get_layer("stem_conv").padding == "valid" and model.get_layer(
+        "stem_conv"
+    ).strides == (2, 2)
+    assert model.get_layer("stem_pool").padding == "valid"
+    for name in ("stage2_conv_conv1", "stage2_conv_proj"):  # 1x1, stride 1, then MaxPool2D(2)
+        assert model.get_layer(name).strides == (1, 1) and model.get_layer(name).kernel_size == (
+            1,
+            1,
+        )
+    assert model.get_layer("stage2_conv_pool1").pool_size == (2, 2)
+    assert model.get_layer("stage2_conv_proj_pool").pool_size == (2, 2)
+    init = model.get_layer("stage3_id1_conv2").kernel_initializer
+    assert isinstance(init, keras.initializers.GlorotUniform) and init.seed == 0
+    # the same seed everywhere, as written: two equally shaped kernels start equal
+    twin, _ = build("notebook-resnet", (192, 192), 3, 6)
+    assert np.array_equal(
+        model.get_layer("stage1_id1_conv2").get_weights()[0],
+        twin.get_layer("stage1_id1_conv2").get_weights()[0],
+    )
+    assert model.get_layer(conv_layer).output.shape[1:3] == (2, 2)
+
+    bundle = export_keras(model, tmp_path / "bundle")
+    cam = SceneCam.load(bundle, threads=1)
+    assert cam.manifest.conv_layer == conv_layer
+    image = wave_images(1, size=192, seed=9)[0]
+    expected, _ = km.tape_gradcam(model, conv_layer, image, 1, "probability")
+    got = cam.explain(image, target=1, target_space="probability").cam
+    ours = got / got.max() if got.max() > 0 else got
+    assert np.abs(ours - expected).max() <= 1e-4

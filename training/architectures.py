@@ -100,9 +100,10 @@ def _bottleneck(
 
 
 def seed_resnet(size: tuple[int, int], channels: int, num_classes: int) -> tuple[keras.Model, str]:
-    """The reference tutorial's network: 7x7/2 stem and max pooling, then four stages of one
-    convolutional block and two identity blocks (1x1-3x3-1x1 bottlenecks), each stage halving
-    the resolution, then 2x2 average pooling, flatten and a Dense softmax."""
+    """A variant of the reference notebook's network (``notebook-resnet`` is the network as
+    written): "same"-padded 7x7/2 stem and max pooling, then four stages of one convolutional
+    block (strided 1x1 convolutions) and two identity blocks, then 2x2 average pooling,
+    flatten and a Dense softmax; [-1, 1] input scaling and Keras's default initialisers."""
     inp, x = _scaled_input(size, channels)
     x = layers.Conv2D(64, 7, strides=2, padding="same", name="stem_conv")(x)
     x = layers.BatchNormalization(name="stem_bn")(x)
@@ -119,6 +120,73 @@ def seed_resnet(size: tuple[int, int], channels: int, num_classes: int) -> tuple
     x = layers.Flatten(name="flatten")(x)
     out = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inp, out, name="seed_resnet"), conv_layer
+
+
+def _glorot() -> keras.initializers.Initializer:
+    """The notebook's kernel initialiser, as it wrote it: the same seed for every layer."""
+    return keras.initializers.GlorotUniform(seed=0)
+
+
+def _notebook_block(
+    x: keras.KerasTensor, filters: tuple[int, int, int], downsample: bool, name: str
+) -> keras.KerasTensor:
+    """The notebook's bottleneck block. Its convolutional block (``downsample``) halves the
+    resolution with a 1x1 convolution followed by ``MaxPool2D(2)`` on both paths; its
+    identity block keeps the input as the shortcut."""
+    f1, f2, f3 = filters
+    y = layers.Conv2D(f1, 1, kernel_initializer=_glorot(), name=f"{name}_conv1")(x)
+    if downsample:
+        y = layers.MaxPooling2D(2, name=f"{name}_pool1")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(f2, 3, padding="same", kernel_initializer=_glorot(), name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.ReLU(name=f"{name}_relu2")(y)
+    y = layers.Conv2D(f3, 1, kernel_initializer=_glorot(), name=f"{name}_conv3")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn3")(y)
+    shortcut = x
+    if downsample:
+        shortcut = layers.Conv2D(f3, 1, kernel_initializer=_glorot(), name=f"{name}_proj")(x)
+        shortcut = layers.MaxPooling2D(2, name=f"{name}_proj_pool")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def notebook_resnet(
+    size: tuple[int, int], channels: int, num_classes: int
+) -> tuple[keras.Model, str]:
+    """The reference scene notebook's network as it is written: ``ZeroPadding2D(3)``, a valid
+    7x7/2 convolution, batch norm, ReLU and a valid 3x3/2 max pool; four stages of one
+    convolutional block and two identity blocks (bottlenecks 64-64-256 ... 512-512-2048), the
+    convolutional blocks downsampling with a 1x1 convolution and ``MaxPool2D(2)``; 2x2
+    average pooling, flatten and a Dense softmax. Kernels start from
+    ``glorot_uniform(seed=0)``; pixels are scaled to [0, 1] (the notebook's
+    ``rescale=1/255``). It trains at 256 x 256 with Adam and plain cross-entropy."""
+    inp = keras.Input((*size, channels), name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale")(inp)
+    x = layers.ZeroPadding2D(3, name="stem_pad")(x)
+    x = layers.Conv2D(64, 7, strides=2, kernel_initializer=_glorot(), name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+    stages = [(64, 64, 256), (128, 128, 512), (256, 256, 1024), (512, 512, 2048)]
+    for s, filters in enumerate(stages, start=1):
+        x = _notebook_block(x, filters, True, f"stage{s}_conv")
+        for b in (1, 2):
+            x = _notebook_block(x, filters, False, f"stage{s}_id{b}")
+    conv_layer = x._keras_history.operation.name
+    pool = min(2, int(x.shape[1]), int(x.shape[2]))
+    x = layers.AveragePooling2D(pool, name="avg_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    out = layers.Dense(
+        num_classes,
+        activation="softmax",
+        kernel_initializer=_glorot(),
+        dtype="float32",
+        name="predictions",
+    )(x)
+    return keras.Model(inp, out, name="notebook_resnet"), conv_layer
 
 
 def mnist_tutorial(
@@ -145,7 +213,7 @@ class Recipe:
 
     img_size: int = 150
     channels: int = 3
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # "adamw", "nadam" or "adam"
     augment: bool = True  # flips, shear, zoom...: right for scenes, wrong for digits
     label_smoothing: float = 0.1
 
@@ -156,6 +224,10 @@ ARCHITECTURES: dict[str, tuple[Builder, Recipe]] = {
     "small": (small_cnn, Recipe()),
     "resnet18": (resnet18, Recipe()),
     "seed-resnet": (seed_resnet, Recipe()),
+    "notebook-resnet": (
+        notebook_resnet,
+        Recipe(img_size=256, optimizer="adam", label_smoothing=0.0),
+    ),
     "mnist-tutorial": (
         mnist_tutorial,
         Recipe(img_size=28, channels=1, optimizer="nadam", augment=False, label_smoothing=0.0),

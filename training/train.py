@@ -36,6 +36,8 @@ from scenecam_edge.training.architectures import build, recipe
 
 log = logging.getLogger(__name__)
 
+OPTIMIZERS = ("adamw", "nadam", "adam")
+
 #: Per-step decay of the weights' moving average with --ema (about the last 100 steps).
 EMA_MOMENTUM = 0.99
 
@@ -53,7 +55,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     label_smoothing: float | None = None
-    optimizer: str | None = None  # "adamw" or "nadam"
+    optimizer: str | None = None  # one of OPTIMIZERS
     augment: bool | None = None
     patience: int = 6
     precision: str = "auto"  # "auto" (bf16 where the CPU has it), "bfloat16" or "float32"
@@ -135,6 +137,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     optimizer = (
         keras.optimizers.Nadam(schedule, **ema)
         if cfg.optimizer == "nadam"
+        else keras.optimizers.Adam(schedule, **ema)
+        if cfg.optimizer == "adam"
         else keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, **ema)
     )
     model.compile(
@@ -220,8 +224,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill what the command line left open from the architecture's recipe."""
     r = recipe(cfg.arch)
-    if cfg.optimizer not in (None, "adamw", "nadam"):
-        raise ValueError(f"optimizer must be adamw or nadam, not {cfg.optimizer!r}")
+    if cfg.optimizer not in (None, *OPTIMIZERS):
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {cfg.optimizer!r}")
     return replace(
         cfg,
         img_size=cfg.img_size or r.img_size,

@@ -11,7 +11,7 @@ from .common import EXIT_USAGE, fail, needs_train_extra, quiet_tensorflow, split
 
 # Kept here as plain names so that --help works without importing TensorFlow; the training
 # module checks them against its registry.
-ARCHITECTURES = ("resnet18", "seed-resnet", "small", "mnist-tutorial")
+ARCHITECTURES = ("resnet18", "seed-resnet", "notebook-resnet", "small", "mnist-tutorial")
 
 
 @click.command()
@@ -47,7 +47,7 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "small", "mnist-tutorial")
 @click.option(
     "--optimizer",
     default=None,
-    type=click.Choice(["adamw", "nadam"]),
+    type=click.Choice(["adamw", "nadam", "adam"]),
     help="[default: the architecture's]",
 )
 @click.option(
