@@ -1,0 +1,353 @@
+"""The job: one scene to its output set and JSON summary; many scenes, resumably.
+
+A scene is finished when its summary ``NAME.json`` exists: it is written last, after every
+raster has been renamed into place, so a rerun skips finished scenes and redoes a scene that
+was interrupted (its temporary files are removed first). A scene that cannot be read is
+reported and the job goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageError
+from ..fileio import write_json_atomic
+from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
+from .raster import StretchChoice
+from .tiler import DEFAULT_MIN_VALID, SceneTiler, TileRow
+from .writers import (
+    CLASS_NODATA,
+    UINT8_SCALE,
+    Mosaic,
+    OutputSet,
+    ProbabilityFormat,
+    StagedRaster,
+    category_sidecar,
+    class_colours,
+    class_map_profile,
+    write_class_row,
+    write_probability_row,
+)
+
+#: Files a folder argument contributes as scenes.
+SCENE_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+#: Files read as lists of scenes, one path a line.
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How to tile and what to write (the same for every scene of a job)."""
+
+    tile: int | None = None
+    stride: int | None = None
+    bands: tuple[int, ...] | None = None
+    stretch: StretchChoice = "model"
+    min_valid: float = DEFAULT_MIN_VALID
+    probabilities: ProbabilityFormat = "float32"
+    cog: bool = True
+    batch_size: int = DEFAULT_BATCH
+    explain: ExplainOptions | None = None
+    heatmap: bool = False
+
+
+@dataclass
+class _Totals:
+    classified: int = 0
+    nodata: int = 0
+    partial: int = 0
+    valid_pixels: int = 0
+    class_tiles: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def add(self, row: TileRow) -> None:
+        done = row.classified
+        self.classified += int(done.sum())
+        self.nodata += int((~done).sum())
+        self.partial += int((done & (row.valid < 1.0)).sum())
+        self.valid_pixels += int(row.cell_pixels.sum())
+        np.add.at(self.class_tiles, row.indices[done], 1)
+        np.add.at(self.class_pixels, row.indices[done], row.cell_pixels[done])
+
+
+def classify_scene(
+    model: SceneCam,
+    scene: str | os.PathLike[str],
+    outputs: OutputSet,
+    options: TileOptions = TileOptions(),  # noqa: B008 (frozen)
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Classify ``scene`` and write its outputs; returns (and writes last) its summary.
+
+    ``progress`` is called with the number of tiles of each finished row. Raises
+    :class:`ImageError` when the scene cannot be read, ValueError for settings that do not
+    fit it (bands, tile size), OSError when an output cannot be written; nothing is left
+    under a final name then.
+    """
+    rio_start = time.perf_counter()
+    explain = options.explain
+    if options.heatmap and explain is None:
+        explain = model.explain_options()
+    names = model.class_names
+    if len(names) >= CLASS_NODATA:
+        raise ValueError(f"the class map holds at most {CLASS_NODATA - 1} classes")
+    _remove_leftovers(outputs)
+    with ExitStack() as stack:
+        tiler = stack.enter_context(
+            SceneTiler(
+                model,
+                scene,
+                tile=options.tile,
+                stride=options.stride,
+                bands=options.bands,
+                stretch=options.stretch,
+                min_valid=options.min_valid,
+            )
+        )
+        grid, src = tiler.grid, tiler.dataset
+        staged: list[StagedRaster] = []
+        stack.callback(lambda: [s.discard() for s in staged])
+        tags = {
+            "classes": json.dumps(list(names)),
+            "model": model.manifest.name,
+            "tile": str(grid.tile),
+            "stride": str(grid.stride),
+            "min_valid": str(options.min_valid),
+            "bands": ",".join(map(str, tiler.bands)),
+            "source": os.path.basename(tiler.scene),
+            # edge tiles reach past the scene; their outside pixels are filled (marked here)
+            "edge_padding": f"right {grid.padded_width - grid.width} px, "
+            f"bottom {grid.padded_height - grid.height} px",
+        }
+        classes = StagedRaster(
+            outputs.classes,
+            {
+                **class_map_profile(grid, src.crs, src.transform, 1, "uint8"),
+                "nodata": CLASS_NODATA,
+            },
+            cog=options.cog,
+            resampling="NEAREST",
+        )
+        staged.append(classes)
+        colours = class_colours(len(names))
+        classes.dataset.write_colormap(1, colours)
+        classes.dataset.set_band_description(1, "class")
+        classes.dataset.update_tags(**tags)
+        classes.sidecar = category_sidecar(names, colours)
+        probs: StagedRaster | None = None
+        if options.probabilities != "none":
+            uint8 = options.probabilities == "uint8"
+            dtype = "uint8" if uint8 else "float32"
+            probs = StagedRaster(
+                outputs.probabilities,
+                {
+                    **class_map_profile(grid, src.crs, src.transform, len(names) + 1, dtype),
+                    "nodata": 255 if uint8 else float("nan"),
+                },
+                cog=options.cog,
+                resampling="AVERAGE",
+            )
+            staged.append(probs)
+            for i, name in enumerate([*(f"p_{n}" for n in names), "valid_fraction"], 1):
+                probs.dataset.set_band_description(i, name)
+            if uint8:
+                probs.dataset.scales = (1 / UINT8_SCALE,) * (len(names) + 1)
+            probs.dataset.update_tags(**tags)
+        mosaic: Mosaic | None = None
+        if options.heatmap and explain is not None:
+            cams = StagedRaster(
+                outputs.heatmap,
+                {
+                    "width": grid.width,
+                    "height": grid.height,
+                    "count": 1,
+                    "dtype": "float32",
+                    "crs": src.crs,
+                    "transform": src.transform,
+                    "nodata": float("nan"),
+                    "compress": "deflate",
+                    "zlevel": 1,  # level 6 took longer than classifying the tiles
+                    "predictor": 2,
+                    "blockysize": _strip_rows(grid.stride),
+                    "BIGTIFF": "IF_SAFER",
+                },
+                cog=options.cog,
+                resampling="AVERAGE",
+            )
+            staged.append(cams)
+            cams.dataset.set_band_description(1, f"{explain.method} ({explain.target_space})")
+            cams.dataset.update_tags(
+                method=explain.method,
+                target_space=explain.target_space,
+                target="prediction" if explain.target is None else names[explain.target],
+                source=tags["source"],
+            )
+            mosaic = Mosaic(cams.dataset, grid, model.manifest.features_shape[:2])
+            stack.callback(mosaic.close)  # runs before the discards above
+        totals = _Totals(
+            class_tiles=np.zeros(len(names), np.int64), class_pixels=np.zeros(len(names), np.int64)
+        )
+        start = time.perf_counter()
+        for row in tiler.rows(batch_size=options.batch_size, explain=explain):
+            write_class_row(classes.dataset, row)
+            if probs is not None:
+                write_probability_row(probs.dataset, row, options.probabilities)
+            if mosaic is not None:
+                mosaic.add(row)
+            totals.add(row)
+            if progress is not None:
+                progress(len(row.indices))
+        classify_seconds = time.perf_counter() - start
+        if mosaic is not None:
+            mosaic.finish()
+        for s in staged:
+            s.commit()
+        area, unit = tiler.source.pixel_area()
+        summary = {
+            "scene": os.fspath(scene),
+            "model": model.manifest.name,
+            "classes": list(names),
+            "size": [grid.width, grid.height],
+            "crs": None if src.crs is None else src.crs.to_string(),
+            "grid": {"tile": grid.tile, "stride": grid.stride, "cols": grid.cols, "rows": grid.rows},
+            "bands": list(tiler.bands),
+            "stretch": None
+            if tiler.stretch is None
+            else {
+                "source": tiler.stretch.source,
+                "low": list(tiler.stretch.low),
+                "high": list(tiler.stretch.high),
+            },
+            "min_valid": options.min_valid,
+            "fill": "tile mean of valid pixels",
+            "tiles": {
+                "total": grid.count,
+                "classified": totals.classified,
+                "nodata": totals.nodata,
+                "partly_valid": totals.partial,
+                "padded": grid.count - _inside(grid),
+            },
+            "valid_fraction": totals.valid_pixels / (grid.width * grid.height),
+            "area_unit": unit,
+            "pixel_area": area,
+            "valid_area": totals.valid_pixels * area,
+            "class_areas": {n: float(p * area) for n, p in zip(names, totals.class_pixels)},
+            "class_tiles": {n: int(t) for n, t in zip(names, totals.class_tiles)},
+            "outputs": {
+                "classes": outputs.classes.name,
+                "probabilities": None if probs is None else outputs.probabilities.name,
+                "heatmap": None if mosaic is None else outputs.heatmap.name,
+            },
+            "seconds": round(time.perf_counter() - rio_start, 3),
+            "tiles_per_second": round(grid.count / max(classify_seconds, 1e-9), 2),
+        }
+    write_json_atomic(outputs.summary, summary)
+    return summary
+
+
+def _inside(grid: Any) -> int:
+    """Tiles that lie wholly inside the scene (the others are padded)."""
+    rows = sum(1 for r in range(grid.rows) if r * grid.stride + grid.tile <= grid.height)
+    cols = sum(1 for c in range(grid.cols) if c * grid.stride + grid.tile <= grid.width)
+    return rows * cols
+
+
+def _strip_rows(stride: int) -> int:
+    """Rows per strip of the mosaic: a divisor of the stride (at most 16), so each window
+    written fills whole strips and no compressed strip is ever rewritten."""
+    return max(d for d in range(1, min(16, stride) + 1) if stride % d == 0)
+
+
+def _remove_leftovers(outputs: OutputSet) -> None:
+    """Temporary files of an interrupted run of this scene, and a stale summary."""
+    outputs.summary.unlink(missing_ok=True)
+    random = "?" * 8  # mkstemp's part of the names temporary_beside and write_bytes_atomic give
+    patterns = [f".{glob.escape(p.stem)}.{random}.tmp*" for p in outputs.rasters()]
+    patterns.append(f".{glob.escape(outputs.summary.name)}.{random}.tmp")
+    for pattern in patterns:
+        for leftover in outputs.summary.parent.glob(pattern):
+            leftover.unlink(missing_ok=True)
+
+
+# -- many scenes -----------------------------------------------------------------------------
+
+
+def expand_scenes(arguments: Iterable[str]) -> list[Path]:
+    """Scenes from files, folders (their rasters, sorted), globs and list files (one path a
+    line; ``#`` starts a comment). ValueError names an argument that gives no scene."""
+    found: list[Path] = []
+    for arg in arguments:
+        path = Path(arg)
+        if path.is_dir():
+            items = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            entries = [ln.split("#", 1)[0].strip() for ln in lines]
+            items = [path.parent / e for e in entries if e]
+        elif not path.exists() and glob.has_magic(arg):
+            items = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+        else:
+            items = [path]  # a file, or a missing one the job reports
+        if not items:
+            raise ValueError(f"{arg}: no scenes there")
+        found.extend(items)
+    return list(dict.fromkeys(found))
+
+
+def outputs_in(out_dir: Path, scenes: Sequence[Path]) -> list[OutputSet]:
+    """One output set per scene in ``out_dir``, named after the scene; ValueError when two
+    scenes would share a name."""
+    seen: dict[str, Path] = {}
+    sets = []
+    for scene in scenes:
+        stem = scene.stem
+        if stem in seen:
+            raise ValueError(f"{seen[stem]} and {scene} would both write {out_dir / stem}.tif")
+        seen[stem] = scene
+        sets.append(OutputSet.beside(out_dir / f"{stem}.tif"))
+    return sets
+
+
+@dataclass(frozen=True)
+class SceneOutcome:
+    """What became of one scene: ``summary`` when done now, ``skipped`` when an earlier run
+    finished it, ``error`` (one line) when it failed."""
+
+    scene: Path
+    outputs: OutputSet
+    summary: dict[str, Any] | None = None
+    skipped: bool = False
+    error: str | None = None
+
+
+def run_scene(
+    model: SceneCam,
+    scene: Path,
+    outputs: OutputSet,
+    options: TileOptions,
+    *,
+    resume: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> SceneOutcome:
+    """One scene of a job: skipped when finished, its error caught and reported."""
+    if resume and outputs.summary.is_file():
+        return SceneOutcome(scene, outputs, skipped=True)
+    try:
+        summary = classify_scene(model, scene, outputs, options, progress)
+    except ImageError as exc:
+        return SceneOutcome(scene, outputs, error=exc.reason)
+    except ValueError as exc:
+        return SceneOutcome(scene, outputs, error=str(exc))
+    except OSError as exc:
+        return SceneOutcome(scene, outputs, error=f"cannot write: {exc.strerror or exc}")
+    return SceneOutcome(scene, outputs, summary=summary)
