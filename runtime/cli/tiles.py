@@ -158,6 +158,9 @@ def tiles(
     channels = scenecam.manifest.input.channels
     if band_list is not None and len(band_list) not in ({1, 3} if channels == 3 else {channels}):
         fail(f"--bands: the model takes {channels} bands, not {len(band_list)}", EXIT_USAGE)
+    size = tile if tile is not None else scenecam.input_size[0]
+    if stride is not None and stride > size:
+        fail(f"--stride {stride} is larger than the tile ({size} px)", EXIT_USAGE)
     try:
         explain = scenecam.explain_options(target, method, target_space)  # type: ignore[arg-type]
     except ValueError as exc:

@@ -141,11 +141,12 @@ class SceneTiler:
         open_rows: dict[int, TileRow] = {}
         waiting: dict[int, int] = {}  # row -> tiles sent to the model, not yet back
         next_row = 0
+        queued = 0  # rows [0, queued) have every tile in a batch
         batch: list[tuple[int, int, np.ndarray]] = []
 
         def finished() -> Iterator[TileRow]:
             nonlocal next_row
-            while next_row in open_rows and waiting[next_row] == 0:
+            while next_row < queued and waiting[next_row] == 0:
                 del waiting[next_row]
                 yield open_rows.pop(next_row)
                 next_row += 1
@@ -185,6 +186,7 @@ class SceneTiler:
                     waiting[r] += 1
                     if len(batch) == batch_size:
                         yield from flush()
+                queued = r + 1
                 yield from finished()
             if batch:
                 yield from flush()
