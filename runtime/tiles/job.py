@@ -301,7 +301,10 @@ def expand_scenes(arguments: Iterable[str]) -> list[Path]:
         if not items:
             raise ValueError(f"{arg}: no scenes there")
         found.extend(items)
-    return list(dict.fromkeys(found))
+    unique: dict[str, Path] = {}  # the same file named twice is one scene
+    for path in found:
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
 
 
 def outputs_in(out_dir: Path, scenes: Sequence[Path]) -> list[OutputSet]:
