@@ -117,7 +117,9 @@ def test_class_map_keeps_crs_scaled_transform_and_planted_classes(
     assert descriptions == ("class",)
     for (r, c), label in planted_classes.items():
         assert names[int(classes[0, r, c])] == label
-    probs, _, probs_transform, probs_descriptions, _, probs_nodata = read(tmp_path / "classmap.probs.tif")
+    probs, _, probs_transform, probs_descriptions, _, probs_nodata = read(
+        tmp_path / "classmap.probs.tif"
+    )
     assert probs.shape == (len(names) + 1, 3, 4) and probs.dtype == np.float32
     assert probs_descriptions == (*(f"p_{n}" for n in names), "valid_fraction")
     assert np.isnan(probs_nodata) and probs_transform == transform
@@ -139,7 +141,8 @@ def test_class_map_keeps_crs_scaled_transform_and_planted_classes(
     assert sum(summary["class_areas"].values()) == pytest.approx(HEIGHT * WIDTH * PIXEL**2)
     tiles_per_class = np.bincount(classes.ravel(), minlength=len(names))
     assert summary["class_areas"] == {
-        n: pytest.approx(k * TILE * TILE * PIXEL**2) for n, k in zip(names, tiles_per_class)
+        n: pytest.approx(k * TILE * TILE * PIXEL**2)
+        for n, k in zip(names, tiles_per_class, strict=False)
     }
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -233,7 +236,9 @@ def test_multispectral_bands_and_16_bit_stretch(tmp_path: Path, rgb_scene: Path,
         assert names[int(ours[0, r, c])] == label
     # default bands 1,2,3 of this scene are noise and blue: a different map
     assert run_tiles(str(scene), "--out", str(tmp_path / "x.tif")).exit_code == 0
-    assert not np.allclose(read(tmp_path / "x.probs.tif")[0], read(tmp_path / "rgb-map.probs.tif")[0])
+    assert not np.allclose(
+        read(tmp_path / "x.probs.tif")[0], read(tmp_path / "rgb-map.probs.tif")[0]
+    )
 
 
 def json_classes(path: Path) -> list[str]:

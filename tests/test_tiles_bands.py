@@ -53,12 +53,14 @@ def test_four_band_uint16_scene_through_a_four_band_model(tmp_path: Path, four_b
     yy, xx = np.mgrid[0:h, 0:w]
     smooth = (np.sin(xx / 5.0) + np.cos(yy / 7.0) + 2) / 4
     bands = [lo + (hi - lo) * np.clip(smooth + rng.normal(0, 0.2, (h, w)), -0.1, 1.1)
-             for lo, hi in zip(LOW, HIGH)]  # fmt: skip
+             for lo, hi in zip(LOW, HIGH, strict=False)]  # fmt: skip
     red, green, blue, nir = bands
     stack = np.stack([blue, green, red, nir, rng.uniform(0, 65535, (h, w))]).astype(np.uint16)
     scene = write_scene(tmp_path / "ms.tif", stack)
     out = tmp_path / "m.tif"
-    result = run_tiles(str(scene), "--out", str(out), "--bands", "3,2,1,4", "--model", str(four_band_bundle))
+    result = run_tiles(
+        str(scene), "--out", str(out), "--bands", "3,2,1,4", "--model", str(four_band_bundle)
+    )
     assert result.exit_code == 0, result.output
     assert "stretch (model) [200,300,400,1000] .. [3000,3200,3400,6000]" in result.stderr
     summary = json.loads((tmp_path / "m.json").read_text())
@@ -68,7 +70,9 @@ def test_four_band_uint16_scene_through_a_four_band_model(tmp_path: Path, four_b
     # the reference: the model's scaling applied by hand, the tile given to the model as is
     model = SceneCam.load(four_band_bundle, threads=1)
     values = np.stack([red, green, blue, nir], axis=-1).astype(np.uint16).astype(np.float32)
-    scaled = (values - np.array(LOW, np.float32)) * (255.0 / (np.array(HIGH) - LOW)).astype(np.float32)
+    scaled = (values - np.array(LOW, np.float32)) * (255.0 / (np.array(HIGH) - LOW)).astype(
+        np.float32
+    )
     pixels = np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
     probs = read(tmp_path / "m.probs.tif")[0]
     for r, c in [(0, 0), (2, 3), (1, 2)]:
@@ -87,5 +91,13 @@ def test_four_band_uint16_scene_through_a_four_band_model(tmp_path: Path, four_b
     assert "stretch (percentiles)" in result.stderr
     assert not np.allclose(read(tmp_path / "p.probs.tif")[0], probs)
     # three bands for a four-band model: a usage error in one line
-    result = run_tiles(str(scene), "--out", str(tmp_path / "x.tif"), "--bands", "3,2,1", "--model", str(four_band_bundle))
+    result = run_tiles(
+        str(scene),
+        "--out",
+        str(tmp_path / "x.tif"),
+        "--bands",
+        "3,2,1",
+        "--model",
+        str(four_band_bundle),
+    )
     assert result.exit_code == 2 and "takes 4 bands, not 3" in result.stderr

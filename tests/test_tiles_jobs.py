@@ -91,7 +91,9 @@ def test_folders_globs_and_lists_one_output_set_each_bad_scenes_reported(tmp_pat
     assert result.stderr.count("skipped") == 3  # two lines and the summary
     assert scenes[0].exists()
     # two scenes with one name would overwrite each other: refused before any work
-    result = run_tiles(str(scenes[0]), str(tmp_path / "a" / ".." / "a" / "scene0.tif"), "--out-dir", str(out))
+    result = run_tiles(
+        str(scenes[0]), str(tmp_path / "a" / ".." / "a" / "scene0.tif"), "--out-dir", str(out)
+    )
     assert result.exit_code == 0  # the same file twice is one scene
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "scene0.tif").write_bytes(scenes[0].read_bytes())
@@ -163,7 +165,10 @@ def test_ray_tasks_per_scene_give_the_command_s_outputs(tmp_path: Path):
     assert outcomes[0].error and all(o.summary for o in outcomes[1:])
     for scene in scenes:
         for suffix in (".tif", ".probs.tif"):
-            ours, theirs = read(tmp_path / "ray" / f"{scene.stem}{suffix}"), read(local / f"{scene.stem}{suffix}")
+            ours, theirs = (
+                read(tmp_path / "ray" / f"{scene.stem}{suffix}"),
+                read(local / f"{scene.stem}{suffix}"),
+            )
             assert np.array_equal(ours[0], theirs[0], equal_nan=suffix != ".tif")
             assert ours[2] == theirs[2] and ours[3] == theirs[3]
         ray_summary = json.loads((tmp_path / "ray" / f"{scene.stem}.json").read_text())

@@ -11,8 +11,9 @@ import click
 
 from ..errors import SceneCamError
 from ..model import DEFAULT_BATCH, SceneCam
+
 if TYPE_CHECKING:
-    from ..tiles import OutputSet
+    from ..tiles import OutputSet, StretchChoice
 
 from .common import (
     EXIT_FAILED_INPUTS,
@@ -183,10 +184,16 @@ def tiles(
     failed = skipped = 0
     start = time.perf_counter()
     with tqdm(
-        total=len(paths), desc="scenes", unit="scene", file=sys.stderr, disable=not tty or len(paths) < 2
+        total=len(paths),
+        desc="scenes",
+        unit="scene",
+        file=sys.stderr,
+        disable=not tty or len(paths) < 2,
     ) as scene_bar:
         for path, outputs in zip(paths, sets, strict=True):
-            with tqdm(desc=path.name, unit="tile", file=sys.stderr, disable=not tty, leave=False) as bar:
+            with tqdm(
+                desc=path.name, unit="tile", file=sys.stderr, disable=not tty, leave=False
+            ) as bar:
                 outcome = run_scene(
                     scenecam, path, outputs, options, resume=out is None, progress=bar.update
                 )
@@ -241,7 +248,7 @@ def _check_not_inputs(paths: list[Path], sets: list[OutputSet]) -> None:
                 raise ValueError(f"{target}: an output would overwrite a scene")
 
 
-def _parse_stretch(text: str) -> tuple[float, float] | str | None:
+def _parse_stretch(text: str) -> StretchChoice:
     word = text.strip().lower()
     if word == "none":
         return None

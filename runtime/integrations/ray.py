@@ -126,7 +126,9 @@ class SceneCamPredictor:
             confidence=confidence,
             error=errors.astype(str),
         )
-        out.update({f"p_{name}": p for name, p in zip(self.class_names, probabilities, strict=True)})
+        out.update(
+            {f"p_{name}": p for name, p in zip(self.class_names, probabilities, strict=True)}
+        )
         if cams is not None:
             out["cam"] = cams
         return out

@@ -96,4 +96,3 @@ class TileGrid:
 def _count(size: int, tile: int, stride: int) -> int:
     """Tiles needed along a side so that the last one reaches the edge."""
     return 1 if size <= tile else math.ceil((size - tile) / stride) + 1
-

@@ -84,7 +84,7 @@ def classify_scene(
     model: SceneCam,
     scene: str | os.PathLike[str],
     outputs: OutputSet,
-    options: TileOptions = TileOptions(),  # noqa: B008 (frozen)
+    options: TileOptions = TileOptions(),
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Classify ``scene`` and write its outputs; returns (and writes last) its summary.
@@ -116,7 +116,7 @@ def classify_scene(
         )
         grid, src = tiler.grid, tiler.dataset
         staged: list[StagedRaster] = []
-        stack.callback(lambda: [s.discard() for s in staged])
+        stack.callback(_discard_all, staged)
         tags = {
             "classes": json.dumps(list(names)),
             "model": model.manifest.name,
@@ -219,7 +219,12 @@ def classify_scene(
             "classes": list(names),
             "size": [grid.width, grid.height],
             "crs": None if src.crs is None else src.crs.to_string(),
-            "grid": {"tile": grid.tile, "stride": grid.stride, "cols": grid.cols, "rows": grid.rows},
+            "grid": {
+                "tile": grid.tile,
+                "stride": grid.stride,
+                "cols": grid.cols,
+                "rows": grid.rows,
+            },
             "bands": list(tiler.bands),
             "stretch": None
             if tiler.stretch is None
@@ -241,8 +246,10 @@ def classify_scene(
             "area_unit": unit,
             "pixel_area": area,
             "valid_area": totals.valid_pixels * area,
-            "class_areas": {n: float(p * area) for n, p in zip(names, totals.class_pixels)},
-            "class_tiles": {n: int(t) for n, t in zip(names, totals.class_tiles)},
+            "class_areas": {
+                n: float(p * area) for n, p in zip(names, totals.class_pixels, strict=False)
+            },
+            "class_tiles": {n: int(t) for n, t in zip(names, totals.class_tiles, strict=False)},
             "outputs": {
                 "classes": outputs.classes.name,
                 "probabilities": None if probs is None else outputs.probabilities.name,
@@ -253,6 +260,13 @@ def classify_scene(
         }
     write_json_atomic(outputs.summary, summary)
     return summary
+
+
+def _discard_all(staged: list[StagedRaster]) -> None:
+    """Remove what an unfinished scene wrote (committed files are gone from the list's
+    temporaries already)."""
+    for raster in staged:
+        raster.discard()
 
 
 def _inside(grid: Any) -> int:

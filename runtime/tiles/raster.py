@@ -98,7 +98,11 @@ def model_scaling(manifest: Manifest) -> Stretch | None:
         high = tuple(float(v) for v in scaling["high"])
     except (KeyError, TypeError, ValueError):
         raise BundleError(manifest.name, "input.scaling needs 'low' and 'high' lists") from None
-    if len(low) != channels or len(high) != channels or any(h <= lo for lo, h in zip(low, high)):
+    if (
+        len(low) != channels
+        or len(high) != channels
+        or any(h <= lo for lo, h in zip(low, high, strict=False))
+    ):
         raise BundleError(
             manifest.name, f"input.scaling needs {channels} low < high pairs, got {scaling}"
         )
@@ -254,7 +258,9 @@ class Scene:
         window = Window(0, top, self.width, bottom - top)
         try:
             raw = self.dataset.read(list(self.bands), window=window)
-            masks = self.dataset.read_masks(list(self.bands), window=window) if self.masked else None
+            masks = (
+                self.dataset.read_masks(list(self.bands), window=window) if self.masked else None
+            )
         except _read_errors(rio) as exc:
             raise ImageError(self.path, f"cannot read tile row {row}: {first_line(exc)}") from None
         data = np.moveaxis(raw, 0, -1)

@@ -97,7 +97,7 @@ def category_sidecar(names: Sequence[str], colours: dict[int, tuple[int, int, in
     """GDAL's PAM sidecar (``.aux.xml``) for band 1: category names and a thematic raster
     attribute table (value, class, colour), which QGIS shows as the legend."""
     fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
-    lines = ['<PAMDataset>', '  <PAMRasterBand band="1">', "    <CategoryNames>"]
+    lines = ["<PAMDataset>", '  <PAMRasterBand band="1">', "    <CategoryNames>"]
     lines += [f"      <Category>{escape(n)}</Category>" for n in names]
     lines += ["    </CategoryNames>", '    <GDALRasterAttributeTable tableType="thematic">']
     for i, (name, kind, usage) in enumerate(fields):
