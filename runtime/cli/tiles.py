@@ -235,7 +235,8 @@ def _describe(summary: dict[str, Any]) -> str:
         f"{summary['scene']}: {counts['total']} tiles ({grid['cols']} x {grid['rows']}, "
         f"{grid['tile']} px every {grid['stride']}), {counts['classified']} classified, "
         f"{counts['nodata']} nodata, valid {summary['valid_fraction']:.0%}, "
-        f"{summary['tiles_per_second']:.1f} tiles/s -> {summary['outputs']['classes']}\n"
+        f"in {summary['seconds']:.1f} s ({summary['tiles_per_second']:.1f} tiles/s) -> "
+        f"{summary['outputs']['classes']}\n"
         f"  classes by area: {shares or 'none'}{scaling}"
     )
 
