@@ -102,6 +102,9 @@ def test_tilted_footprint_and_masked_block_are_nodata(tmp_path: Path, kind: str,
     # class areas: the valid pixels of classified tiles, in square metres
     valid_in_classified = (mask & np.kron(classified, np.ones((TILE, TILE), bool))).sum()
     assert sum(summary["class_areas"].values()) == pytest.approx(valid_in_classified * PIXEL**2)
+    assert summary["valid_area"] == pytest.approx(mask.sum() * PIXEL**2)
+    unclassified = summary["valid_area"] - sum(summary["class_areas"].values())
+    assert summary["unclassified_area"] == pytest.approx(unclassified) and unclassified > 0
 
 
 def test_float_scene_with_nan_and_an_all_nan_scene(tmp_path: Path):

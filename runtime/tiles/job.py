@@ -245,9 +245,11 @@ def classify_scene(
             "pixel_area": area,
             "valid_area": totals.valid_pixels * area,
             "class_areas": {
-                n: float(p * area) for n, p in zip(names, totals.class_pixels, strict=False)
+                n: float(p * area) for n, p in zip(names, totals.class_pixels, strict=True)
             },
-            "class_tiles": {n: int(t) for n, t in zip(names, totals.class_tiles, strict=False)},
+            # valid pixels in tiles below min_valid: not classified, not in class_areas
+            "unclassified_area": float((totals.valid_pixels - totals.class_pixels.sum()) * area),
+            "class_tiles": {n: int(t) for n, t in zip(names, totals.class_tiles, strict=True)},
             "outputs": {
                 "classes": outputs.classes.name,
                 "probabilities": None if probs is None else outputs.probabilities.name,
