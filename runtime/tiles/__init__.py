@@ -3,7 +3,8 @@
 - :mod:`.grid`: where the tiles and output cells lie; the output's georeferencing.
 - :mod:`.raster`: opening a scene, its bands, validity masks and stretch to uint8.
 - :mod:`.tiler`: :class:`SceneTiler`, rows of tile results in bounded memory.
-- :mod:`.writers`: the GIS-ready GeoTIFFs (class map, probabilities, CAM mosaic).
+- :mod:`.writers`: the GIS-ready GeoTIFFs (class map, probabilities), written atomically.
+- :mod:`.mosaic`: the full-resolution CAM mosaic, window by window.
 - :mod:`.job`: one scene to its outputs and JSON summary; many scenes, resumably.
 
 >>> from scenecam_edge import SceneCam

@@ -9,7 +9,6 @@ reported and the job goes on.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,19 +24,7 @@ from ..fileio import write_json_atomic
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
 from .raster import StretchChoice
 from .tiler import DEFAULT_MIN_VALID, SceneTiler, TileRow
-from .writers import (
-    CLASS_NODATA,
-    UINT8_SCALE,
-    Mosaic,
-    OutputSet,
-    ProbabilityFormat,
-    StagedRaster,
-    category_sidecar,
-    class_colours,
-    class_map_profile,
-    write_class_row,
-    write_probability_row,
-)
+from .writers import OutputSet, ProbabilityFormat, SceneOutputs
 
 #: Files a folder argument contributes as scenes.
 SCENE_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
@@ -98,9 +85,6 @@ def classify_scene(
     explain = options.explain
     if options.heatmap and explain is None:
         explain = model.explain_options()
-    names = model.class_names
-    if len(names) >= CLASS_NODATA:
-        raise ValueError(f"the class map holds at most {CLASS_NODATA - 1} classes")
     _remove_leftovers(outputs)
     with ExitStack() as stack:
         tiler = stack.enter_context(
@@ -114,160 +98,79 @@ def classify_scene(
                 min_valid=options.min_valid,
             )
         )
-        grid, src = tiler.grid, tiler.dataset
-        staged: list[StagedRaster] = []
-        stack.callback(_discard_all, staged)
-        tags = {
-            "classes": json.dumps(list(names)),
-            "model": model.manifest.name,
-            "tile": str(grid.tile),
-            "stride": str(grid.stride),
-            "min_valid": str(options.min_valid),
-            "bands": ",".join(map(str, tiler.bands)),
-            "source": os.path.basename(tiler.scene),
-            # edge tiles reach past the scene; their outside pixels are filled (marked here)
-            "edge_padding": f"right {grid.padded_width - grid.width} px, "
-            f"bottom {grid.padded_height - grid.height} px",
-        }
-        classes = StagedRaster(
-            outputs.classes,
-            {
-                **class_map_profile(grid, src.crs, src.transform, 1, "uint8"),
-                "nodata": CLASS_NODATA,
-            },
-            cog=options.cog,
-            resampling="NEAREST",
+        writers = stack.enter_context(
+            SceneOutputs(
+                outputs,
+                tiler,
+                probabilities=options.probabilities,
+                explain=explain if options.heatmap else None,
+                cog=options.cog,
+            )
         )
-        staged.append(classes)
-        colours = class_colours(len(names))
-        classes.dataset.write_colormap(1, colours)
-        classes.dataset.set_band_description(1, "class")
-        classes.dataset.update_tags(**tags)
-        classes.sidecar = category_sidecar(names, colours)
-        probs: StagedRaster | None = None
-        if options.probabilities != "none":
-            uint8 = options.probabilities == "uint8"
-            dtype = "uint8" if uint8 else "float32"
-            probs = StagedRaster(
-                outputs.probabilities,
-                {
-                    **class_map_profile(grid, src.crs, src.transform, len(names) + 1, dtype),
-                    "nodata": 255 if uint8 else float("nan"),
-                },
-                cog=options.cog,
-                resampling="AVERAGE",
-            )
-            staged.append(probs)
-            for i, name in enumerate([*(f"p_{n}" for n in names), "valid_fraction"], 1):
-                probs.dataset.set_band_description(i, name)
-            if uint8:
-                probs.dataset.scales = (1 / UINT8_SCALE,) * (len(names) + 1)
-            probs.dataset.update_tags(**tags)
-        mosaic: Mosaic | None = None
-        if options.heatmap and explain is not None:
-            cams = StagedRaster(
-                outputs.heatmap,
-                {
-                    "width": grid.width,
-                    "height": grid.height,
-                    "count": 1,
-                    "dtype": "float32",
-                    "crs": src.crs,
-                    "transform": src.transform,
-                    "nodata": float("nan"),
-                    "compress": "deflate",
-                    "zlevel": 1,  # level 6 took longer than classifying the tiles
-                    "predictor": 2,
-                    "blockysize": _strip_rows(grid.stride),
-                    "BIGTIFF": "IF_SAFER",
-                },
-                cog=options.cog,
-                resampling="AVERAGE",
-            )
-            staged.append(cams)
-            cams.dataset.set_band_description(1, f"{explain.method} ({explain.target_space})")
-            cams.dataset.update_tags(
-                method=explain.method,
-                target_space=explain.target_space,
-                target="prediction" if explain.target is None else names[explain.target],
-                source=tags["source"],
-            )
-            mosaic = Mosaic(cams.dataset, grid, model.manifest.features_shape[:2])
-            stack.callback(mosaic.close)  # runs before the discards above
+        count = len(model.class_names)
         totals = _Totals(
-            class_tiles=np.zeros(len(names), np.int64), class_pixels=np.zeros(len(names), np.int64)
+            class_tiles=np.zeros(count, np.int64), class_pixels=np.zeros(count, np.int64)
         )
         for row in tiler.rows(batch_size=options.batch_size, explain=explain):
-            write_class_row(classes.dataset, row)
-            if probs is not None:
-                write_probability_row(probs.dataset, row, options.probabilities)
-            if mosaic is not None:
-                mosaic.add(row)
+            writers.add(row)
             totals.add(row)
             if progress is not None:
                 progress(len(row.indices))
-        if mosaic is not None:
-            mosaic.finish()
-        for s in staged:
-            s.commit()
-        area, unit = tiler.source.pixel_area()
-        summary = {
-            "scene": os.fspath(scene),
-            "model": model.manifest.name,
-            "classes": list(names),
-            "size": [grid.width, grid.height],
-            "crs": None if src.crs is None else src.crs.to_string(),
-            "grid": {
-                "tile": grid.tile,
-                "stride": grid.stride,
-                "cols": grid.cols,
-                "rows": grid.rows,
-            },
-            "bands": list(tiler.bands),
-            "stretch": None
-            if tiler.stretch is None
-            else {
-                "source": tiler.stretch.source,
-                "low": list(tiler.stretch.low),
-                "high": list(tiler.stretch.high),
-            },
-            "min_valid": options.min_valid,
-            "fill": "tile mean of valid pixels",
-            "tiles": {
-                "total": grid.count,
-                "classified": totals.classified,
-                "nodata": totals.nodata,
-                "partly_valid": totals.partial,
-                "padded": grid.count - _inside(grid),
-            },
-            "valid_fraction": totals.valid_pixels / (grid.width * grid.height),
-            "area_unit": unit,
-            "pixel_area": area,
-            "valid_area": totals.valid_pixels * area,
-            "class_areas": {
-                n: float(p * area) for n, p in zip(names, totals.class_pixels, strict=True)
-            },
-            # valid pixels in tiles below min_valid: not classified, not in class_areas
-            "unclassified_area": float((totals.valid_pixels - totals.class_pixels.sum()) * area),
-            "class_tiles": {n: int(t) for n, t in zip(names, totals.class_tiles, strict=True)},
-            "outputs": {
-                "classes": outputs.classes.name,
-                "probabilities": None if probs is None else outputs.probabilities.name,
-                "heatmap": None if mosaic is None else outputs.heatmap.name,
-            },
-            # the whole scene: opening, stretch statistics, classifying, writing, COG copies
-            "seconds": round(time.perf_counter() - started, 3),
-            "tiles_per_second": round(grid.count / max(time.perf_counter() - started, 1e-9), 2),
-        }
+        writers.commit()
+        summary = _summary(tiler, options, totals, writers.written)
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        summary["tiles_per_second"] = round(tiler.grid.count / summary["seconds"], 2)
     write_json_atomic(outputs.summary, summary)
     return summary
 
 
-def _discard_all(staged: list[StagedRaster]) -> None:
-    """Remove what an unfinished scene wrote (committed files are gone from the list's
-    temporaries already)."""
-    for raster in staged:
-        raster.discard()
+def _summary(
+    tiler: SceneTiler, options: TileOptions, totals: _Totals, written: dict[str, str | None]
+) -> dict[str, Any]:
+    """The scene's summary (timing added by the caller)."""
+    grid, src, names = tiler.grid, tiler.dataset, tiler.model.class_names
+    area, unit = tiler.source.pixel_area()
+    return {
+        "scene": tiler.scene,
+        "model": tiler.model.manifest.name,
+        "classes": list(names),
+        "size": [grid.width, grid.height],
+        "crs": None if src.crs is None else src.crs.to_string(),
+        "grid": {
+            "tile": grid.tile,
+            "stride": grid.stride,
+            "cols": grid.cols,
+            "rows": grid.rows,
+        },
+        "bands": list(tiler.bands),
+        "stretch": None
+        if tiler.stretch is None
+        else {
+            "source": tiler.stretch.source,
+            "low": list(tiler.stretch.low),
+            "high": list(tiler.stretch.high),
+        },
+        "min_valid": options.min_valid,
+        "fill": "tile mean of valid pixels",
+        "tiles": {
+            "total": grid.count,
+            "classified": totals.classified,
+            "nodata": totals.nodata,
+            "partly_valid": totals.partial,
+            "padded": grid.count - _inside(grid),
+        },
+        "valid_fraction": totals.valid_pixels / (grid.width * grid.height),
+        "area_unit": unit,
+        "pixel_area": area,
+        "valid_area": totals.valid_pixels * area,
+        "class_areas": {
+            n: float(p * area) for n, p in zip(names, totals.class_pixels, strict=True)
+        },
+        # valid pixels in tiles below min_valid: not classified, not in class_areas
+        "unclassified_area": float((totals.valid_pixels - totals.class_pixels.sum()) * area),
+        "class_tiles": {n: int(t) for n, t in zip(names, totals.class_tiles, strict=True)},
+        "outputs": written,
+    }
 
 
 def _inside(grid: Any) -> int:
@@ -275,12 +178,6 @@ def _inside(grid: Any) -> int:
     rows = sum(1 for r in range(grid.rows) if r * grid.stride + grid.tile <= grid.height)
     cols = sum(1 for c in range(grid.cols) if c * grid.stride + grid.tile <= grid.width)
     return rows * cols
-
-
-def _strip_rows(stride: int) -> int:
-    """Rows per strip of the mosaic: a divisor of the stride (at most 16), so each window
-    written fills whole strips and no compressed strip is ever rewritten."""
-    return max(d for d in range(1, min(16, stride) + 1) if stride % d == 0)
 
 
 def _remove_leftovers(outputs: OutputSet) -> None:

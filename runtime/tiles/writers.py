@@ -19,20 +19,23 @@ renamed to its final name only when every row is done.
 from __future__ import annotations
 
 import colorsys
+import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
 from xml.sax.saxutils import escape
 
 import numpy as np
 
 from ..fileio import temporary_beside, write_bytes_atomic
+from ..model import ExplainOptions
 from .grid import TileGrid
+from .mosaic import Mosaic
 from .raster import require_rasterio
-from .tiler import TileRow
+from .tiler import SceneTiler, TileRow
 
 ProbabilityFormat = Literal["float32", "uint8", "none"]
 PROBABILITY_FORMATS: tuple[ProbabilityFormat, ...] = ("float32", "uint8", "none")
@@ -159,16 +162,160 @@ class StagedRaster:
             Path(f"{path}.aux.xml").unlink(missing_ok=True)
 
 
-def class_map_profile(grid: TileGrid, crs: Any, transform: Any, count: int, dtype: str) -> dict:
+class SceneOutputs:
+    """A scene's output rasters, open under temporary names: :meth:`add` writes each row of
+    results, :meth:`commit` puts every file in place; leaving the ``with`` block without a
+    commit removes them."""
+
+    def __init__(
+        self,
+        outputs: OutputSet,
+        tiler: SceneTiler,
+        *,
+        probabilities: ProbabilityFormat = "float32",
+        explain: ExplainOptions | None = None,
+        cog: bool = True,
+    ) -> None:
+        grid, src, names = tiler.grid, tiler.dataset, tiler.model.class_names
+        if len(names) >= CLASS_NODATA:
+            raise ValueError(f"the class map holds at most {CLASS_NODATA - 1} classes")
+        self.outputs = outputs
+        self.format = probabilities
+        self.staged: list[StagedRaster] = []
+        self.probabilities: StagedRaster | None = None
+        self.mosaic: Mosaic | None = None
+        tags = {
+            "classes": json.dumps(list(names)),
+            "model": tiler.model.manifest.name,
+            "tile": str(grid.tile),
+            "stride": str(grid.stride),
+            "min_valid": str(tiler.min_valid),
+            "bands": ",".join(map(str, tiler.bands)),
+            "source": os.path.basename(tiler.scene),
+            # edge tiles reach past the scene; their outside pixels are filled (marked here)
+            "edge_padding": f"right {grid.padded_width - grid.width} px, "
+            f"bottom {grid.padded_height - grid.height} px",
+        }
+        try:
+            on_grid = {"crs": src.crs, "transform": grid.transform(src.transform)}
+            self.classes = self._stage(
+                outputs.classes,
+                {**on_grid, **_grid_profile(grid, 1, "uint8"), "nodata": CLASS_NODATA},
+                cog,
+                "NEAREST",
+            )
+            colours = class_colours(len(names))
+            self.classes.dataset.write_colormap(1, colours)
+            self.classes.dataset.set_band_description(1, "class")
+            self.classes.dataset.update_tags(**tags)
+            self.classes.sidecar = category_sidecar(names, colours)
+            if probabilities != "none":
+                uint8 = probabilities == "uint8"
+                profile = _grid_profile(grid, len(names) + 1, "uint8" if uint8 else "float32")
+                nodata = 255 if uint8 else float("nan")
+                self.probabilities = probs = self._stage(
+                    outputs.probabilities, {**on_grid, **profile, "nodata": nodata}, cog, "AVERAGE"
+                )
+                for i, name in enumerate([*(f"p_{n}" for n in names), "valid_fraction"], 1):
+                    probs.dataset.set_band_description(i, name)
+                if uint8:
+                    probs.dataset.scales = (1 / UINT8_SCALE,) * (len(names) + 1)
+                probs.dataset.update_tags(**tags)
+            if explain is not None:
+                cams = self._stage(outputs.heatmap, _mosaic_profile(grid, src), cog, "AVERAGE")
+                cams.dataset.set_band_description(1, f"{explain.method} ({explain.target_space})")
+                target = "prediction" if explain.target is None else names[explain.target]
+                cams.dataset.update_tags(
+                    method=explain.method,
+                    target_space=explain.target_space,
+                    target=target,
+                    source=tags["source"],
+                )
+                self.mosaic = Mosaic(cams.dataset, grid, tiler.model.manifest.features_shape[:2])
+        except BaseException:
+            self.close()
+            raise
+
+    def _stage(
+        self, target: Path, profile: dict[str, Any], cog: bool, resampling: str
+    ) -> StagedRaster:
+        raster = StagedRaster(target, profile, cog=cog, resampling=resampling)
+        self.staged.append(raster)
+        return raster
+
+    @property
+    def written(self) -> dict[str, str | None]:
+        """The output files by role (None: not written)."""
+        return {
+            "classes": self.outputs.classes.name,
+            "probabilities": None
+            if self.probabilities is None
+            else self.outputs.probabilities.name,
+            "heatmap": None if self.mosaic is None else self.outputs.heatmap.name,
+        }
+
+    def add(self, row: TileRow) -> None:
+        write_class_row(self.classes.dataset, row)
+        if self.probabilities is not None:
+            write_probability_row(self.probabilities.dataset, row, self.format)
+        if self.mosaic is not None:
+            self.mosaic.add(row)
+
+    def commit(self) -> None:
+        if self.mosaic is not None:
+            self.mosaic.finish()
+        for raster in self.staged:
+            raster.commit()
+
+    def close(self) -> None:
+        """Stop the mosaic's writer and remove every temporary file (committed files stay)."""
+        if self.mosaic is not None:
+            self.mosaic.close()
+        for raster in self.staged:
+            raster.discard()
+
+    def __enter__(self) -> SceneOutputs:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _grid_profile(grid: TileGrid, count: int, dtype: str) -> dict[str, Any]:
+    """A raster on the tile grid (georeferencing added by the caller), written a row at a
+    time in one-row strips."""
     return {
         "width": grid.cols,
         "height": grid.rows,
         "count": count,
         "dtype": dtype,
-        "crs": crs,
-        "transform": grid.transform(transform),
         "compress": "deflate",
         "blockysize": 1,
+    }
+
+
+def _mosaic_profile(grid: TileGrid, src: Any) -> dict[str, Any]:
+    """The CAM mosaic: the scene's size and georeferencing, float32, NaN nodata."""
+    return {
+        "width": grid.width,
+        "height": grid.height,
+        "count": 1,
+        "dtype": "float32",
+        "crs": src.crs,
+        "transform": src.transform,
+        "nodata": float("nan"),
+        "compress": "deflate",
+        "zlevel": 1,  # level 6 took longer than classifying the tiles
+        "predictor": 2,
+        # rows per strip divide the stride: each window written fills whole strips, so no
+        # compressed strip is ever rewritten
+        "blockysize": max(d for d in range(1, min(16, grid.stride) + 1) if grid.stride % d == 0),
+        "BIGTIFF": "IF_SAFER",
     }
 
 
@@ -187,88 +334,3 @@ def write_probability_row(dst: Any, row: TileRow, fmt: ProbabilityFormat) -> Non
         scaled = np.round(np.nan_to_num(values, nan=0.0) * UINT8_SCALE)
         values = np.where(np.isnan(values), 255, scaled).astype(np.uint8)
     dst.write(values[:, None, :], window=Window(0, row.row, values.shape[1], 1))
-
-
-class Mosaic:
-    """Full-resolution CAM mosaic written window by window: each tile's raw CAM resized to
-    the tile (bilinear), overlapping tiles averaged; NaN where no classified tile covers a
-    pixel and at invalid pixels.
-
-    Windows are written (and compressed) by a thread while the model goes on; at most one
-    window waits for it."""
-
-    def __init__(self, dst: Any, grid: TileGrid, cam_shape: tuple[int, int]) -> None:
-        self.dst = dst
-        self.grid = grid
-        self.sums = np.zeros((grid.tile, grid.padded_width), np.float32)
-        self.counts = np.zeros((grid.tile, grid.padded_width), np.uint16)
-        self.valid = np.zeros((grid.tile, grid.padded_width), bool)
-        self.rows_up = _bilinear_matrix(cam_shape[0], grid.tile)
-        self.cols_up = _bilinear_matrix(cam_shape[1], grid.tile).T
-        self.written = 0  # scene rows [0, written) are handed to the writer
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="scenecam-write")
-        self._pending: Future[None] | None = None
-
-    def add(self, row: TileRow) -> None:
-        grid = self.grid
-        top = row.row * grid.stride
-        if row.cams is None:
-            raise ValueError("the mosaic needs rows classified with explain options")
-        for c in np.flatnonzero(row.classified):
-            x = c * grid.stride
-            self.sums[:, x : x + grid.tile] += self.rows_up @ row.cams[c] @ self.cols_up
-            self.counts[:, x : x + grid.tile] += 1
-        self.valid |= row.mask  # overlapping rows of tiles read the same pixels
-        last = row.row == grid.rows - 1
-        self._emit(top, grid.height if last else min(top + grid.stride, grid.height))
-        keep = grid.tile - grid.stride
-        for buffer in (self.sums, self.counts, self.valid):
-            if keep > 0:  # rows the next tile row still adds to move up
-                buffer[:keep] = buffer[grid.stride :]
-            buffer[keep:] = 0
-
-    def finish(self) -> None:
-        """Wait for the last window (raising its error, if any)."""
-        self._wait()
-        if self.written < self.grid.height:
-            raise RuntimeError(f"mosaic incomplete: {self.written} of {self.grid.height} rows")
-
-    def close(self) -> None:
-        self._writer.shutdown(wait=True, cancel_futures=True)
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def _emit(self, top: int, end: int) -> None:
-        """Write scene rows [written, end); the buffer holds rows [top, top + tile)."""
-        from rasterio.windows import Window
-
-        width = self.grid.width
-        y = self.written
-        if y >= end:
-            return
-        rows = slice(y - top, end - top)
-        sums, counts = self.sums[rows, :width], self.counts[rows, :width]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            block = np.where((counts > 0) & self.valid[rows, :width], sums / counts, np.nan)
-        self._wait()
-        self._pending = self._writer.submit(
-            self.dst.write, block.astype(np.float32)[None], window=Window(0, y, width, end - y)
-        )
-        self.written = end
-
-
-def _bilinear_matrix(size: int, out: int) -> np.ndarray:
-    """(out, size) weights of a bilinear resize along one axis, pixel centres aligned as in
-    OpenCV's INTER_LINEAR (edges clamped): ``M @ a`` resizes ``a`` from ``size`` to ``out``."""
-    centres = (np.arange(out) + 0.5) * (size / out) - 0.5
-    centres = np.clip(centres, 0, size - 1)
-    low = np.floor(centres).astype(int)
-    high = np.minimum(low + 1, size - 1)
-    frac = (centres - low).astype(np.float32)
-    matrix = np.zeros((out, size), np.float32)
-    matrix[np.arange(out), low] += 1 - frac
-    matrix[np.arange(out), high] += frac
-    return matrix
