@@ -274,7 +274,8 @@ def test_usage_errors_are_one_line(tmp_path: Path, rgb_scene: Path):
         (["--bands", "x"], 2, "comma-separated"),
         (["--stretch", "50,10"], 2, "LOW < HIGH"),
         (["--stride", "200"], 2, "larger than the tile"),
-        (["--target", "volcano"], 2, "unknown class"),
+        (["--target", "volcano", "--heatmap"], 2, "unknown class"),
+        (["--method", "gradcam++"], 2, "--method only shape the heatmap: add --heatmap"),
     ]:
         result = run_tiles(str(rgb_scene), "--out", out, *args)
         assert result.exit_code == code, (args, result.output)

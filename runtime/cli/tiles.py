@@ -159,6 +159,11 @@ def tiles(
     channels = scenecam.manifest.input.channels
     if band_list is not None and len(band_list) not in ({1, 3} if channels == 3 else {channels}):
         fail(f"--bands: the model takes {channels} bands, not {len(band_list)}", EXIT_USAGE)
+    ctx = click.get_current_context()
+    cam_flags = [f"--{n.replace('_', '-')}" for n in ("target", "method", "target_space")
+                 if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]  # fmt: skip
+    if cam_flags and not heatmap:
+        fail(f"{', '.join(cam_flags)} only shape the heatmap: add --heatmap", EXIT_USAGE)
     size = tile if tile is not None else scenecam.input_size[0]
     if stride is not None and stride > size:
         fail(f"--stride {stride} is larger than the tile ({size} px)", EXIT_USAGE)
@@ -175,7 +180,7 @@ def tiles(
         probabilities=probabilities,  # type: ignore[arg-type]
         cog=cog,
         batch_size=batch_size,
-        explain=explain if heatmap or target is not None else None,
+        explain=explain if heatmap else None,
         heatmap=heatmap,
     )
     from tqdm import tqdm
