@@ -326,3 +326,27 @@ cli(['tiles', {str(tmp_path / "x.tif")!r}, '--out', {str(tmp_path / "y.tif")!r}]
         "error: reading and writing rasters needs rasterio; "
         "install it with: pip install 'scenecam-edge[geo]'"
     )
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "stride"),
+    [(450, 600, 150, 150), (200, 320, 150, 150), (97, 1000, 150, 75), (151, 151, 150, 149),
+     (1, 1, 32, 32), (640, 480, 64, 7)],
+)  # fmt: skip
+def test_grid_covers_every_pixel_and_cells_partition_the_scene(height, width, tile, stride):
+    from scenecam_edge.tiles import TileGrid
+
+    grid = TileGrid(height, width, tile, stride)
+    in_tiles = np.zeros((height, width), np.int64)
+    in_cells = np.zeros((height, width), np.int64)
+    for r in range(grid.rows):
+        top, bottom = grid.row_span(r)
+        y0, y1 = grid.cell_rows(r)
+        assert top <= y0 < y1 <= bottom  # a cell lies inside its tile's rows
+        for c in range(grid.cols):
+            in_tiles[top:bottom, c * stride : c * stride + tile] += 1
+            x0, x1 = grid.cell_cols(c)
+            assert c * stride <= x0 < x1 <= c * stride + tile
+            in_cells[y0:y1, x0:x1] += 1
+    assert (in_tiles >= 1).all() and (in_cells == 1).all()
+    assert grid.padded_width >= width and grid.padded_width - width < stride
