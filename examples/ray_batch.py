@@ -11,16 +11,15 @@ column per class, error and, with --explain, the raw CAM of each image.
 
 The defaults follow the advice in the docs: two workers reserving half a CPU each, so CPUs
 stay free for Ray's image readers (with every CPU held by workers, reading waits). Ray's
-INFO logs and progress bars are off unless --verbose.
+INFO logs are off unless --verbose.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
-
-import ray
 
 from scenecam_edge.integrations.ray import classify_dataset
 
@@ -49,15 +48,15 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="Ray's INFO logs and progress.")
     args = parser.parse_args()
 
+    if not args.verbose:  # read when Ray Data is imported: its INFO lines and progress logs
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    import ray
+
     quiet = {} if args.verbose else {"logging_level": logging.WARNING, "log_to_driver": False}
     if args.address is None:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, **quiet)
     else:
         ray.init(address=args.address, **quiet)
-    if not args.verbose:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        logging.getLogger("ray").setLevel(logging.WARNING)
     start = time.perf_counter()
     images = ray.data.read_images(args.images, include_paths=True, mode="RGB")
     results = classify_dataset(

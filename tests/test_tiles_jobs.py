@@ -175,3 +175,35 @@ def test_ray_tasks_per_scene_give_the_command_s_outputs(tmp_path: Path):
         local_summary = json.loads((local / f"{scene.stem}.json").read_text())
         for key in ("class_areas", "tiles", "valid_fraction", "grid", "stretch"):
             assert ray_summary[key] == local_summary[key]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_RAY, reason="needs Ray: pip install '.[ray]'")
+def test_ray_example_runs_with_its_defaults_quietly_with_named_columns(
+    tmp_path: Path, sample_images: list[Path], scenecam
+):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in sample_images[:4]:
+        shutil.copy(photo, photos / photo.name)
+    example = Path(__file__).resolve().parents[1] / "examples" / "ray_batch.py"
+    # the defaults (2 workers at half a CPU) on a 2-CPU Ray: reading still gets a CPU
+    proc = subprocess.run(
+        [sys.executable, str(example), str(photos), str(tmp_path / "out"), "--num-cpus", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "4 images in" in proc.stdout
+    assert " INFO " not in proc.stderr  # Ray's INFO lines are off without --verbose
+    table = pq.read_table(tmp_path / "out").to_pylist()
+    names = scenecam.class_names
+    for row in table:
+        expected = scenecam.classify(photos / Path(row["path"]).name)
+        assert row["label"] == expected.label
+        np.testing.assert_allclose(
+            [row[f"p_{n}"] for n in names], [expected.probabilities[n] for n in names], atol=2e-6
+        )

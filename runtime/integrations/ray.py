@@ -155,6 +155,8 @@ def classify_dataset(
     every CPU held by actors, reading waits forever): on a 2-CPU machine, for example,
     ``concurrency=2, num_cpus=0.5`` or ``concurrency=1``.
     """
+    from ray.data import ActorPoolStrategy
+
     return dataset.map_batches(
         SceneCamPredictor,
         fn_constructor_kwargs={
@@ -167,7 +169,7 @@ def classify_dataset(
             "image_column": image_column,
             "keep": tuple(keep),
         },
-        concurrency=concurrency,
+        compute=ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus,
         batch_size=batch_size,
         batch_format="numpy",
