@@ -39,7 +39,7 @@ def four_band_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = json.loads(manifest_path.read_text())
     assert manifest["input"]["channels"] == 4
     # what training on 16-bit chips recorded (the manifest itself is not checksummed)
-    manifest["input"]["scaling"] = {"low": list(LOW), "high": list(HIGH)}
+    manifest["input"]["band_stretch"] = {"low": list(LOW), "high": list(HIGH)}
     manifest_path.write_text(json.dumps(manifest))
     return bundle
 

@@ -32,7 +32,7 @@ from .raster import (
     Scene,
     Stretch,
     StretchChoice,
-    model_scaling,
+    model_stretch,
     parse_bands,
     require_rasterio,
 )
@@ -56,7 +56,7 @@ __all__ = [
     "check_raster_path",
     "classify_scene",
     "expand_scenes",
-    "model_scaling",
+    "model_stretch",
     "outputs_in",
     "parse_bands",
     "require_rasterio",

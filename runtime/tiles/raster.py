@@ -8,7 +8,7 @@ right and bottom edges (padding of the edge tiles) are invalid too.
 **Stretch.** The model takes uint8 pixels. How a band's values become 0..255:
 
 - ``"model"`` (the default): the per-band range the model was trained with, when its
-  manifest records one (``input.scaling``: ``{"low": [...], "high": [...]}``, one value per
+  manifest records one (``input.band_stretch``: ``{"low": [...], "high": [...]}``, one value per
   channel in the model's channel order); without it, 8-bit bands are used as they are and
   other data types are stretched between per-scene percentiles (2 and 98).
 - ``(low, high)`` percentiles: per band, per scene, from a decimated read of the valid pixels
@@ -86,10 +86,10 @@ class Stretch:
         return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
-def model_scaling(manifest: Manifest) -> Stretch | None:
-    """The per-band range the model was trained with (manifest ``input.scaling``), if any."""
+def model_stretch(manifest: Manifest) -> Stretch | None:
+    """The per-band range the model was trained with (manifest ``input.band_stretch``), if any."""
     raw = manifest.raw.get("input", {})
-    scaling = raw.get("scaling") if isinstance(raw, dict) else None
+    scaling = raw.get("band_stretch") if isinstance(raw, dict) else None
     if scaling is None:
         return None
     channels = manifest.input.channels
@@ -97,14 +97,16 @@ def model_scaling(manifest: Manifest) -> Stretch | None:
         low = tuple(float(v) for v in scaling["low"])
         high = tuple(float(v) for v in scaling["high"])
     except (KeyError, TypeError, ValueError):
-        raise BundleError(manifest.name, "input.scaling needs 'low' and 'high' lists") from None
+        raise BundleError(
+            manifest.name, "input.band_stretch needs 'low' and 'high' lists"
+        ) from None
     if (
         len(low) != channels
         or len(high) != channels
         or any(h <= lo for lo, h in zip(low, high, strict=False))
     ):
         raise BundleError(
-            manifest.name, f"input.scaling needs {channels} low < high pairs, got {scaling}"
+            manifest.name, f"input.band_stretch needs {channels} low < high pairs, got {scaling}"
         )
     return Stretch(low, high, "model")
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
 from ..results import Explanation
 from .grid import TileGrid
-from .raster import Scene, Stretch, StretchChoice, fill_invalid, model_scaling
+from .raster import Scene, Stretch, StretchChoice, fill_invalid, model_stretch
 
 #: Tiles with less than this share of valid pixels are nodata (``min_valid``).
 DEFAULT_MIN_VALID = 0.5
@@ -85,7 +85,7 @@ class SceneTiler:
             channels=model.manifest.input.channels,
             bands=bands,
             stretch=stretch,
-            scaling=model_scaling(model.manifest),
+            scaling=model_stretch(model.manifest),
         )
         try:
             size = tile if tile is not None else model.input_size[0]
