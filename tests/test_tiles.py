@@ -176,10 +176,10 @@ def test_overlapping_tiles_and_heatmap_mosaic(tmp_path: Path, rgb_scene: Path, s
     assert tags["method"] == "gradcam"
     # the top-left 75 x 75 px are covered by the first tile alone: its CAM, resized
     pixels = scene_pixels()
-    import cv2  # the reference resize (the mosaic itself does not use OpenCV)
-
     first = scenecam.explain(pixels[:150, :150].copy())
-    resized = cv2.resize(first.cam, (150, 150), interpolation=cv2.INTER_LINEAR)
+    # the reference: Pillow's bilinear upsampling of a float image (pixel centres aligned,
+    # edges clamped, as OpenCV's INTER_LINEAR)
+    resized = np.asarray(Image.fromarray(first.cam).resize((150, 150), Image.Resampling.BILINEAR))
     np.testing.assert_allclose(mosaic[0, :75, :75], resized[:75, :75], rtol=1e-4, atol=1e-6)
 
 
