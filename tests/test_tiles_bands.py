@@ -101,3 +101,40 @@ def test_four_band_uint16_scene_through_a_four_band_model(tmp_path: Path, four_b
         str(four_band_bundle),
     )
     assert result.exit_code == 2 and "takes 4 bands, not 3" in result.stderr
+
+
+@pytest.mark.slow
+def test_training_on_four_band_geotiff_chips_records_the_stretch_tiles_applies(tmp_path: Path):
+    from scenecam_edge.training.train import TrainConfig, train
+
+    rng = np.random.default_rng(11)
+    data = tmp_path / "chips"
+    chips = []
+    for name, nir in (("water", 800.0), ("crop", 4000.0)):
+        (data / name).mkdir(parents=True)
+        for i in range(12):
+            base = np.array([1200.0, 1100.0, 900.0, nir]) + rng.normal(0, 150, 4)
+            chip = (base[:, None, None] + rng.normal(0, 80, (4, 32, 32))).astype(np.uint16)
+            chips.append(chip)
+            write_scene(data / name / f"{i}.tif", chip)
+    cfg = TrainConfig(
+        data=str(data), out=str(tmp_path / "run"), arch="small", img_size=32, channels=4,
+        epochs=1, batch_size=8, val_split=0.25, cache_dir=str(tmp_path / "cache"),
+        precision="float32",
+    )  # fmt: skip
+    bundle = train(cfg)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["input"]["channels"] == 4
+    values = np.stack(chips).astype(np.float32)  # (N, 4, 32, 32): every value, per band
+    expected = np.percentile(np.moveaxis(values, 1, 0).reshape(4, -1), [2, 98], axis=1)
+    stretch = manifest["input"]["band_stretch"]
+    np.testing.assert_allclose(stretch["low"], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(stretch["high"], expected[1], rtol=1e-6)
+    # a scene of such chips: tiles applies the recorded stretch by default
+    scene = write_scene(tmp_path / "scene.tif", np.concatenate(chips[:3], axis=2))
+    result = run_tiles(str(scene), "--out", str(tmp_path / "m.tif"), "--model", str(bundle))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert summary["stretch"]["source"] == "model"
+    np.testing.assert_allclose(summary["stretch"]["low"], stretch["low"])
+    assert summary["tiles"]["classified"] == 3

@@ -20,6 +20,7 @@ import numpy as np
 from scenecam_edge.errors import ImageError
 from scenecam_edge.images import load_image, resize_to
 from scenecam_edge.sources import IMAGE_SUFFIXES
+from scenecam_edge.training.chips import read_chip, stretch_record, training_stretch, wants_rasterio
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class LabelledImages:
     class_names: list[str]
     sources: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    #: raster chips: the per-band stretch of their values to uint8 (manifest input.band_stretch)
+    band_stretch: dict[str, list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,6 +90,8 @@ def load_dataset(
     names, items = list_folder(path)
     if not items:
         raise ValueError(f"{path}: no images in the class folders")
+    if wants_rasterio([p for p, _ in items], channels):
+        return _load_chips(names, items, size, channels)
     key = hashlib.sha256(
         repr((str(path.resolve()), size, channels, [(str(p), y) for p, y in items])).encode()
     ).hexdigest()[:16]
@@ -140,6 +145,34 @@ def load_dataset(
         )
         os.replace(tmp, cache)
     return data
+
+
+def _load_chips(
+    names: list[str], items: list[tuple[Path, int]], size: tuple[int, int], channels: int
+) -> LabelledImages:
+    """GeoTIFF chips (any bands, any data type): read with rasterio, stretched to uint8 by the
+    whole set's per-band percentiles (see :mod:`scenecam_edge.training.chips`)."""
+    raws: list[np.ndarray] = []
+    keep: list[tuple[Path, int]] = []
+    skipped: list[tuple[str, str]] = []
+    for path, label in items:
+        try:
+            raws.append(read_chip(path, channels))
+            keep.append((path, label))
+        except ImageError as exc:
+            skipped.append((str(path), exc.reason))
+            log.warning("skipped %s: %s", path, exc.reason)
+    if not raws:
+        raise ValueError("no readable chips in the class folders")
+    stretch = training_stretch(raws)
+    return LabelledImages(
+        np.stack([resize_to(stretch.apply(raw), *size) for raw in raws]),
+        np.array([label for _, label in keep], dtype=np.int64),
+        names,
+        [str(p) for p, _ in keep],
+        skipped,
+        band_stretch=stretch_record(stretch),
+    )
 
 
 def _load_npz(path: Path, size: tuple[int, int], channels: int) -> LabelledImages:

@@ -14,6 +14,7 @@ Run folder layout (``--out``)::
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import shutil
@@ -210,6 +211,9 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     write_json_atomic(out / "evaluation.json", evaluation)
     write_bytes_atomic(out / "evaluation.md", figures_markdown(evaluation).encode())
     set_manifest_fields(bundle, evaluation=_summary(evaluation, "validation split"))
+    if data.band_stretch is not None:  # tiles applies it: serving sees what training saw
+        inp = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["input"]
+        set_manifest_fields(bundle, input={**inp, "band_stretch": data.band_stretch})
     if backup.exists():
         shutil.rmtree(backup)
     log.info("validation accuracy %.4f; bundle %s", evaluation["accuracy"], bundle)
