@@ -335,8 +335,8 @@ def _input_shape(model: keras.Model) -> tuple[int, int, int]:
     if len(model.inputs) != 1:
         raise ExportError(f"model must have one input, has {len(model.inputs)}")
     shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[3] not in (1, 3):
-        raise ExportError(f"model input must be (None, H, W, 1 or 3) with fixed sizes, not {shape}")
+    if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[3] < 1:
+        raise ExportError(f"model input must be (None, H, W, C) with fixed sizes, not {shape}")
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 

@@ -103,8 +103,8 @@ class Manifest:
         )
         if (spec.name, spec.dtype, spec.layout) != (INPUT_NAME, "uint8", "NHWC"):
             raise BundleError(where, f"input must be '{INPUT_NAME}', uint8, NHWC; got {inp}")
-        if spec.channels not in (1, 3):
-            raise BundleError(where, f"input channels must be 1 or 3, not {spec.channels}")
+        if not 1 <= spec.channels <= 512:
+            raise BundleError(where, f"input channels must be 1 to 512, not {spec.channels}")
 
         outputs = m.mapping(m.get(root, "outputs", dict), "outputs")
         feats = m.shape(m.mapping(m.get(outputs, FEATURES, dict), FEATURES), FEATURES, 4)

@@ -33,6 +33,8 @@ class LabelledImages:
     class_names: list[str]
     sources: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    #: raster chips: the per-band stretch of their values to uint8 (manifest input.band_stretch)
+    band_stretch: dict[str, list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

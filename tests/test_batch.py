@@ -426,7 +426,7 @@ def test_ray_predictor_equals_batch(tmp_path: Path, sample_images: list[Path]):
         record = expected[Path(row["path"]).name]
         assert row["error"] == "" and row["label"] == record["label"]
         assert row["index"] == record["index"]
-        probs = np.asarray(row["probabilities"], dtype=np.float64).ravel()
+        probs = [row[f"p_{n}"] for n in names]  # one named column per class
         np.testing.assert_allclose(
             probs, [record["probabilities"][n] for n in names], atol=2e-6, rtol=0
         )

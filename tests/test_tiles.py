@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -108,43 +109,61 @@ def test_class_map_keeps_crs_scaled_transform_and_planted_classes(
     out = tmp_path / "classmap.tif"
     result = run_tiles(str(rgb_scene), "--tile", str(TILE), "--out", str(out))
     assert result.exit_code == 0, result.output
-    data, crs, transform, descriptions, tags, _ = read(out)
+    classes, crs, transform, descriptions, tags, nodata = read(out)
     assert crs.to_epsg() == 32633
     assert tuple(transform)[:6] == (PIXEL * TILE, 0.0, ORIGIN[0], 0.0, -PIXEL * TILE, ORIGIN[1])
     names = scenecam.class_names
-    assert data.shape == (1 + len(names), 3, 4) and data.dtype == np.float32
-    assert descriptions == ("class", *(f"p_{n}" for n in names))
+    assert classes.shape == (1, 3, 4) and classes.dtype == np.uint8 and nodata == 255
+    assert descriptions == ("class",)
     for (r, c), label in planted_classes.items():
-        assert names[int(data[0, r, c])] == label
-    np.testing.assert_allclose(data[1:].sum(axis=0), 1.0, atol=1e-5)
-    assert np.array_equal(data[0], data[1:].argmax(axis=0))
+        assert names[int(classes[0, r, c])] == label
+    probs, _, probs_transform, probs_descriptions, _, probs_nodata = read(
+        tmp_path / "classmap.probs.tif"
+    )
+    assert probs.shape == (len(names) + 1, 3, 4) and probs.dtype == np.float32
+    assert probs_descriptions == (*(f"p_{n}" for n in names), "valid_fraction")
+    assert np.isnan(probs_nodata) and probs_transform == transform
+    np.testing.assert_allclose(probs[:-1].sum(axis=0), 1.0, atol=1e-5)
+    assert np.array_equal(classes[0], probs[:-1].argmax(axis=0))
+    assert (probs[-1] == 1.0).all()
     assert tags["tile"] == "150" and tags["classes"].startswith('["')
-    assert "summary: 12 tiles (4 x 3" in result.stderr
+    assert "12 tiles (4 x 3, 150 px every 150), 12 classified, 0 nodata" in result.stderr
     # the numbers equal classifying the same pixels as images
     pixels = scene_pixels()
     expected = scenecam.classify(pixels[150:300, 300:450].copy())
     np.testing.assert_allclose(
-        data[1:, 1, 2], [expected.probabilities[n] for n in names], atol=1e-5
+        probs[:-1, 1, 2], [expected.probabilities[n] for n in names], atol=1e-5
     )
+    summary = json.loads((tmp_path / "classmap.json").read_text())
+    assert summary["area_unit"] == "metre^2" and summary["pixel_area"] == PIXEL**2
+    assert summary["valid_fraction"] == 1.0 and summary["tiles"]["classified"] == 12
+    # every scene pixel is counted once, in the class of the tile it lies in
+    assert sum(summary["class_areas"].values()) == pytest.approx(HEIGHT * WIDTH * PIXEL**2)
+    tiles_per_class = np.bincount(classes.ravel(), minlength=len(names))
+    assert summary["class_areas"] == {
+        n: pytest.approx(k * TILE * TILE * PIXEL**2)
+        for n, k in zip(names, tiles_per_class, strict=False)
+    }
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 @needs_geo
 def test_overlapping_tiles_and_heatmap_mosaic(tmp_path: Path, rgb_scene: Path, scenecam):
-    out, cam = tmp_path / "classmap.tif", tmp_path / "cam.tif"
+    out, cam = tmp_path / "classmap.tif", tmp_path / "classmap.cam.tif"
     result = run_tiles(
         str(rgb_scene),
         "--out",
         str(out),
         "--stride",
         "75",
-        "--heatmap-out",
-        str(cam),
-        "--no-probabilities",
+        "--heatmap",
+        "--probabilities",
+        "none",
         "--batch-size",
         "5",
     )
     assert result.exit_code == 0, result.output
+    assert not (tmp_path / "classmap.probs.tif").exists()
     data, crs, transform, *_ = read(out)
     assert data.shape == (1, 5, 7) and data.dtype == np.uint8
     # each output pixel is the 75 px square at the centre of its 150 px tile
@@ -157,23 +176,40 @@ def test_overlapping_tiles_and_heatmap_mosaic(tmp_path: Path, rgb_scene: Path, s
     assert tags["method"] == "gradcam"
     # the top-left 75 x 75 px are covered by the first tile alone: its CAM, resized
     pixels = scene_pixels()
-    import cv2
-
     first = scenecam.explain(pixels[:150, :150].copy())
-    resized = cv2.resize(first.cam, (150, 150), interpolation=cv2.INTER_LINEAR)
+    # the reference: Pillow's bilinear upsampling of a float image (pixel centres aligned,
+    # edges clamped, as OpenCV's INTER_LINEAR)
+    resized = np.asarray(Image.fromarray(first.cam).resize((150, 150), Image.Resampling.BILINEAR))
     np.testing.assert_allclose(mosaic[0, :75, :75], resized[:75, :75], rtol=1e-4, atol=1e-6)
 
 
 @needs_geo
-def test_uncovered_edges_are_nan_in_the_mosaic(tmp_path: Path):
-    scene = write_scene(tmp_path / "odd.tif", np.full((3, 200, 320), 90, np.uint8))
-    cam = tmp_path / "cam.tif"
-    result = run_tiles(str(scene), "--out", str(tmp_path / "m.tif"), "--heatmap-out", str(cam))
+def test_scene_not_a_multiple_of_the_tile_is_covered_to_the_edge(tmp_path: Path, scenecam):
+    # a 200 x 320 scene, 150 px tiles: 2 x 3 tiles, the last row and column padded
+    pixels = np.zeros((200, 320, 3), np.uint8)
+    photo = np.asarray(Image.open(SAMPLES / "sea_62.jpg").convert("RGB"))
+    pixels[150:, 300:] = photo[:50, :20]  # the corner strip is sea, the rest black
+    scene = write_scene(tmp_path / "odd.tif", np.moveaxis(pixels, -1, 0))
+    result = run_tiles(str(scene), "--out", str(tmp_path / "m.tif"), "--heatmap")
     assert result.exit_code == 0, result.output
-    mosaic = read(cam)[0][0]
-    assert not np.isnan(mosaic[:150, :300]).any()
-    assert np.isnan(mosaic[150:]).all() and np.isnan(mosaic[:, 300:]).all()
-    assert read(tmp_path / "m.tif")[0].shape[1:] == (1, 2)
+    mosaic = read(tmp_path / "m.cam.tif")[0][0]
+    assert mosaic.shape == (200, 320) and not np.isnan(mosaic).any()
+    classes, _, _, _, tags, _ = read(tmp_path / "m.tif")
+    assert classes.shape == (1, 2, 3) and (classes < 255).all()
+    assert tags["edge_padding"] == "right 130 px, bottom 100 px"
+    probs = read(tmp_path / "m.probs.tif")[0]
+    # the corner tile: 50 x 20 real pixels of 150 x 150, the rest filled with their mean
+    assert probs[-1, 1, 2] == pytest.approx(50 * 20 / 150**2)
+    corner = np.broadcast_to(photo[:50, :20].reshape(-1, 3).mean(0).round(), (150, 150, 3))
+    filled = corner.astype(np.uint8).copy()
+    filled[:50, :20] = photo[:50, :20]
+    expected = scenecam.classify(filled)
+    names = scenecam.class_names
+    np.testing.assert_allclose(
+        probs[:-1, 1, 2], [expected.probabilities[n] for n in names], atol=1e-5
+    )
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert summary["tiles"]["padded"] == 4 and summary["tiles"]["total"] == 6
 
 
 @needs_geo
@@ -188,16 +224,21 @@ def test_multispectral_bands_and_16_bit_stretch(tmp_path: Path, rgb_scene: Path,
     assert result.exit_code == 0, result.output
     # a third of every band is black and a third white, so the 2-98 % stretch maps
     # 1000 -> 0 and 11200 -> 255: the pixels, and so the answers, of the 8-bit scene
-    assert "from [1000,1000,1000] .. [11200,11200,11200]" in result.stderr
+    assert "stretch (percentiles) [1000,1000,1000] .. [11200,11200,11200]" in result.stderr
     assert run_tiles(str(rgb_scene), "--out", str(reference)).exit_code == 0
     ours, theirs = read(out)[0], read(reference)[0]
-    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    assert np.array_equal(ours, theirs)
+    np.testing.assert_allclose(
+        read(tmp_path / "ms-map.probs.tif")[0], read(tmp_path / "rgb-map.probs.tif")[0], atol=1e-6
+    )
     names = list(json_classes(out))
     for (r, c), label in planted_classes.items():
         assert names[int(ours[0, r, c])] == label
     # default bands 1,2,3 of this scene are noise and blue: a different map
     assert run_tiles(str(scene), "--out", str(tmp_path / "x.tif")).exit_code == 0
-    assert not np.allclose(read(tmp_path / "x.tif")[0], theirs)
+    assert not np.allclose(
+        read(tmp_path / "x.probs.tif")[0], read(tmp_path / "rgb-map.probs.tif")[0]
+    )
 
 
 def json_classes(path: Path) -> list[str]:
@@ -212,13 +253,13 @@ def test_library_stretch_and_single_band(tmp_path: Path, scenecam):
 
     ramp = np.linspace(0, 4000, 300 * 300, dtype=np.float32).reshape(1, 300, 300)
     scene = write_scene(tmp_path / "gray.tif", ramp)
-    with SceneTiler(scenecam, scene, percentiles=(0, 100)) as tiler:
+    with SceneTiler(scenecam, scene, stretch=(0, 100)) as tiler:
         assert tiler.bands == (1,)
         assert tiler.stretch is not None
         assert tiler.stretch.low[0] == pytest.approx(0, abs=20)
         assert tiler.stretch.high[0] == pytest.approx(4000, abs=20)
-        row = tiler.read_row(1)
-        assert row.shape == (150, 300, 3) and row.dtype == np.uint8
+        row, valid = tiler.read_row(1)
+        assert row.shape == (150, 300, 3) and row.dtype == np.uint8 and valid.all()
         assert (row[..., 0] == row[..., 2]).all() and row.max() == 255
         rows = list(tiler.rows(batch_size=3))
     assert [r.row for r in rows] == [0, 1] and rows[1].indices.shape == (2,)
@@ -228,18 +269,28 @@ def test_library_stretch_and_single_band(tmp_path: Path, scenecam):
 def test_usage_errors_are_one_line(tmp_path: Path, rgb_scene: Path):
     out = str(tmp_path / "m.tif")
     for args, code, words in [
-        (["--bands", "4,3,2"], 2, "no band 4"),
-        (["--bands", "1,2"], 2, "choose 1 or 3 bands"),
+        (["--bands", "4,3,2"], 1, "no band 4"),
+        (["--bands", "1,2"], 2, "takes 3 bands, not 2"),
         (["--bands", "x"], 2, "comma-separated"),
         (["--stretch", "50,10"], 2, "LOW < HIGH"),
-        (["--tile", "1000"], 2, "smaller than one tile"),
-        (["--target", "volcano"], 2, "unknown class"),
+        (["--stride", "200"], 2, "larger than the tile"),
+        (["--target", "volcano", "--heatmap"], 2, "unknown class"),
+        (["--method", "gradcam++"], 2, "--method only shape the heatmap: add --heatmap"),
     ]:
         result = run_tiles(str(rgb_scene), "--out", out, *args)
         assert result.exit_code == code, (args, result.output)
         assert result.stderr.count("\n") == 1 and words in result.stderr, (args, result.stderr)
+    for args, words in [
+        (["--out", str(tmp_path / "m.png")], "name them .tif or .tiff, not .png"),
+        (["--out", out, "--out-dir", str(tmp_path)], "give --out (one scene) or --out-dir"),
+        ([], "give --out (one scene) or --out-dir"),
+        (["--out", str(tmp_path / "scene.json")], "name them .tif"),
+    ]:
+        result = run_tiles(str(rgb_scene), *args)
+        assert result.exit_code == 2 and words in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1
     result = run_tiles(str(rgb_scene), "--out", str(rgb_scene))
-    assert result.exit_code == 2 and "overwrite the scene" in result.stderr
+    assert result.exit_code == 2 and "overwrite a scene" in result.stderr
     not_raster = tmp_path / "notes.tif"
     not_raster.write_text("hello")
     result = run_tiles(str(not_raster), "--out", out)
@@ -275,3 +326,27 @@ cli(['tiles', {str(tmp_path / "x.tif")!r}, '--out', {str(tmp_path / "y.tif")!r}]
         "error: reading and writing rasters needs rasterio; "
         "install it with: pip install 'scenecam-edge[geo]'"
     )
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "stride"),
+    [(450, 600, 150, 150), (200, 320, 150, 150), (97, 1000, 150, 75), (151, 151, 150, 149),
+     (1, 1, 32, 32), (640, 480, 64, 7)],
+)  # fmt: skip
+def test_grid_covers_every_pixel_and_cells_partition_the_scene(height, width, tile, stride):
+    from scenecam_edge.tiles import TileGrid
+
+    grid = TileGrid(height, width, tile, stride)
+    in_tiles = np.zeros((height, width), np.int64)
+    in_cells = np.zeros((height, width), np.int64)
+    for r in range(grid.rows):
+        top, bottom = grid.row_span(r)
+        y0, y1 = grid.cell_rows(r)
+        assert top <= y0 < y1 <= bottom  # a cell lies inside its tile's rows
+        for c in range(grid.cols):
+            in_tiles[top:bottom, c * stride : c * stride + tile] += 1
+            x0, x1 = grid.cell_cols(c)
+            assert c * stride <= x0 < x1 <= c * stride + tile
+            in_cells[y0:y1, x0:x1] += 1
+    assert (in_tiles >= 1).all() and (in_cells == 1).all()
+    assert grid.padded_width >= width and grid.padded_width - width < stride

@@ -14,6 +14,7 @@ Run folder layout (``--out``)::
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import shutil
@@ -28,11 +29,12 @@ import numpy as np
 import tensorflow as tf
 
 from scenecam_edge import SceneCam
-from scenecam_edge.dataset import LabelledImages, load_dataset, stratified_split
+from scenecam_edge.dataset import LabelledImages, stratified_split
 from scenecam_edge.evaluation import evaluate
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
 from scenecam_edge.metrics import figures_markdown
 from scenecam_edge.training.architectures import build, recipe
+from scenecam_edge.training.chips import load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     keras.utils.set_random_seed(cfg.seed)
     size = (cfg.img_size or 150, cfg.img_size or 150)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "scenecam-edge"
-    data = load_dataset(cfg.data, size, channels, cache_dir=cache)
+    data = load_training_data(cfg.data, size, channels, cache_dir=cache)
     for path, reason in data.skipped:
         log.warning("skipped %s: %s", path, reason)
     train_idx, val_idx = stratified_split(data.labels, cfg.val_split, cfg.seed)
@@ -215,6 +217,9 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     write_json_atomic(out / "evaluation.json", evaluation)
     write_bytes_atomic(out / "evaluation.md", figures_markdown(evaluation).encode())
     set_manifest_fields(bundle, evaluation=_summary(evaluation, "validation split"))
+    if data.band_stretch is not None:  # tiles applies it: serving sees what training saw
+        inp = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["input"]
+        set_manifest_fields(bundle, input={**inp, "band_stretch": data.band_stretch})
     if backup.exists():
         shutil.rmtree(backup)
     log.info("validation accuracy %.4f; bundle %s", evaluation["accuracy"], bundle)

@@ -1,17 +1,20 @@
-"""``scenecam-edge tiles``: classify a large raster tile by tile into a georeferenced map."""
+"""``scenecam-edge tiles``: classify large rasters tile by tile into GIS-ready maps."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import ImageError, SceneCamError
+from ..errors import SceneCamError
 from ..model import DEFAULT_BATCH, SceneCam
+
+if TYPE_CHECKING:
+    from ..tiles import OutputSet, StretchChoice
+
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_MODEL,
@@ -23,12 +26,18 @@ from .common import (
 
 
 @click.command()
-@click.argument("scene", type=click.Path(dir_okay=False))
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
 @click.option(
     "--out",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Class map (GeoTIFF): band 1 the class index, then one probability band per class.",
+    default=None,
+    help="One scene's class map (NAME.tif; NAME.probs.tif, NAME.cam.tif, NAME.json beside it).",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for every scene's outputs, named after the scene; finished scenes are skipped.",
 )
 @click.option(
     "--tile",
@@ -45,71 +54,101 @@ from .common import (
 @click.option(
     "--bands",
     default=None,
-    metavar="B,G,R",
-    help="Bands to use, 1-based, in the model's channel order, e.g. 4,3,2 (default: 1,2,3).",
+    metavar="N,N,...",
+    help="Bands to use, 1-based, in the order the model was trained on, e.g. 4,3,2 or "
+    "4,3,2,8 (default: the first bands, as many as the model takes).",
 )
 @click.option(
     "--stretch",
-    default="2,98",
+    default="model",
     show_default=True,
-    metavar="LOW,HIGH|none",
-    help="Percentiles that map non-8-bit data to 0-255 ('none': clip instead).",
+    metavar="model|LOW,HIGH|none",
+    help="How band values become 0-255: the model's recorded range (else 8-bit as is and "
+    "per-scene 2-98 percentiles), per-scene percentiles LOW,HIGH, or 'none' (clip).",
 )
 @click.option(
-    "--heatmap-out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write a full-resolution Grad-CAM mosaic (float32 GeoTIFF, raw CAM values).",
+    "--min-valid",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Tiles with a smaller share of valid pixels are nodata in every output.",
 )
-@cam_options(alpha=False)
 @click.option(
-    "--probabilities/--no-probabilities",
+    "--probabilities",
+    type=click.Choice(["float32", "uint8", "none"]),
+    default="float32",
+    show_default=True,
+    help="NAME.probs.tif: one band per class and the valid fraction; uint8 is scaled by 1/254.",
+)
+@click.option(
+    "--cog/--no-cog",
     default=True,
     show_default=True,
-    help="Write the probability bands (float32 file) or the class index alone (uint8).",
+    help="Cloud-optimised GeoTIFFs (tiled, compressed, overviews) or plain ones.",
 )
+@click.option(
+    "--heatmap", is_flag=True, help="Also write NAME.cam.tif, the CAM mosaic at full resolution."
+)
+@cam_options(alpha=False)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @model_options
 def tiles(
-    scene: str,
-    out: Path,
+    scenes: tuple[str, ...],
+    out: Path | None,
+    out_dir: Path | None,
     tile: int | None,
     stride: int | None,
     bands: str | None,
     stretch: str,
-    heatmap_out: Path | None,
+    min_valid: float,
+    probabilities: str,
+    cog: bool,
+    heatmap: bool,
     target: str | None,
     target_space: str,
     method: str,
-    probabilities: bool,
     batch_size: int,
     model: str | None,
     threads: int | None,
 ) -> None:
-    """Classify SCENE (a GeoTIFF or any raster GDAL reads) tile by tile.
+    """Classify SCENE... (GeoTIFFs, folders of them, globs, or .txt lists) tile by tile.
 
-    Writes --out on the tile grid, with the scene's CRS and its transform scaled to the
-    grid; memory stays bounded by a row of tiles. Tiles that would cross the right or
-    bottom edge are left out. Needs the geo extra: pip install 'scenecam-edge[geo]'.
+    Each scene gives a class map on the tile grid (uint8, colour table, class names,
+    nodata 255), probabilities, optionally a CAM mosaic, and a JSON summary (class areas
+    in the scene's units, valid fraction, timing). Nodata, NaN and masked pixels are read
+    from the scene; edge tiles are padded, so the whole scene is covered. Memory stays
+    bounded by a row of tiles. Needs the geo extra: pip install 'scenecam-edge[geo]'.
 
-    Exit codes: 0 done; 1 the scene cannot be read; 2 usage error; 3 the model could not be
-    loaded, or rasterio is missing.
+    Exit codes: 0 done; 1 a scene could not be read or written (the others are done);
+    2 usage error; 3 the model could not be loaded, or rasterio is missing.
     """
-    from ..tiles import SceneTiler, parse_bands, require_rasterio
+    from ..tiles import (
+        OutputSet,
+        TileOptions,
+        expand_scenes,
+        outputs_in,
+        parse_bands,
+        require_rasterio,
+        run_scene,
+    )
 
     try:
         require_rasterio()
     except SceneCamError as exc:
         fail(exc, EXIT_MODEL)
-    scene_real = os.path.realpath(scene)
-    outputs = [out] + ([heatmap_out] if heatmap_out is not None else [])
-    if any(os.path.realpath(o) == scene_real for o in outputs):
-        fail(f"{scene}: an output would overwrite the scene", EXIT_USAGE)
-    if heatmap_out is not None and os.path.realpath(heatmap_out) == os.path.realpath(out):
-        fail("--out and --heatmap-out name the same file", EXIT_USAGE)
+    if (out is None) == (out_dir is None):
+        fail("give --out (one scene) or --out-dir (any number of scenes)", EXIT_USAGE)
     try:
+        paths = expand_scenes(scenes)
+        if out_dir is not None:
+            sets = outputs_in(out_dir, paths)
+        elif len(paths) == 1 and out is not None:
+            sets = [OutputSet.beside(out)]
+        else:
+            raise ValueError(f"--out takes one scene, not {len(paths)}: use --out-dir")
+        _check_not_inputs(paths, sets)
         band_list = parse_bands(bands)
-        percentiles = _parse_percentiles(stretch)
+        choice = _parse_stretch(stretch)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
@@ -117,73 +156,116 @@ def tiles(
         scenecam = SceneCam.load(model, threads=threads, spin=False)
     except SceneCamError as exc:
         fail(exc)
+    channels = scenecam.manifest.input.channels
+    if band_list is not None and len(band_list) not in ({1, 3} if channels == 3 else {channels}):
+        fail(f"--bands: the model takes {channels} bands, not {len(band_list)}", EXIT_USAGE)
+    ctx = click.get_current_context()
+    cam_flags = [f"--{n.replace('_', '-')}" for n in ("target", "method", "target_space")
+                 if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]  # fmt: skip
+    if cam_flags and not heatmap:
+        fail(f"{', '.join(cam_flags)} only shape the heatmap: add --heatmap", EXIT_USAGE)
+    size = tile if tile is not None else scenecam.input_size[0]
+    if stride is not None and stride > size:
+        fail(f"--stride {stride} is larger than the tile ({size} px)", EXIT_USAGE)
     try:
-        options = scenecam.explain_options(target, method, target_space)  # type: ignore[arg-type]
+        explain = scenecam.explain_options(target, method, target_space)  # type: ignore[arg-type]
     except ValueError as exc:
         fail(f"--target: {exc}", EXIT_USAGE)
-    explaining = heatmap_out is not None or target is not None
-    try:
-        tiler = SceneTiler(
-            scenecam, scene, tile=tile, stride=stride, bands=band_list, percentiles=percentiles
-        )
-    except ImageError as exc:
-        fail(exc, EXIT_FAILED_INPUTS)
-    except ValueError as exc:
-        fail(f"{scene}: {exc}", EXIT_USAGE)
+    options = TileOptions(
+        tile=tile,
+        stride=stride,
+        bands=band_list,
+        stretch=choice,
+        min_valid=min_valid,
+        probabilities=probabilities,  # type: ignore[arg-type]
+        cog=cog,
+        batch_size=batch_size,
+        explain=explain if heatmap else None,
+        heatmap=heatmap,
+    )
     from tqdm import tqdm
 
-    grid = tiler.grid
-    counts: Counter[int] = Counter()
+    tty = sys.stderr.isatty()
+    failed = skipped = 0
     start = time.perf_counter()
-    with (
-        tiler,
-        tqdm(
-            total=grid.count,
-            desc="tiles",
-            unit="tile",
-            file=sys.stderr,
-            disable=not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        ) as bar,
-    ):
-        try:
-            for row in tiler.write(
-                out,
-                heatmap_out=heatmap_out,
-                batch_size=batch_size,
-                explain=options if explaining else None,
-                probabilities=probabilities,
-            ):
-                counts.update(int(i) for i in row.indices)
-                bar.update(len(row.indices))
-        except ImageError as exc:  # the scene cannot be read part-way through
-            fail(exc, EXIT_FAILED_INPUTS)
-        except OSError as exc:  # an output cannot be written
-            fail(f"{exc.filename or out}: {exc.strerror or exc}", EXIT_USAGE)
-    seconds = time.perf_counter() - start
-    names = scenecam.class_names
+    with tqdm(
+        total=len(paths),
+        desc="scenes",
+        unit="scene",
+        file=sys.stderr,
+        disable=not tty or len(paths) < 2,
+    ) as scene_bar:
+        for path, outputs in zip(paths, sets, strict=True):
+            with tqdm(
+                desc=path.name, unit="tile", file=sys.stderr, disable=not tty, leave=False
+            ) as bar:
+                outcome = run_scene(
+                    scenecam, path, outputs, options, resume=out is None, progress=bar.update
+                )
+            scene_bar.update(1)
+            if outcome.error is not None:
+                failed += 1
+                click.echo(f"error: {path}: {outcome.error}", err=True)
+            elif outcome.skipped:
+                skipped += 1
+                click.echo(f"{path}: finished before ({outputs.summary}), skipped", err=True)
+            elif outcome.summary is not None:
+                click.echo(_describe(outcome.summary), err=True)
+    if len(paths) > 1:
+        done = len(paths) - failed - skipped
+        click.echo(
+            f"summary: {len(paths)} scenes, {done} done, {skipped} skipped, {failed} failed "
+            f"in {time.perf_counter() - start:.1f} s",
+            err=True,
+        )
+    if failed:
+        sys.exit(EXIT_FAILED_INPUTS)
+
+
+def _describe(summary: dict[str, Any]) -> str:
+    grid, counts = summary["grid"], summary["tiles"]
+    areas = summary["class_areas"]
+    total = sum(areas.values()) or 1.0
     shares = ", ".join(
-        f"{names[i]} {n / grid.count:.0%}" for i, n in sorted(counts.items(), key=lambda x: -x[1])
+        f"{n} {a / total:.0%}" for n, a in sorted(areas.items(), key=lambda x: -x[1]) if a > 0
     )
-    click.echo(
-        f"summary: {grid.count} tiles ({grid.cols} x {grid.rows}, {grid.tile} px every "
-        f"{grid.stride}) in {seconds:.1f} s ({grid.count / seconds:.1f} tiles/s) -> {out}",
-        err=True,
+    stretch = summary["stretch"]
+    scaling = (
+        ""
+        if stretch is None
+        else f"; stretch ({stretch['source']}) [{','.join(f'{v:g}' for v in stretch['low'])}]"
+        f" .. [{','.join(f'{v:g}' for v in stretch['high'])}] to 0..255"
     )
-    click.echo(f"classes: {shares}", err=True)
-    if tiler.stretch is not None:
-        low = ",".join(f"{v:g}" for v in tiler.stretch.low)
-        high = ",".join(f"{v:g}" for v in tiler.stretch.high)
-        click.echo(f"stretch: bands {tiler.bands} from [{low}] .. [{high}] to 0..255", err=True)
+    return (
+        f"{summary['scene']}: {counts['total']} tiles ({grid['cols']} x {grid['rows']}, "
+        f"{grid['tile']} px every {grid['stride']}), {counts['classified']} classified, "
+        f"{counts['nodata']} nodata, valid {summary['valid_fraction']:.0%}, "
+        f"in {summary['seconds']:.1f} s ({summary['tiles_per_second']:.1f} tiles/s) -> "
+        f"{summary['outputs']['classes']}\n"
+        f"  classes by area: {shares or 'none'}{scaling}"
+    )
 
 
-def _parse_percentiles(text: str) -> tuple[float, float] | None:
-    if text.strip().lower() == "none":
+def _check_not_inputs(paths: list[Path], sets: list[OutputSet]) -> None:
+    inputs = {p.resolve() for p in paths}
+    for outputs in sets:
+        for target in (*outputs.rasters(), outputs.summary):
+            if target.resolve() in inputs:
+                raise ValueError(f"{target}: an output would overwrite a scene")
+
+
+def _parse_stretch(text: str) -> StretchChoice:
+    word = text.strip().lower()
+    if word == "none":
         return None
+    if word == "model":
+        return "model"
     try:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--stretch takes LOW,HIGH percentiles or 'none', not {text!r}") from None
+        raise ValueError(
+            f"--stretch takes 'model', LOW,HIGH percentiles or 'none', not {text!r}"
+        ) from None
     if not 0 <= low < high <= 100:
         raise ValueError(f"--stretch percentiles must satisfy 0 <= LOW < HIGH <= 100, not {text}")
     return low, high

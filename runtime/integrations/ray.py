@@ -13,20 +13,27 @@
 >>> results.write_parquet("results/")
 
 or :func:`classify_dataset`, which makes that call. Each output row has ``label`` (str),
-``index`` (int64), ``confidence`` (float32), ``probabilities`` (float32, one per class in
-``class_names`` order), ``error`` (empty when the image was fine), the columns named in
+``index`` (int64), ``confidence`` (float32), one ``p_<class>`` column (float32) per class,
+``error`` (empty when the image was fine), the columns named in
 ``keep`` (``path`` by default) and, with ``explain``, ``cam``: the raw CAM (float32, the
 features' resolution) of the explained class. The numbers equal ``scenecam-edge batch`` on
 the same pixels (Ray decodes the files itself; photos with an EXIF rotation are not turned
 upright there, unlike ``load_image``).
 
-This module does not import Ray: the predictor is a plain class that Ray instantiates on
-each worker (``pip install 'scenecam-edge[ray]'`` brings Ray Data and pyarrow).
+Scenes (GeoTIFFs) go through :func:`classify_scenes`: one Ray task per scene, each writing
+the same output set as ``scenecam-edge tiles --out-dir`` (the same function writes them).
+
+This module imports Ray only inside :func:`classify_scenes`: the predictor is a plain class
+that Ray instantiates on each worker (``pip install 'scenecam-edge[ray]'`` brings Ray Data
+and pyarrow).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +41,7 @@ import numpy as np
 from ..errors import ImageError
 from ..model import DEFAULT_BATCH, SceneCam
 from ..results import Explanation
+from ..tiles import OutputSet, SceneOutcome, TileOptions, expand_scenes, outputs_in, run_scene
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -95,7 +103,7 @@ class SceneCamPredictor:
         labels = np.full(count, "", dtype=object)
         indices = np.full(count, -1, dtype=np.int64)
         confidence = np.full(count, np.nan, dtype=np.float32)
-        probabilities = np.full((count, n_classes), np.nan, dtype=np.float32)
+        probabilities = np.full((n_classes, count), np.nan, dtype=np.float32)
         errors = np.full(count, "", dtype=object)
         cams = (
             np.full((count, *self.model.manifest.features_shape[:2]), np.nan, dtype=np.float32)
@@ -109,15 +117,17 @@ class SceneCamPredictor:
             labels[i] = result.label
             indices[i] = result.index
             confidence[i] = result.confidence
-            probabilities[i] = [result.probabilities[n] for n in self.class_names]
+            probabilities[:, i] = [result.probabilities[n] for n in self.class_names]
             if cams is not None and isinstance(result, Explanation):
                 cams[i] = result.cam
         out.update(
             label=labels.astype(str),
             index=indices,
             confidence=confidence,
-            probabilities=probabilities,
             error=errors.astype(str),
+        )
+        out.update(
+            {f"p_{name}": p for name, p in zip(self.class_names, probabilities, strict=True)}
         )
         if cams is not None:
             out["cam"] = cams
@@ -145,6 +155,8 @@ def classify_dataset(
     every CPU held by actors, reading waits forever): on a 2-CPU machine, for example,
     ``concurrency=2, num_cpus=0.5`` or ``concurrency=1``.
     """
+    from ray.data import ActorPoolStrategy
+
     return dataset.map_batches(
         SceneCamPredictor,
         fn_constructor_kwargs={
@@ -157,8 +169,54 @@ def classify_dataset(
             "image_column": image_column,
             "keep": tuple(keep),
         },
-        concurrency=concurrency,
+        compute=ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus,
         batch_size=batch_size,
         batch_format="numpy",
     )
+
+
+def classify_scenes(
+    scenes: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    options: TileOptions = TileOptions(),  # noqa: B008 (frozen)
+    num_cpus: float = 1.0,
+    threads: int | None = 1,
+    resume: bool = True,
+) -> list[SceneOutcome]:
+    """Classify scenes on the current Ray cluster (call ``ray.init`` first), one task per
+    scene, each reserving ``num_cpus``; outputs in ``out_dir`` as ``tiles --out-dir``
+    writes them (a finished scene is skipped, a failed one reported in its outcome).
+
+    Scenes are files, folders, globs or list files, as on the command line; every worker
+    must see the same paths (a shared file system). Returns one outcome per scene, in order.
+    """
+    import ray
+
+    paths = expand_scenes(os.fspath(s) for s in scenes)
+    sets = outputs_in(Path(out_dir), paths)
+    task = ray.remote(num_cpus=num_cpus)(_scene_task)
+    refs = [
+        task.remote(model, threads, path, outputs, options, resume)
+        for path, outputs in zip(paths, sets, strict=True)
+    ]
+    return list(ray.get(refs))
+
+
+def _scene_task(
+    model: str | None,
+    threads: int | None,
+    scene: Path,
+    outputs: OutputSet,
+    options: TileOptions,
+    resume: bool,
+) -> SceneOutcome:
+    return run_scene(_loaded(model, threads), scene, outputs, options, resume=resume)
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(model: str | None, threads: int | None) -> SceneCam:
+    """The model, loaded once per worker process (Ray reuses workers across tasks)."""
+    return SceneCam.load(model, threads=threads, spin=False)
