@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -17,7 +16,7 @@ from .bundle import (
     LOGITS,
     Manifest,
     check_external_data,
-    load_arrays,
+    load_head_arrays,
     read_manifest,
     verify_files,
 )
@@ -29,31 +28,20 @@ from .cam import (
     get_method,
     softmax,
 )
-from .errors import BundleError
+from .errors import BundleError, ImageError
+from .fileio import not_regular_reason
 from .head import Head
 from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image, resize_to
+from .options import ExplainOptions
 from .registry import resolve_model
 from .results import Classification, Explanation
 from .session import SessionConfig, create_session
+from .stream import DEFAULT_BATCH, classify_stream
 
 log = logging.getLogger(__name__)
 
-#: Images per onnxruntime call when a list is classified; bounds memory for long lists.
-DEFAULT_BATCH = 32
 #: How far the numpy head may stray from the graph's logits before a bundle is refused.
 SELF_CHECK_TOLERANCE = 1e-3
-
-
-@dataclass(frozen=True)
-class ExplainOptions:
-    """How to explain: a fixed target class (None: each image's prediction), the CAM
-    method, the target space and the overlay's blending weight."""
-
-    target: int | None
-    method: str
-    target_space: TargetSpace
-    alpha: float
-    max_channels: int = DEFAULT_MAX_CHANNELS  # Score-CAM: channels it masks the image with
 
 
 class SceneCam:
@@ -102,7 +90,7 @@ class SceneCam:
         manifest = read_manifest(bundle_dir)
         verify_files(bundle_dir, manifest)
         check_external_data(bundle_dir, manifest)
-        arrays = load_arrays(bundle_dir / manifest.head_file, bundle_dir)
+        arrays = load_head_arrays(bundle_dir, manifest)
         head = Head.from_manifest(
             manifest.head_layers, arrays, manifest.features_shape, str(bundle_dir)
         )
@@ -131,7 +119,11 @@ class SceneCam:
     # -- the pipeline ------------------------------------------------------------------------
 
     def load_image(self, image: ImageInput) -> np.ndarray:
-        """Decode one input to uint8 (H, W, C) at its own size, with this model's channels."""
+        """Decode one input to uint8 (H, W, C) at its own size, with this model's channels.
+
+        A path to a FIFO, a device or a socket is refused by type before it is opened."""
+        if isinstance(image, str | os.PathLike) and (reason := not_regular_reason(image)):
+            raise ImageError(describe(image), reason)
         return load_image(image, channels=self.manifest.input.channels, max_pixels=self.max_pixels)
 
     def to_input(self, image: np.ndarray) -> np.ndarray:
@@ -334,10 +326,8 @@ class SceneCam:
         :class:`~scenecam_edge.errors.ImageError` naming it and the reason: yielded, not
         raised, so one bad file does not end the batch. ``workers`` threads (default a few;
         0: none) decode ahead of inference, which runs ``batch_size`` images at a time. Safe
-        to call from many threads at once on one model. See :mod:`scenecam_edge.batch`.
+        to call from many threads at once on one model. See :mod:`scenecam_edge.stream`.
         """
-        from .batch import classify_stream
-
         options = explain if isinstance(explain, ExplainOptions) else None
         if explain is True:
             options = self.explain_options()
@@ -350,6 +340,11 @@ class SceneCam:
         if isinstance(target, str):
             if target in self.class_names:
                 return self.class_names.index(target)
+            folded = [
+                i for i, n in enumerate(self.class_names) if n.casefold() == target.casefold()
+            ]
+            if len(folded) == 1:  # "Sea" for "sea"; ambiguous only if names differ by case
+                return folded[0]
             if target.strip().lstrip("-").isdigit():
                 target = int(target)
             else:
@@ -392,7 +387,21 @@ class SceneCam:
                 where,
                 f"graph outputs must be exactly '{FEATURES}' and '{LOGITS}', got {sorted(outputs)}",
             )
-        features, logits = self.forward(_probe_batch(self.manifest))
+        spec = self.manifest.input
+        _check_declared(
+            where, "input 'image'", inputs["image"].shape, (spec.height, spec.width, spec.channels)
+        )
+        _check_declared(
+            where, f"output '{FEATURES}'", outputs[FEATURES].shape, self.manifest.features_shape
+        )
+        _check_declared(
+            where, f"output '{LOGITS}'", outputs[LOGITS].shape, (self.manifest.num_classes,)
+        )
+        try:
+            features, logits = self.forward(_probe_batch(self.manifest))
+        except Exception as exc:  # onnxruntime's own errors (InvalidArgument, Fail, ...)
+            reason = " ".join(str(exc).split())[:200]
+            raise BundleError(where, f"the graph fails on a probe input ({reason})") from None
         expected_f = self.manifest.features_shape
         if features.shape[1:] != expected_f:
             raise BundleError(
@@ -417,6 +426,23 @@ class SceneCam:
 
 
 _CLASSIFICATION_FIELDS = ("source", "index", "label", "probabilities", "top_k", "logits")
+
+
+def _check_declared(
+    where: Path, what: str, declared: Sequence[object], manifest: tuple[int, ...]
+) -> None:
+    """Compare the graph's declared shape (batch axis first; symbolic axes match anything)
+    with the manifest's, before anything of the manifest's size is allocated."""
+    if not declared:  # no shape information in the graph: the probe checks it
+        return
+    dims = list(declared)[1:]
+    if len(dims) != len(manifest) or any(
+        isinstance(d, int) and d != m for d, m in zip(dims, manifest, strict=True)
+    ):
+        raise BundleError(
+            where,
+            f"graph {what} has shape {list(declared)}, the manifest says {['N', *manifest]}",
+        )
 
 
 def _probe_batch(manifest: Manifest) -> np.ndarray:
