@@ -228,13 +228,14 @@ class ResultsFile:
 
     def _check_header(self, header: dict[str, Any]) -> str:
         """The header's base folder, once its identity matches this run's."""
-        theirs = {k: header.get(k) for k in self.identity}
-        if theirs != self.identity:
-            differ = [k for k in self.identity if theirs[k] != self.identity[k]]
+        ours = _flatten(self.identity)
+        theirs = _flatten({k: header.get(k) for k in self.identity})
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        if differ:
             raise ResultsMismatch(
                 self.path,
                 f"was written with {_describe(theirs, differ)}; this run has "
-                f"{_describe(self.identity, differ)}: use --restart to start it over, "
+                f"{_describe(ours, differ)}: use --restart to start it over, "
                 "or choose another --out",
             )
         base = header.get("base")
@@ -416,10 +417,20 @@ def _parse_json(raw: bytes, key: str = "path") -> dict[str, Any] | None:
     return record
 
 
-def _describe(identity: Mapping[str, Any], keys: list[str]) -> str:
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested options as dotted keys (``options.explain.method``), to name what differs."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _describe(flat: Mapping[str, Any], keys: list[str]) -> str:
     parts = []
-    for key in keys:
-        value = identity.get(key)
-        text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-        parts.append(f"{key}={text[:80]}")
-    return ", ".join(parts)
+    for key in keys[:4]:
+        value = flat.get(key)
+        text = value if isinstance(value, str) else json.dumps(value)
+        parts.append(f"{key.removeprefix('options.')}={text[:70]}")
+    return ", ".join(parts) + (", ..." if len(keys) > 4 else "")
