@@ -94,7 +94,7 @@ class BatchJob:
     ``restart`` empties the results file first; otherwise a file written with another
     model or other options is refused (:class:`~scenecam_edge.results_file.ResultsMismatch`),
     and one another process is writing gives
-    :class:`~scenecam_edge.results_file.ResultsBusy`. ``handle_signals`` (main thread only)
+    :class:`~scenecam_edge.filelock.ResultsBusy`. ``handle_signals`` (main thread only)
     turns SIGINT and SIGTERM into :class:`Interrupted` between batches.
     """
 

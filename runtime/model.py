@@ -35,13 +35,12 @@ from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image, resize
 from .options import ExplainOptions
 from .registry import resolve_model
 from .results import Classification, Explanation
+from .selfcheck import SELF_CHECK_TOLERANCE as SELF_CHECK_TOLERANCE
+from .selfcheck import check_graph
 from .session import SessionConfig, create_session
 from .stream import DEFAULT_BATCH, classify_stream
 
 log = logging.getLogger(__name__)
-
-#: How far the numpy head may stray from the graph's logits before a bundle is refused.
-SELF_CHECK_TOLERANCE = 1e-3
 
 
 class SceneCam:
@@ -66,7 +65,7 @@ class SceneCam:
         self.config = config
         self.max_pixels = max_pixels
         self._session = create_session(path / "model.onnx", config)
-        self._check_graph()
+        check_graph(path, self._session, manifest, head)
 
     @classmethod
     def load(
@@ -375,84 +374,8 @@ class SceneCam:
             logits=logits,
         )
 
-    def _check_graph(self) -> None:
-        """Refuse a bundle whose graph or head does not match its manifest."""
-        where = self.path
-        inputs = {i.name: i for i in self._session.get_inputs()}
-        outputs = {o.name: o for o in self._session.get_outputs()}
-        if list(inputs) != ["image"] or inputs["image"].type != "tensor(uint8)":
-            raise BundleError(where, f"graph input must be one uint8 'image', got {list(inputs)}")
-        if sorted(outputs) != sorted([FEATURES, LOGITS]):
-            raise BundleError(
-                where,
-                f"graph outputs must be exactly '{FEATURES}' and '{LOGITS}', got {sorted(outputs)}",
-            )
-        spec = self.manifest.input
-        _check_declared(
-            where, "input 'image'", inputs["image"].shape, (spec.height, spec.width, spec.channels)
-        )
-        _check_declared(
-            where, f"output '{FEATURES}'", outputs[FEATURES].shape, self.manifest.features_shape
-        )
-        _check_declared(
-            where, f"output '{LOGITS}'", outputs[LOGITS].shape, (self.manifest.num_classes,)
-        )
-        try:
-            features, logits = self.forward(_probe_batch(self.manifest))
-        except Exception as exc:  # onnxruntime's own errors (InvalidArgument, Fail, ...)
-            reason = " ".join(str(exc).split())[:200]
-            raise BundleError(where, f"the graph fails on a probe input ({reason})") from None
-        expected_f = self.manifest.features_shape
-        if features.shape[1:] != expected_f:
-            raise BundleError(
-                where, f"graph features have shape {features.shape[1:]}, manifest says {expected_f}"
-            )
-        if logits.shape[1:] != (self.manifest.num_classes,):
-            raise BundleError(
-                where,
-                f"graph logits have {logits.shape[1]} classes, manifest names "
-                f"{self.manifest.num_classes}",
-            )
-        ours = self.head.logits(features)
-        scale = max(1.0, float(np.abs(logits).max()))
-        err = float(np.abs(ours - logits).max()) / scale
-        if not np.isfinite(err) or err > SELF_CHECK_TOLERANCE:
-            raise BundleError(
-                where,
-                f"head gradient does not belong to this graph: the head gives logits "
-                f"{err:.2e} (relative) away from the graph's on the probe input",
-            )
-        log.debug("self-check of %s: head vs graph logits %.1e (relative)", where, err)
-
 
 _CLASSIFICATION_FIELDS = ("source", "index", "label", "probabilities", "top_k", "logits")
-
-
-def _check_declared(
-    where: Path, what: str, declared: Sequence[object], manifest: tuple[int, ...]
-) -> None:
-    """Compare the graph's declared shape (batch axis first; symbolic axes match anything)
-    with the manifest's, before anything of the manifest's size is allocated."""
-    if not declared:  # no shape information in the graph: the probe checks it
-        return
-    dims = list(declared)[1:]
-    if len(dims) != len(manifest) or any(
-        isinstance(d, int) and d != m for d, m in zip(dims, manifest, strict=True)
-    ):
-        raise BundleError(
-            where,
-            f"graph {what} has shape {list(declared)}, the manifest says {['N', *manifest]}",
-        )
-
-
-def _probe_batch(manifest: Manifest) -> np.ndarray:
-    """Deterministic probe images: seeded noise and a smooth ramp."""
-    h, w, c = manifest.input.height, manifest.input.width, manifest.input.channels
-    noise = np.random.default_rng(0).integers(0, 256, size=(h, w, c), dtype=np.uint8)
-    ramp = np.broadcast_to(
-        np.linspace(0, 255, w, dtype=np.float32)[None, :, None], (h, w, c)
-    ).astype(np.uint8)
-    return np.stack([noise, ramp])
 
 
 def _as_list(images: ImageInput | list[ImageInput]) -> tuple[list[ImageInput], bool]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Any, Literal, TypeAlias
 
 from .errors import SceneCamError
 from .fileio import refuse_symlink, write_bytes_atomic
+from .filelock import exclusive_lock
 
 #: Results file formats.
 OutputFormat: TypeAlias = Literal["jsonl", "csv"]
@@ -40,10 +40,6 @@ HEADER_KEY = "scenecam_edge_results"
 CSV_HEADER_PREFIX = b"# scenecam-edge results "
 #: Longest header line read (a manifest's identity is a few hundred bytes).
 MAX_HEADER_BYTES = 1 << 20
-
-
-class ResultsBusy(SceneCamError):
-    """Another process is writing this results file."""
 
 
 class ResultsMismatch(SceneCamError):
@@ -117,46 +113,14 @@ class ResultsFile:
         result: dict[str, Any] = json.loads(json.dumps(dict(identity)))
         return result
 
-    # -- the lock ------------------------------------------------------------------------
-
     @property
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the exclusive lock for the block; :class:`ResultsBusy` when another process
-        holds it. The lock file is removed on the way out."""
-        refuse_symlink(self.lock_path)
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(self.lock_path, flags, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-                os.close(fd)
-                raise ResultsBusy(
-                    self.path,
-                    f"is being written by another batch run (pid {holder}, lock {self.lock_path.name}); "
-                    "wait for it to finish or choose another --out",
-                ) from None
-            try:
-                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder removed it as we opened it: take the new one
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                self.lock_path.unlink()
-            os.close(fd)
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the exclusive lock on ``<out>.lock`` for the block; :class:`ResultsBusy`
+        when another process holds it."""
+        return exclusive_lock(self.lock_path, self.path)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -14,9 +14,10 @@ import click
 
 from ..batch import BatchJob, Interrupted, JobCounts
 from ..errors import SceneCamError
+from ..filelock import ResultsBusy
 from ..heatmaps import HEATMAP_FORMATS, HeatmapFormat
 from ..model import DEFAULT_BATCH, SceneCam
-from ..results_file import OutputFormat, ResultsBusy, ResultsFile, format_for
+from ..results_file import OutputFormat, ResultsFile, format_for
 from ..sources import iter_sources
 from .common import (
     EXIT_BUSY,
