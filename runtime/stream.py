@@ -157,6 +157,7 @@ class _Window:
         self.resize = resize
         self.depth = depth
         self.max_bytes = max_bytes
+        self.workers = max(1, workers)
         self.pool = (
             ThreadPoolExecutor(workers, thread_name_prefix="scenecam-decode") if workers else None
         )
@@ -168,9 +169,12 @@ class _Window:
         """Bytes the window holds: decoded images, and the largest size for each one still
         being decoded; plus ``taken``, what the consumer already holds."""
         total = taken
+        # Until one image is decoded its size is unknown: the first ones in flight share
+        # the window among the decoding threads.
+        unknown = self.largest or self.max_bytes // self.workers
         for _, job in self.pending:
             if isinstance(job, Future) and not job.done():
-                total += self.largest
+                total += unknown
             else:
                 total += _nbytes(job.result() if isinstance(job, Future) else job)
         return total

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecam_edge import ImageError, SceneCam
-from scenecam_edge.batch import ResultsFile, classify_stream
+from scenecam_edge.batch import ResultsFile, classify_batches, classify_stream
 from scenecam_edge.cli import cli
 from scenecam_edge.results import Classification
 
@@ -406,6 +406,36 @@ def test_stream_pulls_a_bounded_window(scenecam):
     stream.close()
     with pytest.raises(ValueError, match="batch_size"):
         scenecam.classify_batch([], batch_size=0)
+
+
+def test_stream_window_is_bounded_in_bytes(scenecam):
+    """Explaining keeps each image at its own size: 64 prefetched 12 MB pictures would hold
+    768 MB. The window is cut by bytes, and a batch comes out shorter rather than exceed it."""
+    pulled = 0
+    side = 2000  # 12 MB per RGB picture
+
+    def big() -> Iterator[np.ndarray]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield np.full((side, side, 3), pulled % 255, np.uint8)
+
+    window = 40 * 1024 * 1024
+    batches = classify_batches(
+        scenecam,
+        big(),
+        batch_size=32,
+        explain=scenecam.explain_options(),
+        workers=2,
+        window_bytes=window,
+    )
+    first = next(batches)
+    per_image = side * side * 3
+    assert 1 <= len(first) <= window // per_image + 1
+    assert pulled <= len(first) + window // per_image + 2 + 2  # + one per decoding thread
+    batches.close()
+    with pytest.raises(ValueError, match="window_bytes"):
+        classify_batches(scenecam, [], window_bytes=0)
 
 
 NASTY_NAMES = ["cr\rname.jpg", "lf\nname.jpg", 'quote"d, comma.jpg', 'crlf\r\n,"x".jpg']
