@@ -27,8 +27,11 @@ def safe_stem(source: str, max_length: int = 80) -> str:
 
 def is_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
     """Whether ``path`` (resolved) is ``folder`` (resolved) or lies below it."""
-    root = os.path.realpath(folder)
-    real = os.path.realpath(path)
+    try:
+        root = os.path.realpath(folder)
+        real = os.path.realpath(path)
+    except ValueError:  # a NUL byte: no such file, so not inside anything
+        return False
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 

@@ -60,7 +60,11 @@ def format_for(path: Path) -> OutputFormat | None:
 
 def result_key(path: str, base: str) -> str:
     """The identity of an input: its resolved path, relative ones taken from ``base``."""
-    return os.path.realpath(os.path.join(base, path))
+    joined = os.path.join(base, path)
+    try:
+        return os.path.realpath(joined)
+    except ValueError:  # a NUL byte (from a --from-list line, say): no file has that name
+        return os.path.normpath(joined)
 
 
 @dataclass
@@ -202,8 +206,10 @@ class ResultsFile:
                 f"{_describe(ours, differ)}: use --restart to start it over, "
                 "or choose another --out",
             )
-        base = header.get("base")
-        return base if isinstance(base, str) else self.base
+        base = header.get("base", self.base)
+        if not isinstance(base, str) or not os.path.isabs(base):
+            raise ResultsMismatch(self.path, "has a damaged results header; not appending to it")
+        return base
 
     def _looks_torn(self, entry: _Entry) -> bool:
         """Whether an unfinished last chunk is the start of a line this class writes."""
