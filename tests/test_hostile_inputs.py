@@ -524,3 +524,14 @@ def test_batch_max_pixels(tmp_path: Path):
     assert all("over the limit of 1000" in r["error"] for r in _records(out))
     header = json.loads(out.read_text().splitlines()[0])
     assert header["options"]["max_pixels"] == 1000
+
+
+def test_a_nul_byte_in_a_list_line_is_one_error(tmp_path: Path):
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"/tmp/a\0b.jpg\n")
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(
+        cli, ["batch", "--from-list", str(listing), "--out", str(out), *MINI]
+    )
+    assert result.exit_code == 1 and result.stderr.startswith("error: /tmp/a\\x00b.jpg: no such")
+    assert _records(out) == [{"path": "/tmp/a\0b.jpg", "error": "no such file"}]

@@ -121,7 +121,8 @@ def batch(
     however many there are. Rerunning with the same --out skips every input it already holds
     (failed ones too, unless --retry-failed), so a killed job picks up where it stopped. The
     file's first line records the model and the options; a rerun with others is refused
-    unless --restart. One run at a time may write a file (a lock beside it, --out.lock).
+    unless --restart. One run at a time may write a file (it holds a lock file beside it,
+    named like it with .lock added).
 
     Exit codes: 0 every input done; 1 some inputs failed (now or in an earlier run, see
     --retry-failed); 2 usage error, or --out is not a results file of this format, model and
