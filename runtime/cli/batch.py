@@ -33,8 +33,9 @@ from .common import (
     write_failed,
 )
 
-#: Exit status after an interrupt (128 + SIGINT), as shells report it; 143 after SIGTERM.
-EXIT_INTERRUPTED = 130
+#: Exit status after an interrupt: 128 + the signal, as shells report it (130 for Ctrl-C,
+#: 143 for SIGTERM).
+EXIT_SIGNAL_BASE = 128
 
 
 @click.command()
@@ -182,7 +183,7 @@ def batch(
         interrupted = signal.SIGINT
     _summary(job.counts, time.perf_counter() - start, out, interrupted is not None)
     if interrupted is not None:
-        sys.exit(128 + interrupted)
+        sys.exit(EXIT_SIGNAL_BASE + interrupted)
     if job.counts.failed or job.counts.skipped_failed:
         sys.exit(EXIT_FAILED_INPUTS)
 
