@@ -2,15 +2,21 @@
 
 A bundle is a folder with ``model.onnx`` (input ``image``, outputs ``features`` and ``logits``),
 ``head.npz`` (the classifier head's weights) and ``manifest.json``. Nothing in a bundle is
-trusted before it is checked: the manifest's shape and types, each file's sha256, that files
-stay inside the folder, and that arrays load without pickle.
+trusted before it is checked, and everything is checked within limits before anything is
+allocated from it: the manifest's size, nesting depth, shapes and types; each file's type,
+size and sha256; that no file (the manifest included) is reached through a link that leaves
+the folder; and the head's arrays, read by name without pickle (:mod:`scenecam_edge.npz`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,16 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
+from .npz import read_named_arrays
 from .onnx_scan import MalformedModel, external_locations
+
+#: Limits on what a bundle may declare or hold.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+MAX_INPUT_SIDE = 4096
+MAX_CLASSES = 100_000
+MAX_HEAD_BYTES = 1 << 30
+MAX_MODEL_BYTES = 2 << 30  # protobuf's own limit
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -89,13 +104,15 @@ class Manifest:
         classes = m.get(root, "class_names", list)
         if not classes or not all(isinstance(c, str) and c for c in classes):
             raise BundleError(where, "manifest class_names must be a non-empty list of names")
+        if len(classes) > MAX_CLASSES:
+            raise BundleError(where, f"manifest lists more than {MAX_CLASSES} classes")
         if len(set(classes)) != len(classes):
             raise BundleError(where, "manifest class_names has duplicates")
 
         inp = m.mapping(m.get(root, "input", dict), "input")
         spec = InputSpec(
-            height=m.positive(inp, "height"),
-            width=m.positive(inp, "width"),
+            height=m.positive(inp, "height", MAX_INPUT_SIDE),
+            width=m.positive(inp, "width", MAX_INPUT_SIDE),
             channels=m.get(inp, "channels", int),
             name=m.get(inp, "name", str),
             dtype=m.get(inp, "dtype", str),
@@ -128,6 +145,9 @@ class Manifest:
                     raise BundleError(where, f"head.layers[{i}] ({kind}) lacks '{key}'")
                 if not isinstance(layer[key], expected) or isinstance(layer[key], bool):
                     raise BundleError(where, f"head.layers[{i}] ({kind}) has a malformed '{key}'")
+            if kind == "average_pooling":
+                for key in ("pool_size", "strides"):
+                    _window(layer[key], f"head.layers[{i}].{key}", feats[1:3], where)
             if kind == "dense" and layer["activation"] not in DENSE_ACTIVATIONS:
                 raise BundleError(
                     where, f"head.layers[{i}] has unsupported activation {layer['activation']!r}"
@@ -165,14 +185,71 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     where = str(bundle_dir)
     if not bundle_dir.is_dir():
         raise BundleError(where, "not a bundle folder (no such directory)")
-    path = bundle_dir / MANIFEST
-    if not path.is_file():
+    if not os.path.lexists(bundle_dir / MANIFEST):
         raise BundleError(where, f"no {MANIFEST} in the bundle folder")
+    raw = read_bundle_file(bundle_dir, MANIFEST, MAX_MANIFEST_BYTES)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(where, f"{MANIFEST} is not valid JSON ({exc})") from None
+        text = raw.decode("utf-8")
+        depth = json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise BundleError(
+                where, f"{MANIFEST} nests {depth} levels deep, over the limit of {MAX_JSON_DEPTH}"
+            )
+        data = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc)[:200] if not isinstance(exc, RecursionError) else "nested too deep"
+        raise BundleError(where, f"{MANIFEST} is not valid JSON ({reason})") from None
     return Manifest.from_dict(data, where)
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deeply a JSON text nests arrays and objects, counted without parsing it (the
+    parser recurses, and a 100,000-deep document would exhaust its stack)."""
+    depth = deepest = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if match.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def open_bundle_file(bundle_dir: Path, fname: str, max_bytes: int) -> io.FileIO:
+    """Open ``bundle_dir/fname`` for reading, refusing a link that leads out of the folder,
+    anything but a regular file (a FIFO would block) and files over ``max_bytes``."""
+    root = os.path.realpath(bundle_dir)
+    path = os.path.join(bundle_dir, fname)
+    real = os.path.realpath(path)
+    if not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise BundleError(bundle_dir, f"{fname} is a link that leads outside the bundle folder")
+    if not os.path.lexists(path):
+        raise BundleError(bundle_dir, f"{fname} is missing")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BundleError(bundle_dir, f"{fname} cannot be opened ({exc.strerror})") from None
+    fh = io.FileIO(fd, "rb")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        fh.close()
+        raise BundleError(bundle_dir, f"{fname} is not a regular file")
+    if info.st_size > max_bytes:
+        fh.close()
+        raise BundleError(
+            bundle_dir, f"{fname} is {info.st_size} bytes, over the limit of {max_bytes}"
+        )
+    return fh
+
+
+def read_bundle_file(bundle_dir: Path, fname: str, max_bytes: int) -> bytes:
+    """The bytes of a bundle file, opened as :func:`open_bundle_file` does."""
+    with open_bundle_file(bundle_dir, fname, max_bytes) as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BundleError(bundle_dir, f"{fname} grew over the limit of {max_bytes} bytes")
+    return data
 
 
 def sha256_file(path: Path) -> str:
@@ -185,14 +262,13 @@ def sha256_file(path: Path) -> str:
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     """Check that every listed file exists inside the bundle and matches its sha256."""
-    root = bundle_dir.resolve()
     for fname, expected in manifest.files.items():
-        path = (bundle_dir / fname).resolve()
-        if not path.is_relative_to(root):
-            raise BundleError(bundle_dir, f"{fname} points outside the bundle folder")
-        if not path.is_file():
-            raise BundleError(bundle_dir, f"{fname} is missing")
-        actual = sha256_file(path)
+        limit = MAX_HEAD_BYTES if fname == manifest.head_file else MAX_MODEL_BYTES
+        digest = hashlib.sha256()
+        with open_bundle_file(bundle_dir, fname, limit) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        actual = digest.hexdigest()
         if actual != expected:
             raise BundleError(
                 bundle_dir, f"{fname} does not match its sha256 in the manifest (file changed?)"
@@ -204,7 +280,7 @@ def check_external_data(bundle_dir: Path, manifest: Manifest) -> None:
     manifest does not checksum. Exports never write external data; this guards bundles that
     come from elsewhere."""
     try:
-        locations = external_locations((bundle_dir / "model.onnx").read_bytes())
+        locations = external_locations(read_bundle_file(bundle_dir, "model.onnx", MAX_MODEL_BYTES))
     except MalformedModel as exc:
         raise BundleError(bundle_dir, f"model.onnx is not a valid ONNX file ({exc})") from None
     for location in locations:
@@ -224,15 +300,37 @@ def check_external_data(bundle_dir: Path, manifest: Manifest) -> None:
             )
 
 
-def load_arrays(path: Path, where: str | Path) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` without ever unpickling."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        raise BundleError(where, f"{path.name} cannot be read without pickle ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise BundleError(where, f"{path.name} is not a valid .npz ({exc})") from None
+def head_array_names(manifest: Manifest) -> set[str]:
+    """The arrays the manifest's head layers name (the only ones read)."""
+    return {
+        layer[key]
+        for layer in manifest.head_layers
+        for key, kind in HEAD_LAYER_TYPES[layer["type"]].items()
+        if kind is str and key != "activation"
+    }
+
+
+def load_head_arrays(bundle_dir: Path, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The head's arrays, by name, within limits and without pickle."""
+    with open_bundle_file(bundle_dir, manifest.head_file, MAX_HEAD_BYTES) as fh:
+        return read_named_arrays(
+            fh, head_array_names(manifest), str(bundle_dir), manifest.head_file
+        )
+
+
+def _window(value: object, what: str, features: list[int], where: str) -> None:
+    """A pooling size or stride: a positive int or pair, no larger than the features."""
+    pair = [value, value] if isinstance(value, int) else value
+    if not (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+    ):
+        raise BundleError(where, f"manifest {what} must be an int or a pair of ints")
+    if not all(1 <= v <= side for v, side in zip(pair, features, strict=True)):
+        raise BundleError(
+            where, f"manifest {what} {value} must be between 1 and the features' size {features}"
+        )
 
 
 def _check_inside(fname: str, where: str) -> None:
@@ -268,10 +366,12 @@ class _Checker:
             raise BundleError(self.where, f"manifest '{key}' must be an object or null")
         return value
 
-    def positive(self, obj: dict[str, Any], key: str) -> int:
+    def positive(self, obj: dict[str, Any], key: str, limit: int) -> int:
         value: int = self.get(obj, key, int)
-        if value < 1:
-            raise BundleError(self.where, f"manifest '{key}' must be positive, not {value}")
+        if not 1 <= value <= limit:
+            raise BundleError(
+                self.where, f"manifest '{key}' must be between 1 and {limit}, not {value}"
+            )
         return value
 
     def shape(self, obj: dict[str, Any], what: str, rank: int) -> list[int]:

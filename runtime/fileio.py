@@ -1,32 +1,92 @@
-"""Atomic writes: a temporary file in the same folder, then a rename. Readers never see a
-half-written file, and an interrupted write leaves the previous version (or nothing)."""
+"""Files the runtime writes and files it opens, treated as untrusted.
+
+Atomic writes: a temporary file in the same folder, then a rename. Readers never see a
+half-written file, and an interrupted write leaves the previous version (or nothing). A write
+never goes through a symbolic link at the output path (not even a dangling one), and a write
+that fails (disk full, read-only, file size limit) raises an ``OSError`` that names the final
+path, not the temporary one.
+
+Reads: only regular files are opened as inputs; a FIFO would block forever and a device could
+stream without end, so both are refused by type before anything opens them.
+"""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+from PIL import Image
+
+#: errno values that mean "nothing more can be written here": a job stops at the first one.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EROFS, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM}
+)
+
+_FILE_TYPES = (
+    (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file"),
+    (stat.S_ISCHR, "is a character device, not a regular file"),
+    (stat.S_ISBLK, "is a block device, not a regular file"),
+    (stat.S_ISSOCK, "is a socket, not a regular file"),
+)
+
+
+def not_regular_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` must not be opened as an input file (a FIFO, a device, a socket), or None.
+
+    Follows symbolic links (a link to a FIFO is a FIFO) and never opens the file. Missing
+    files, folders and unreadable ones are left to the reader, which names them itself.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    for check, reason in _FILE_TYPES:
+        if check(mode):
+            return reason
+    return None
+
+
+def refuse_symlink(path: str | os.PathLike[str]) -> None:
+    """Raise ``OSError(ELOOP)`` naming ``path`` when it is a symbolic link (dangling or not):
+    outputs are never written through one."""
+    if os.path.islink(path):
+        raise OSError(errno.ELOOP, "is a symbolic link; not writing through it", os.fspath(path))
+
+
+def _named(exc: OSError, target: Path) -> OSError:
+    """The same error, naming the final path (a temporary name means nothing to a user)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(target))
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    refuse_symlink(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _named(exc, target) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        refuse_symlink(target)  # a link put there meanwhile is not replaced either
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _named(exc, target) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -81,8 +141,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 
 def write_png_atomic(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     """Write an RGB (or single-channel) uint8 picture as PNG."""
-    picture = rgb if rgb.ndim == 2 or rgb.shape[2] == 1 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", picture)
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    return write_bytes_atomic(path, encoded.tobytes())
+    picture = rgb[:, :, 0] if rgb.ndim == 3 and rgb.shape[2] == 1 else rgb
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(picture)).save(buffer, "PNG", compress_level=1)
+    return write_bytes_atomic(path, buffer.getvalue())

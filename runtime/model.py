@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -17,7 +16,7 @@ from .bundle import (
     LOGITS,
     Manifest,
     check_external_data,
-    load_arrays,
+    load_head_arrays,
     read_manifest,
     verify_files,
 )
@@ -29,31 +28,19 @@ from .cam import (
     get_method,
     softmax,
 )
-from .errors import BundleError
+from .errors import BundleError, ImageError
+from .fileio import not_regular_reason
 from .head import Head
 from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image, resize_to
+from .options import ExplainOptions
 from .registry import resolve_model
 from .results import Classification, Explanation
+from .selfcheck import SELF_CHECK_TOLERANCE as SELF_CHECK_TOLERANCE
+from .selfcheck import check_graph
 from .session import SessionConfig, create_session
+from .stream import DEFAULT_BATCH, classify_stream
 
 log = logging.getLogger(__name__)
-
-#: Images per onnxruntime call when a list is classified; bounds memory for long lists.
-DEFAULT_BATCH = 32
-#: How far the numpy head may stray from the graph's logits before a bundle is refused.
-SELF_CHECK_TOLERANCE = 1e-3
-
-
-@dataclass(frozen=True)
-class ExplainOptions:
-    """How to explain: a fixed target class (None: each image's prediction), the CAM
-    method, the target space and the overlay's blending weight."""
-
-    target: int | None
-    method: str
-    target_space: TargetSpace
-    alpha: float
-    max_channels: int = DEFAULT_MAX_CHANNELS  # Score-CAM: channels it masks the image with
 
 
 class SceneCam:
@@ -78,7 +65,7 @@ class SceneCam:
         self.config = config
         self.max_pixels = max_pixels
         self._session = create_session(path / "model.onnx", config)
-        self._check_graph()
+        check_graph(path, self._session, manifest, head)
 
     @classmethod
     def load(
@@ -102,7 +89,7 @@ class SceneCam:
         manifest = read_manifest(bundle_dir)
         verify_files(bundle_dir, manifest)
         check_external_data(bundle_dir, manifest)
-        arrays = load_arrays(bundle_dir / manifest.head_file, bundle_dir)
+        arrays = load_head_arrays(bundle_dir, manifest)
         head = Head.from_manifest(
             manifest.head_layers, arrays, manifest.features_shape, str(bundle_dir)
         )
@@ -131,7 +118,11 @@ class SceneCam:
     # -- the pipeline ------------------------------------------------------------------------
 
     def load_image(self, image: ImageInput) -> np.ndarray:
-        """Decode one input to uint8 (H, W, C) at its own size, with this model's channels."""
+        """Decode one input to uint8 (H, W, C) at its own size, with this model's channels.
+
+        A path to a FIFO, a device or a socket is refused by type before it is opened."""
+        if isinstance(image, str | os.PathLike) and (reason := not_regular_reason(image)):
+            raise ImageError(describe(image), reason)
         return load_image(image, channels=self.manifest.input.channels, max_pixels=self.max_pixels)
 
     def to_input(self, image: np.ndarray) -> np.ndarray:
@@ -334,10 +325,8 @@ class SceneCam:
         :class:`~scenecam_edge.errors.ImageError` naming it and the reason: yielded, not
         raised, so one bad file does not end the batch. ``workers`` threads (default a few;
         0: none) decode ahead of inference, which runs ``batch_size`` images at a time. Safe
-        to call from many threads at once on one model. See :mod:`scenecam_edge.batch`.
+        to call from many threads at once on one model. See :mod:`scenecam_edge.stream`.
         """
-        from .batch import classify_stream
-
         options = explain if isinstance(explain, ExplainOptions) else None
         if explain is True:
             options = self.explain_options()
@@ -350,6 +339,11 @@ class SceneCam:
         if isinstance(target, str):
             if target in self.class_names:
                 return self.class_names.index(target)
+            folded = [
+                i for i, n in enumerate(self.class_names) if n.casefold() == target.casefold()
+            ]
+            if len(folded) == 1:  # "Sea" for "sea"; ambiguous only if names differ by case
+                return folded[0]
             if target.strip().lstrip("-").isdigit():
                 target = int(target)
             else:
@@ -380,53 +374,8 @@ class SceneCam:
             logits=logits,
         )
 
-    def _check_graph(self) -> None:
-        """Refuse a bundle whose graph or head does not match its manifest."""
-        where = self.path
-        inputs = {i.name: i for i in self._session.get_inputs()}
-        outputs = {o.name: o for o in self._session.get_outputs()}
-        if list(inputs) != ["image"] or inputs["image"].type != "tensor(uint8)":
-            raise BundleError(where, f"graph input must be one uint8 'image', got {list(inputs)}")
-        if sorted(outputs) != sorted([FEATURES, LOGITS]):
-            raise BundleError(
-                where,
-                f"graph outputs must be exactly '{FEATURES}' and '{LOGITS}', got {sorted(outputs)}",
-            )
-        features, logits = self.forward(_probe_batch(self.manifest))
-        expected_f = self.manifest.features_shape
-        if features.shape[1:] != expected_f:
-            raise BundleError(
-                where, f"graph features have shape {features.shape[1:]}, manifest says {expected_f}"
-            )
-        if logits.shape[1:] != (self.manifest.num_classes,):
-            raise BundleError(
-                where,
-                f"graph logits have {logits.shape[1]} classes, manifest names "
-                f"{self.manifest.num_classes}",
-            )
-        ours = self.head.logits(features)
-        scale = max(1.0, float(np.abs(logits).max()))
-        err = float(np.abs(ours - logits).max()) / scale
-        if not np.isfinite(err) or err > SELF_CHECK_TOLERANCE:
-            raise BundleError(
-                where,
-                f"head gradient does not belong to this graph: the head gives logits "
-                f"{err:.2e} (relative) away from the graph's on the probe input",
-            )
-        log.debug("self-check of %s: head vs graph logits %.1e (relative)", where, err)
-
 
 _CLASSIFICATION_FIELDS = ("source", "index", "label", "probabilities", "top_k", "logits")
-
-
-def _probe_batch(manifest: Manifest) -> np.ndarray:
-    """Deterministic probe images: seeded noise and a smooth ramp."""
-    h, w, c = manifest.input.height, manifest.input.width, manifest.input.channels
-    noise = np.random.default_rng(0).integers(0, 256, size=(h, w, c), dtype=np.uint8)
-    ramp = np.broadcast_to(
-        np.linspace(0, 255, w, dtype=np.float32)[None, :, None], (h, w, c)
-    ).astype(np.uint8)
-    return np.stack([noise, ramp])
 
 
 def _as_list(images: ImageInput | list[ImageInput]) -> tuple[list[ImageInput], bool]:

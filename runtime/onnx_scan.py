@@ -29,44 +29,50 @@ _TENSOR_EXTERNAL_DATA = 13
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
+#: How deeply subgraphs (If/Loop/Scan bodies) may nest; real models nest a few levels.
+MAX_DEPTH = 64
+
+
 class MalformedModel(ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 
 def external_locations(data: bytes) -> list[str]:
-    """Every external-data ``location`` named anywhere in a serialised ModelProto."""
+    """Every external-data ``location`` named anywhere in a serialised ModelProto.
+
+    The walk keeps its own stack (no recursion), and refuses a model whose graphs nest more
+    than :data:`MAX_DEPTH` deep, so a crafted file cannot exhaust Python's stack."""
     found: list[str] = []
+    stack: list[tuple[str, memoryview, int]] = []
     for number, value in _fields(memoryview(data)):
         if number == _MODEL_GRAPH:
-            _graph(value, found)
+            stack.append(("graph", value, 1))
         elif number == _MODEL_FUNCTIONS:
-            for n, node in _fields(value):
-                if n == _FUNCTION_NODE:
-                    _node(node, found)
+            stack.extend(("node", node, 1) for n, node in _fields(value) if n == _FUNCTION_NODE)
+    while stack:
+        kind, value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MalformedModel(f"graphs nest more than {MAX_DEPTH} levels deep")
+        if kind == "graph":
+            for number, v in _fields(value):
+                if number == _GRAPH_NODE:
+                    stack.append(("node", v, depth))
+                elif number == _GRAPH_INITIALIZER:
+                    _tensor(v, found)
+                elif number == _GRAPH_SPARSE_INITIALIZER:
+                    _sparse(v, found)
+        else:  # a node: its attributes' tensors and subgraphs
+            for number, attribute in _fields(value):
+                if number != _NODE_ATTRIBUTE:
+                    continue
+                for n, v in _fields(attribute):
+                    if n in (_ATTR_T, _ATTR_TENSORS):
+                        _tensor(v, found)
+                    elif n in (_ATTR_G, _ATTR_GRAPHS):
+                        stack.append(("graph", v, depth + 1))
+                    elif n in (_ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS):
+                        _sparse(v, found)
     return found
-
-
-def _graph(data: memoryview, found: list[str]) -> None:
-    for number, value in _fields(data):
-        if number == _GRAPH_NODE:
-            _node(value, found)
-        elif number == _GRAPH_INITIALIZER:
-            _tensor(value, found)
-        elif number == _GRAPH_SPARSE_INITIALIZER:
-            _sparse(value, found)
-
-
-def _node(data: memoryview, found: list[str]) -> None:
-    for number, value in _fields(data):
-        if number != _NODE_ATTRIBUTE:
-            continue
-        for n, v in _fields(value):
-            if n in (_ATTR_T, _ATTR_TENSORS):
-                _tensor(v, found)
-            elif n in (_ATTR_G, _ATTR_GRAPHS):
-                _graph(v, found)
-            elif n in (_ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS):
-                _sparse(v, found)
 
 
 def _sparse(data: memoryview, found: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from importlib import resources
 from pathlib import Path
@@ -33,8 +34,11 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     name = os.fspath(model)
     if name in shipped_models():
         return models_dir() / name
+    shipped = shipped_models()
+    close = difflib.get_close_matches(name, shipped, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
     raise BundleError(
         name,
-        "no such bundle folder, and no shipped model of that name "
-        f"(shipped: {', '.join(shipped_models()) or 'none'})",
+        f"no such bundle folder, and no shipped model of that name ({hint}"
+        f"shipped: {', '.join(shipped) or 'none'})",
     )

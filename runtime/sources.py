@@ -2,7 +2,9 @@
 
 An argument is a file, a folder (its images, recursively, sorted), or a glob pattern. What
 cannot be expanded (a missing path, a pattern that matches nothing) stays in the list as an
-error, so a command reports it in order and goes on with the rest.
+error, so a command reports it in order and goes on with the rest. Only regular files are
+inputs: a FIFO, device or socket named or matched is an error item (opening a FIFO would
+block forever), and a folder's scan skips them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .fileio import not_regular_reason
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -39,9 +43,13 @@ def iter_sources(arguments: Iterable[str | os.PathLike[str]]) -> Iterator[Source
             yield from (SourceItem(os.fsdecode(p)) for p in found)
         elif os.path.lexists(text) or not glob.has_magic(text):
             # An existing file (even a broken link) or a plain missing path: decoding reports it.
-            yield SourceItem(text)
+            yield _item(text)
         else:
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 yield SourceItem(text, "no files match this pattern")
-            yield from (SourceItem(m) for m in matches)
+            yield from (_item(m) for m in matches)
+
+
+def _item(path: str) -> SourceItem:
+    return SourceItem(path, not_regular_reason(path))

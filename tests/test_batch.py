@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecam_edge import ImageError, SceneCam
-from scenecam_edge.batch import ResultsFile, classify_stream
+from scenecam_edge.batch import ResultsFile, classify_batches, classify_stream
 from scenecam_edge.cli import cli
 from scenecam_edge.results import Classification
 
@@ -36,9 +36,19 @@ def run_batch(*args: str):
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines results file, after its header line."""
     text = path.read_text()
     assert text.endswith("\n")
-    return [json.loads(line) for line in text.splitlines()]
+    header, *records = (json.loads(line) for line in text.splitlines())
+    assert header["scenecam_edge_results"] == 1 and "path" not in header
+    return records
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV results file, after its header comment line."""
+    with open(path, newline="") as fh:
+        assert fh.readline().startswith("# scenecam-edge results {")
+        return list(csv.DictReader(fh))
 
 
 def make_images(folder: Path, n: int, size: int = 96, start: int = 0) -> list[Path]:
@@ -162,9 +172,8 @@ def test_from_list(tmp_path: Path, mixed_folder: Path, sample_images: list[Path]
 def test_csv_and_jsonl_agree(mixed_folder: Path, tmp_path: Path, scenecam):
     jsonl, table = tmp_path / "r.jsonl", tmp_path / "r.csv"
     run_batch(str(mixed_folder), "--out", str(jsonl))
-    run_batch(str(mixed_folder), "--out", str(table), "--csv")
-    with open(table, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    run_batch(str(mixed_folder), "--out", str(table))  # the format from the extension
+    rows = read_csv(table)
     columns = ["path", "label", "index", "confidence", "error", "heatmap"]
     assert list(rows[0]) == columns + [f"p_{n}" for n in scenecam.class_names]
     records = {r["path"]: r for r in read_jsonl(jsonl)}
@@ -179,11 +188,22 @@ def test_csv_and_jsonl_agree(mixed_folder: Path, tmp_path: Path, scenecam):
         probs = [float(row[f"p_{n}"]) for n in scenecam.class_names]
         assert probs == [record["probabilities"][n] for n in scenecam.class_names]
         assert sum(probs) == pytest.approx(1.0, abs=1e-4)
-    # a CSV is not resumed as JSON lines, nor the other way round
-    wrong = run_batch(str(mixed_folder), "--out", str(table))
-    assert wrong.exit_code == 2 and wrong.stderr.startswith(f"error: {table}: record 1")
+    # a CSV is not resumed as JSON lines, nor the other way round; a flag that contradicts
+    # the extension is refused; no message quotes the file's content
+    wrong = run_batch(str(mixed_folder), "--out", str(table), "--jsonl")
+    assert wrong.exit_code == 2
+    assert (
+        wrong.stderr
+        == f"error: --jsonl does not match --out {table.name} (a csv name); drop the flag or rename --out\n"
+    )
     wrong = run_batch(str(mixed_folder), "--out", str(jsonl), "--csv")
-    assert wrong.exit_code == 2 and "has the columns" in wrong.stderr
+    assert wrong.exit_code == 2 and "--csv does not match --out r.jsonl" in wrong.stderr
+    renamed = tmp_path / "r.txt"
+    jsonl.rename(renamed)
+    wrong = run_batch(str(mixed_folder), "--out", str(renamed), "--csv")
+    assert wrong.exit_code == 2 and wrong.stderr.count("\n") == 1
+    assert "is a JSON lines results file; this run writes CSV" in wrong.stderr
+    assert "{" not in wrong.stderr  # no JSON record inside the message
 
 
 def test_heatmaps_have_safe_distinct_names(
@@ -204,7 +224,7 @@ def test_heatmaps_have_safe_distinct_names(
     pngs = [Path(r["heatmap"]) for r in records]
     npys = [Path(r["cam"]) for r in records]
     assert sorted(p.name for p in pngs) == [
-        "hidden_t_rm_-rf.cam.png",
+        "hidden_été_rm_-rf.cam.png",
         "same_name-2.cam.png",
         "same_name.cam.png",
     ]
@@ -224,6 +244,13 @@ def test_heatmaps_have_safe_distinct_names(
     assert all(p.read_bytes() == data for p, data in before.items())
     # inputs inside the heatmap folder are not classified (a rerun would find the heatmaps)
     again = run_batch(str(tmp_path), "--out", str(out), "--heatmaps", str(maps))
+    assert again.exit_code == 2 and again.stderr.count("\n") == 1
+    assert (
+        "was written with heatmaps=both; this run has heatmaps=png: use --restart" in again.stderr
+    )
+    again = run_batch(
+        str(tmp_path), "--out", str(out), "--heatmaps", str(maps), "--heatmap-format", "both"
+    )
     assert "inside the --heatmaps folder were not classified" in again.stderr
     assert not [r for r in read_jsonl(out) if Path(r["path"]).parent == maps]
 
@@ -234,7 +261,6 @@ def test_heatmap_format_npy_alone(tmp_path: Path, sample_images: list[Path]):
         str(sample_images[0]),
         "--out",
         str(out),
-        "--csv",
         "--heatmaps",
         str(maps),
         "--heatmap-format",
@@ -243,8 +269,7 @@ def test_heatmap_format_npy_alone(tmp_path: Path, sample_images: list[Path]):
         "forest",
     )
     assert result.exit_code == 0
-    with open(out, newline="") as fh:
-        (row,) = list(csv.DictReader(fh))
+    (row,) = read_csv(out)
     assert row["heatmap"].endswith(".cam.npy") and Path(row["heatmap"]).is_file()
     assert sorted(p.suffix for p in maps.iterdir()) == [".npy"]
     usage = run_batch(str(sample_images[0]), "--out", str(out), "--heatmap-format", "png")
@@ -278,7 +303,7 @@ def test_resume_after_sigkill(tmp_path: Path):
     killed = out.read_bytes()
     assert 24 <= killed.count(b"\n") < 201
     lines = killed.decode().splitlines(keepends=True)
-    complete = [json.loads(line) for line in lines if line.endswith("\n")]
+    complete = [json.loads(line) for line in lines[1:] if line.endswith("\n")]  # after the header
     # the killed run left whole lines; add a torn one, as a kill inside a write would
     with open(out, "ab") as fh:
         fh.write(b'{"path": "' + str(folder).encode() + b"/img01")
@@ -287,7 +312,8 @@ def test_resume_after_sigkill(tmp_path: Path):
     )
     assert rerun.returncode == 1  # broken.jpg
     assert f"{len(complete)} skipped" in rerun.stderr
-    assert "dropped a torn last line" in rerun.stderr
+    assert rerun.stderr.count("dropped an incomplete last line") == 1  # reported once
+    assert "WARNING" not in rerun.stderr
     records = read_jsonl(out)
     assert records[: len(complete)] == complete  # nothing already written was lost
     paths = [r["path"] for r in records]
@@ -296,16 +322,23 @@ def test_resume_after_sigkill(tmp_path: Path):
 
 
 def test_torn_line_only_dropped_when_it_looks_like_ours(tmp_path: Path, sample_images):
-    out = tmp_path / "notes.jsonl"
-    out.write_text('{"path": "a.jpg", "label": "sea"}\nsome text without newline')
-    result = run_batch(str(sample_images[0]), "--out", str(out))
+    out = tmp_path / "r.jsonl"
+    run_batch(str(sample_images[0]), "--out", str(out))
+    with open(out, "a") as fh:
+        fh.write("some text without newline")
+    result = run_batch(str(sample_images[1]), "--out", str(out))
     assert result.exit_code == 2 and "not appending" in result.stderr
     assert out.read_text().endswith("some text without newline")
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"path": "a.jpg", "label": "sea"}\n')  # not written by a batch
+    result = run_batch(str(sample_images[0]), "--out", str(notes))
+    assert result.exit_code == 2 and "is not a scenecam-edge results file" in result.stderr
     csv_out = tmp_path / "r.csv"
-    csv_out.write_text("path,lab")  # a header torn by a kill
-    result = run_batch(str(sample_images[0]), "--out", str(csv_out), "--csv")
+    csv_out.write_text("# scenecam-edge res")  # a header torn by a kill
+    result = run_batch(str(sample_images[0]), "--out", str(csv_out))
     assert result.exit_code == 0
-    assert csv_out.read_text().startswith("path,label,index,confidence,error,heatmap,p_")
+    assert result.stderr.count("incomplete last line") == 1
+    assert [r["path"] for r in read_csv(csv_out)] == [str(sample_images[0])]
 
 
 # -- the API ---------------------------------------------------------------------------------
@@ -375,17 +408,70 @@ def test_stream_pulls_a_bounded_window(scenecam):
         scenecam.classify_batch([], batch_size=0)
 
 
-def test_results_file_header_is_written_once(tmp_path: Path):
-    results = ResultsFile(tmp_path / "r.csv", "csv", ["a", "b"])
+def test_stream_window_is_bounded_in_bytes(scenecam):
+    """Explaining keeps each image at its own size: 64 prefetched 12 MB pictures would hold
+    768 MB. The window is cut by bytes, and a batch comes out shorter rather than exceed it."""
+    pulled = 0
+    side = 2000  # 12 MB per RGB picture
+
+    def big() -> Iterator[np.ndarray]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield np.full((side, side, 3), pulled % 255, np.uint8)
+
+    window = 40 * 1024 * 1024
+    batches = classify_batches(
+        scenecam,
+        big(),
+        batch_size=32,
+        explain=scenecam.explain_options(),
+        workers=2,
+        window_bytes=window,
+    )
+    first = next(batches)
+    per_image = side * side * 3
+    assert 1 <= len(first) <= window // per_image + 1
+    assert pulled <= len(first) + window // per_image + 2 + 2  # + one per decoding thread
+    batches.close()
+    with pytest.raises(ValueError, match="window_bytes"):
+        classify_batches(scenecam, [], window_bytes=0)
+
+
+NASTY_NAMES = ["cr\rname.jpg", "lf\nname.jpg", 'quote"d, comma.jpg', 'crlf\r\n,"x".jpg']
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_results_file_round_trips_any_name(tmp_path: Path, fmt):
+    path = tmp_path / f"r.{fmt}"
+    results = ResultsFile(path, fmt, ["a", "b"], {"model": "m"})
     assert results.scan().done == set()
     results.open()
-    results.append([{"path": "x.jpg", "error": 'bad, "quoted"\nreason'}])
+    results.append([{"path": name, "error": 'bad, "quoted"\r\nreason'} for name in NASTY_NAMES])
+    results.append(
+        [
+            {
+                "path": "ok.jpg",
+                "label": "a",
+                "index": 0,
+                "confidence": 0.75,
+                "probabilities": {"a": 0.75, "b": 0.25},
+            }
+        ]
+    )
     results.close()
-    prior = results.scan()
-    assert prior.failed == {"x.jpg"} and not prior.dropped_torn
-    results.open()
+    prior = results.scan()  # a rerun parses every line back, whatever the names hold
+    assert prior.failed == {os.path.realpath(n) for n in NASTY_NAMES} and not prior.dropped_torn
+    assert prior.done == {os.path.realpath("ok.jpg")}
+    results.open()  # reopening writes no second header
     results.close()
-    assert (tmp_path / "r.csv").read_text().count("path,label") == 1
+    if fmt == "csv":
+        rows = read_csv(path)
+        assert [r["path"] for r in rows] == [*NASTY_NAMES, "ok.jpg"]
+        assert rows[0]["error"] == 'bad, "quoted"\r\nreason'
+        assert float(rows[-1]["p_a"]) == 0.75
+    else:
+        assert [r["path"] for r in read_jsonl(path)] == [*NASTY_NAMES, "ok.jpg"]
 
 
 # -- Ray ------------------------------------------------------------------------------------

@@ -89,7 +89,8 @@ def test_save_dir_writes_panels_without_touching_inputs(tmp_path: Path, image_fo
         "classify", str(image_folder), "--save-dir", str(out), "--json", "--target", "forest"
     )
     assert result.exit_code == 0
-    records = [json.loads(line) for line in result.output.splitlines()]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.stderr == f"note: 5 panel(s) written to {out}\n"  # says where they went
     saved = sorted(Path(r["heatmap"]).name for r in records)
     assert saved == [
         "img0-2.cam.png",
@@ -111,6 +112,27 @@ def test_unknown_target_and_model_are_one_line_errors(sample_images: list[Path],
     result = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--model", str(tmp_path)])
     assert result.exit_code == 3
     assert result.stderr.strip().count("\n") == 0 and "no manifest.json" in result.stderr
+
+
+def test_save_dir_inside_the_inputs_is_left_out(image_folder: Path):
+    out = image_folder / "panels"
+    counts = []
+    for _ in range(3):  # each run would otherwise classify the panels of the one before
+        result = invoke("classify", str(image_folder), "--save-dir", str(out), "--json")
+        assert result.exit_code == 0
+        counts.append(len(result.stdout.splitlines()))
+    assert counts == [4, 4, 4] and len(list(out.iterdir())) == 4
+    assert "4 input(s) inside it were left out" in result.stderr
+
+
+def test_target_is_case_insensitive_and_model_names_suggest(sample_images: list[Path]):
+    result = invoke("classify", str(sample_images[0]), "--target", "Sea", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["target"] == "sea"
+    result = CliRunner().invoke(
+        cli, ["classify", str(sample_images[0]), "--model", "scenes-resnet81"]
+    )
+    assert result.exit_code == 3
+    assert "did you mean scenes-resnet18?" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_models_lists_the_default():

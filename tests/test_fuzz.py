@@ -159,3 +159,52 @@ def test_mutated_manifests_parse_or_raise_bundle_error(manifest_dict: dict, data
 def test_onnx_scan_never_crashes(data: bytes):
     with contextlib.suppress(MalformedModel):
         assert isinstance(external_locations(data), list)
+
+
+def _results_file(fmt: str) -> tuple[Path, bytes]:
+    """A real two-record results file of ``fmt``, to mutate."""
+    from scenecam_edge.results_file import ResultsFile
+
+    path = SCRATCH / f"valid.{fmt}"
+    path.unlink(missing_ok=True)
+    results = ResultsFile(path, fmt, ["a", "b"], {"model": "m"})  # type: ignore[arg-type]
+    results.open()
+    results.append(
+        [
+            {"path": "x,\r\n\".jpg", "error": "bad"},
+            {"path": "y.jpg", "label": "a", "index": 0, "confidence": 0.5,
+             "probabilities": {"a": 0.5, "b": 0.5}},
+        ]
+    )  # fmt: skip
+    results.close()
+    return path, path.read_bytes()
+
+
+@FUZZ
+@given(st.sampled_from(["jsonl", "csv"]), st.data())
+def test_mutated_results_files_resume_or_refuse(fmt: str, data: st.DataObject):
+    """A damaged results file is resumed (a torn last line dropped) or refused as one
+    ResultsMismatch; never another exception, never a traceback in `batch`."""
+    from scenecam_edge.results_file import ResultsFile, ResultsMismatch
+
+    _, valid = _results_file(fmt)
+    cut = data.draw(st.integers(0, len(valid)))
+    junk = data.draw(st.binary(max_size=64))
+    keep = data.draw(st.integers(0, len(valid)))
+    mutated = valid[:cut] + junk + valid[cut:keep] if keep > cut else valid[:cut] + junk
+    path = SCRATCH / f"mutated.{fmt}"
+    path.write_bytes(mutated)
+    results = ResultsFile(path, fmt, ["a", "b"], {"model": "m"})  # type: ignore[arg-type]
+    try:
+        prior = results.scan()
+    except ResultsMismatch as exc:
+        assert exc.reason and "\n" not in exc.reason
+        return
+    text = path.read_bytes()
+    assert mutated.startswith(text)  # only ever cut back, never rewritten
+    results.open()  # and what is resumed stays a results file: an append reads back
+    results.append([{"path": "z.jpg", "error": "e"}])
+    results.close()
+    again = results.scan()
+    added = os.path.realpath(os.path.join(again.base, "z.jpg"))
+    assert again.done == prior.done and again.failed == prior.failed | {added}

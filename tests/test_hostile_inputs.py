@@ -6,7 +6,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import resource
+import shutil
+import signal
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -171,6 +177,10 @@ def test_non_utf8_file_names(sample_images: list[Path], tmp_path: Path):
         ("we ird*name?.jpg", "we_ird_name_"),
         ("....", "image"),
         ("x" * 300 + ".jpg", "x" * 80),
+        ("ünï cöde & (1).jpg", "ünï_cöde_1_"),  # letters kept, only the unsafe dropped
+        ("cafe\u0301.png", "café"),  # decomposed accents composed (NFC)
+        ("\u202egpj.exe\x1b[0m.png", "_gpj.exe_0m"),  # bidi override, escape: dropped
+        ("日本語の写真" * 20 + ".jpg", "日本語の写真" * 6 + "日本語の"),  # 120 bytes at most
     ],
 )
 def test_output_names_cannot_escape(source: str, expected: str, tmp_path: Path):
@@ -184,3 +194,344 @@ def test_an_output_never_overwrites_an_input(tmp_path: Path):
     victim.write_bytes(b"precious")
     namer = OutputNamer(tmp_path, ".cam.png", [str(victim)])
     assert namer.path_for("photo.jpg").name == "photo-2.cam.png"
+
+
+# -- special files, odd names, concurrent writers, signals, full disks (issue 16) -------------
+
+MINI = ("--model", "scenes-mini", "--threads", "1")
+
+
+def _exe() -> str:
+    exe = shutil.which("scenecam-edge", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("scenecam-edge is not installed as a command")
+    return exe
+
+
+def _photos(folder: Path, n: int, size: int = 48) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n)
+    paths = []
+    for i in range(n):
+        path = folder / f"p{i:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _records(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), "the results file ends inside a line"
+    header, *records = (json.loads(line) for line in data.splitlines())
+    assert "scenecam_edge_results" in header
+    return records
+
+
+def test_fifos_and_devices_are_refused_by_type(tmp_path: Path, sample_images: list[Path]):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(sample_images[0], folder / "photo.jpg")
+    fifo = folder / "pipe.jpg"
+    os.mkfifo(fifo)
+    link = folder / "link-to-zero.jpg"
+    link.symlink_to("/dev/zero")
+    expected = {
+        str(fifo): "is a named pipe (FIFO), not a regular file",
+        str(link): "is a character device, not a regular file",
+    }
+    # Opening the FIFO would block for ever and /dev/zero never ends: a hang fails the test
+    # through the subprocess timeouts below rather than hanging the suite.
+    for command in (
+        [_exe(), "classify", str(fifo), str(link), str(folder / "*.jpg"), "--json", *MINI],
+        [
+            _exe(),
+            "batch",
+            str(fifo),
+            str(link),
+            str(folder / "*.jpg"),
+            *MINI,
+            "--out",
+            str(tmp_path / "r.jsonl"),
+        ],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr
+        lines = done.stdout.splitlines() if command[1] == "classify" else None
+        records = [json.loads(line) for line in lines] if lines else _records(tmp_path / "r.jsonl")
+        errors = {r["path"]: r["error"] for r in records if "error" in r}
+        assert errors == expected
+        assert [r["label"] for r in records if "label" in r]  # photo.jpg still classified
+    scenecam = SceneCam.load("scenes-mini", threads=1)
+    with pytest.raises(ImageError, match="named pipe"):
+        scenecam.classify(fifo)
+    (result,) = scenecam.classify_batch([fifo])
+    assert isinstance(result, ImageError) and "named pipe" in result.reason
+
+
+def test_names_cannot_forge_terminal_lines(tmp_path: Path, sample_images: list[Path]):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    forged = "x\nerror: everything failed\x1b[2J\u202e.jpg"
+    (folder / forged).write_bytes(b"not an image")
+    shutil.copy(sample_images[0], folder / "ok\r.jpg")
+    result = CliRunner().invoke(cli, ["classify", str(folder), *MINI])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.count("error:") == 2
+    assert "x\\x0aerror: everything failed\\x1b[2J\\u202e.jpg: not an image" in result.stderr
+    assert "ok\\x0d.jpg" in result.stdout and "\r" not in result.stdout
+    assert "\x1b" not in result.stdout + result.stderr
+
+
+def test_one_writer_per_results_file(tmp_path: Path):
+    folder = tmp_path / "in"
+    _photos(folder, 300)
+    out = tmp_path / "r.jsonl"
+    command = [_exe(), "batch", str(folder), "--out", str(out), "--batch-size", "4", *MINI]
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "r.jsonl.lock"
+        deadline = time.monotonic() + 120
+        while first.poll() is None and time.monotonic() < deadline:
+            if lock.exists() and out.exists() and out.stat().st_size:
+                break
+            time.sleep(0.01)
+        assert first.poll() is None, "the first run ended before the second could start"
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        first.wait(timeout=300)
+    assert second.returncode == 4
+    assert second.stderr == (
+        f"error: {out}: is being written by another batch run (pid {first.pid}, lock "
+        "r.jsonl.lock); wait for it to finish or choose another --out\n"
+    )
+    assert first.returncode == 0
+    paths = [r["path"] for r in _records(out)]
+    assert len(paths) == len(set(paths)) == 300
+    assert not lock.exists()
+
+
+def test_inputs_are_known_by_their_resolved_path(tmp_path: Path, monkeypatch):
+    folder = tmp_path / "photos"
+    photos = _photos(folder, 3)
+    (tmp_path / "alias").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r.jsonl"
+    first = CliRunner().invoke(cli, ["batch", "photos", "--out", str(out), *MINI])
+    assert first.exit_code == 0
+    for spelling in ([str(p) for p in photos], ["alias/"], ["./photos/../photos"]):
+        again = CliRunner().invoke(cli, ["batch", *spelling, "--out", str(out), *MINI])
+        assert "0 done, 3 skipped" in again.stderr
+    monkeypatch.chdir(folder)  # relative names in the file stay relative to where it began
+    again = CliRunner().invoke(cli, ["batch", ".", "--out", str(out), *MINI])
+    assert "0 done, 3 skipped" in again.stderr
+    assert len(_records(out)) == 3
+
+
+def test_another_model_or_options_needs_restart(tmp_path: Path):
+    folder = tmp_path / "in"
+    _photos(folder, 2)
+    out = tmp_path / "r.csv"
+    assert CliRunner().invoke(cli, ["batch", str(folder), "--out", str(out), *MINI]).exit_code == 0
+    header = json.loads(out.read_text().splitlines()[0].removeprefix("# scenecam-edge results "))
+    assert header["model"] == "scenes-mini" and len(header["sha256"]) == 64
+    assert header["options"]["top_k"] == 3 and header["options"]["explain"] is None
+    other = ["batch", str(folder), "--out", str(out), "--threads", "1"]
+    refused = CliRunner().invoke(cli, [*other, "--model", "scenes-mini-int8"])
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert "was written with model=scenes-mini, sha256=" in refused.stderr
+    assert "this run has model=scenes-mini-int8" in refused.stderr
+    refused = CliRunner().invoke(cli, [*other, *MINI[:2], "--top-k", "2"])
+    assert "was written with top_k=3; this run has top_k=2" in refused.stderr
+    restarted = CliRunner().invoke(cli, [*other, *MINI[:2], "--top-k", "2", "--restart"])
+    assert restarted.exit_code == 0 and "2 done, 0 skipped" in restarted.stderr
+    assert out.read_text().count("scenecam-edge results") == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_batch_and_leaves_the_file_whole(tmp_path: Path, signum):
+    folder = tmp_path / "in"
+    photos = _photos(folder, 400)
+    out = tmp_path / "r.jsonl"
+    command = [_exe(), "batch", str(folder), "--out", str(out), "--batch-size", "4", *MINI]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") > 10:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, stderr
+    assert "interrupted after" in stderr and "Traceback" not in stderr
+    kept = _records(out)
+    assert 0 < len(kept) < 400
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and f"{len(kept)} skipped" in rerun.stderr
+    assert [r["path"] for r in _records(out)] == [str(p) for p in photos]
+
+
+def test_writes_never_follow_a_symlink(tmp_path: Path, sample_images: list[Path]):
+    target = tmp_path / "elsewhere" / "created.jsonl"
+    out = tmp_path / "r.jsonl"
+    out.symlink_to(target)  # dangling
+    result = CliRunner().invoke(cli, ["batch", str(sample_images[0]), "--out", str(out), *MINI])
+    assert result.exit_code == 5
+    assert result.stderr == f"error: {out}: is a symbolic link; not writing through it\n"
+    assert not target.parent.exists()
+    saves = tmp_path / "panels"
+    saves.mkdir()
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    (saves / "ok.cam.png").symlink_to(victim)
+    shutil.copy(sample_images[0], tmp_path / "ok.jpg")
+    shutil.copy(sample_images[1], tmp_path / "other.jpg")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "classify",
+            str(tmp_path / "ok.jpg"),
+            str(tmp_path / "other.jpg"),
+            "--save-dir",
+            str(saves),
+            "--json",
+            *MINI,
+        ],
+    )
+    assert result.exit_code == 5
+    assert f"error: {saves / 'ok.cam.png'}: is a symbolic link" in result.stderr
+    assert victim.read_bytes() == b"precious" and (saves / "other.cam.png").is_file()
+    assert len(result.stdout.splitlines()) == 2  # both inputs classified
+
+
+def _limited(limit: int):
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+def test_file_size_limit_is_one_line_and_nothing_torn(tmp_path: Path):
+    folder = tmp_path / "in"
+    _photos(folder, 60)
+    out = tmp_path / "r.jsonl"
+    command = [_exe(), "batch", str(folder), "--out", str(out), "--batch-size", "4", *MINI]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, preexec_fn=_limited(6000)
+    )
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.splitlines()[0] == f"error: {out}: File too large"
+    kept = _records(out)  # whole lines only, cut back to the last one that fitted
+    assert 0 < len(kept) < 60 and out.stat().st_size <= 6000
+    # heatmaps: the PNG is what does not fit; it is named, and no heatmap lacks its record
+    out2, maps = tmp_path / "h.jsonl", tmp_path / "maps"
+    done = subprocess.run(
+        [*command[:4], str(out2), *command[5:], "--heatmaps", str(maps)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limited(4000),
+    )
+    assert done.returncode == 5, done.stderr
+    assert re.fullmatch(
+        rf"error: {re.escape(str(maps))}/p\d+\.cam\.png: File too large\n", done.stderr
+    )
+    recorded = {Path(r["heatmap"]).name for r in _records(out2)}
+    assert {p.name for p in maps.iterdir()} == recorded  # no orphan, no temporary file
+
+
+def test_classify_goes_on_after_a_failed_panel(tmp_path: Path):
+    folder = tmp_path / "in"
+    _photos(folder, 5)
+    done = subprocess.run(
+        [_exe(), "classify", str(folder), "--save-dir", str(tmp_path / "panels"), "--json", *MINI],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limited(2000),
+    )
+    assert done.returncode == 5
+    assert len(done.stdout.splitlines()) == 5  # every input still classified
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].endswith("File too large; no more panels are written")
+    assert not list((tmp_path / "panels").iterdir())
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A real 1 MiB tmpfs, where this test may mount one (root in a container allowed to)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_and_a_read_only_one(tmp_path: Path, small_fs: Path):
+    folder = tmp_path / "in"
+    _photos(folder, 40, size=150)
+    maps = small_fs / "maps"
+    out = small_fs / "r.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "batch",
+            str(folder),
+            "--out",
+            str(out),
+            "--heatmaps",
+            str(maps),
+            "--batch-size",
+            "4",
+            *MINI,
+        ],
+    )
+    assert result.exit_code == 5
+    assert re.fullmatch(
+        rf"error: {re.escape(str(small_fs))}/\S+: No space left on device\n", result.stderr
+    )
+    recorded = {Path(r["heatmap"]).name for r in _records(out)}
+    assert recorded and {p.name for p in maps.iterdir()} == recorded
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    again = CliRunner().invoke(
+        cli,
+        [
+            "classify",
+            str(folder / "p0001.png"),
+            str(folder / "p0002.png"),
+            "--save-dir",
+            str(small_fs / "panels"),
+            *MINI,
+        ],
+    )
+    assert again.exit_code == 5 and again.stdout.count("p000") == 2
+    assert "Read-only file system; no more panels are written" in again.stderr
+
+
+def test_batch_max_pixels(tmp_path: Path):
+    folder = tmp_path / "in"
+    _photos(folder, 2, size=64)
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(
+        cli, ["batch", str(folder), "--out", str(out), "--max-pixels", "1000", *MINI]
+    )
+    assert result.exit_code == 1
+    assert all("over the limit of 1000" in r["error"] for r in _records(out))
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["options"]["max_pixels"] == 1000
+
+
+def test_a_nul_byte_in_a_list_line_is_one_error(tmp_path: Path):
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"/tmp/a\0b.jpg\n")
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(
+        cli, ["batch", "--from-list", str(listing), "--out", str(out), *MINI]
+    )
+    assert result.exit_code == 1 and result.stderr.startswith("error: /tmp/a\\x00b.jpg: no such")
+    assert _records(out) == [{"path": "/tmp/a\0b.jpg", "error": "no such file"}]

@@ -1,7 +1,10 @@
 """The ``scenecam-edge`` command line.
 
 Exit codes: 0 everything worked; 1 some inputs failed (the others were still processed);
-2 usage error; 3 the model could not be loaded, or an optional extra is missing.
+2 usage error; 3 the model could not be loaded, or an optional extra is missing; 4 another
+run is writing the same results file (``batch``); 5 an output could not be written (disk
+full, read-only, file size limit, a symbolic link at the output path); 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM). See docs/robustness.md.
 """
 
 from __future__ import annotations

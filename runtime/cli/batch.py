@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -11,21 +12,30 @@ from typing import Any
 
 import click
 
-from ..batch import HEATMAP_FORMATS, BatchJob, HeatmapFormat, JobCounts, ResultsFile
+from ..batch import BatchJob, Interrupted, JobCounts
 from ..errors import SceneCamError
+from ..filelock import ResultsBusy
+from ..heatmaps import HEATMAP_FORMATS, HeatmapFormat
 from ..model import DEFAULT_BATCH, SceneCam
+from ..results_file import OutputFormat, ResultsFile, format_for
 from ..sources import iter_sources
 from .common import (
+    EXIT_BUSY,
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
     cam_options,
     error_line,
     fail,
+    keep_going_past_file_size_limit,
+    max_pixels_option,
     model_options,
+    shown,
+    write_failed,
 )
 
-#: Exit status after an interrupt (128 + SIGINT), as shells report it.
-EXIT_INTERRUPTED = 130
+#: Exit status after an interrupt: 128 + the signal, as shells report it (130 for Ctrl-C,
+#: 143 for SIGTERM).
+EXIT_SIGNAL_BASE = 128
 
 
 @click.command()
@@ -34,7 +44,7 @@ EXIT_INTERRUPTED = 130
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Results file: JSON lines (CSV with --csv). An existing one is resumed.",
+    help="Results file: CSV if it ends in .csv, else JSON lines. An existing one is resumed.",
 )
 @click.option(
     "--from-list",
@@ -43,7 +53,16 @@ EXIT_INTERRUPTED = 130
     default=None,
     help="A text file of inputs, one path, folder or pattern per line ('-': standard input).",
 )
-@click.option("--csv", "as_csv", is_flag=True, help="Write CSV instead of JSON lines.")
+@click.option(
+    "--csv",
+    "fmt",
+    flag_value="csv",
+    default=None,
+    help="Write CSV (the default for an --out ending in .csv).",
+)
+@click.option(
+    "--jsonl", "fmt", flag_value="jsonl", help="Write JSON lines (the default otherwise)."
+)
 @click.option(
     "--heatmaps",
     type=click.Path(file_okay=False, path_type=Path),
@@ -68,12 +87,18 @@ EXIT_INTERRUPTED = 130
 @click.option(
     "--retry-failed", is_flag=True, help="Try again the inputs that failed in an earlier run."
 )
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Empty --out and start over (needed when the model or options changed).",
+)
+@max_pixels_option
 @model_options
 def batch(
     inputs: tuple[str, ...],
     out: Path,
     from_list: str | None,
-    as_csv: bool,
+    fmt: OutputFormat | None,
     heatmaps: Path | None,
     heatmap_format: HeatmapFormat | None,
     target: str | None,
@@ -84,6 +109,8 @@ def batch(
     batch_size: int,
     workers: int | None,
     retry_failed: bool,
+    restart: bool,
+    max_pixels: int,
     model: str | None,
     threads: int | None,
 ) -> None:
@@ -93,19 +120,32 @@ def batch(
     file, with --heatmaps); an image that cannot be read gets a line with `path` and `error`,
     and the job goes on. Images are decoded in parallel with inference and memory stays flat
     however many there are. Rerunning with the same --out skips every input it already holds
-    (failed ones too, unless --retry-failed), so a killed job picks up where it stopped.
+    (failed ones too, unless --retry-failed), so a killed job picks up where it stopped. The
+    file's first line records the model and the options; a rerun with others is refused
+    unless --restart. One run at a time may write a file (it holds a lock file beside it,
+    named like it with .lock added).
 
     Exit codes: 0 every input done; 1 some inputs failed (now or in an earlier run, see
-    --retry-failed); 2 usage error, or --out is not a results file of this format; 3 the
-    model could not be loaded; 130 interrupted (what was written is kept).
+    --retry-failed); 2 usage error, or --out is not a results file of this format, model and
+    options; 3 the model could not be loaded; 4 another run is writing --out; 5 an output
+    could not be written (disk full, read-only, a symbolic link at the path); 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM): what was written is kept, whole.
     """
+    keep_going_past_file_size_limit()
     if not inputs and from_list is None:
         fail("give INPUTS or --from-list FILE", EXIT_USAGE)
     if heatmap_format is not None and heatmaps is None:
         fail("--heatmap-format needs --heatmaps DIR", EXIT_USAGE)
+    named = format_for(out)
+    if fmt is not None and named is not None and fmt != named:
+        fail(
+            f"--{fmt} does not match --out {shown(out.name)} (a {named} name); "
+            "drop the flag or rename --out",
+            EXIT_USAGE,
+        )
     try:
         # No busy-waiting between runs: the cores go to decoding (reading) meanwhile.
-        scenecam = SceneCam.load(model, threads=threads, spin=False)
+        scenecam = SceneCam.load(model, threads=threads, spin=False, max_pixels=max_pixels)
     except SceneCamError as exc:
         fail(exc)
     try:
@@ -113,7 +153,7 @@ def batch(
     except ValueError as exc:
         fail(f"--target: {exc}", EXIT_USAGE)
     explaining = heatmaps is not None or target is not None
-    results = ResultsFile(out, "csv" if as_csv else "jsonl", scenecam.class_names)
+    results = ResultsFile(out, fmt or named or "jsonl", scenecam.class_names)
     job = BatchJob(
         scenecam,
         results,
@@ -122,22 +162,28 @@ def batch(
         explain=options if explaining else None,
         heatmaps=None if heatmaps is None else (heatmaps, heatmap_format or "png"),
         retry_failed=retry_failed,
+        restart=restart,
         top_k=top_k,
+        handle_signals=True,
     )
     arguments = itertools.chain(inputs, _list_lines(from_list) if from_list else ())
     start = time.perf_counter()
-    interrupted = False
+    interrupted: int | None = None
     try:
         _drive(job, iter_sources(arguments))
+    except ResultsBusy as exc:
+        fail(exc, EXIT_BUSY)
     except SceneCamError as exc:  # --out is not a results file we may append to
         fail(exc, EXIT_USAGE)
     except OSError as exc:  # the results file or the heatmap folder cannot be written
-        fail(f"{exc.filename or out}: {exc.strerror or exc}", EXIT_USAGE)
+        write_failed(exc, out)
+    except Interrupted as exc:
+        interrupted = exc.signum
     except KeyboardInterrupt:
-        interrupted = True
-    _summary(job.counts, time.perf_counter() - start, out, interrupted)
-    if interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        interrupted = signal.SIGINT
+    _summary(job.counts, time.perf_counter() - start, out, interrupted is not None)
+    if interrupted is not None:
+        sys.exit(EXIT_SIGNAL_BASE + interrupted)
     if job.counts.failed or job.counts.skipped_failed:
         sys.exit(EXIT_FAILED_INPUTS)
 
@@ -155,10 +201,10 @@ def _drive(job: BatchJob, sources: Iterator[Any]) -> None:
         for records in job.run(sources):
             for record in records:
                 if record.get("error"):
-                    line = f"error: {record['path']}: {_one_line(record['error'])}"
                     if bar.disable:
-                        error_line(record["path"], _one_line(record["error"]))
+                        error_line(record["path"], record["error"])
                     else:
+                        line = f"error: {shown(record['path'])}: {shown(record['error'])}"
                         bar.write(line, file=sys.stderr)
             bar.update(len(records))
             bar.set_postfix(skipped=job.counts.skipped, failed=job.counts.failed, refresh=False)
@@ -173,24 +219,20 @@ def _list_lines(path: str) -> Iterator[str]:
         yield from (line.rstrip("\r\n") for line in fh if line.strip())
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.splitlines())
-
-
 def _summary(counts: JobCounts, seconds: float, out: Path, interrupted: bool) -> None:
     processed = counts.done + counts.failed
     rate = processed / seconds if seconds > 0 else 0.0
     state = "interrupted after" if interrupted else "summary:"
     click.echo(
         f"{state} {counts.done} done, {counts.skipped} skipped, {counts.failed} failed "
-        f"in {seconds:.1f} s ({rate:.1f} images/s) -> {out}",
+        f"in {seconds:.1f} s ({rate:.1f} images/s) -> {shown(str(out))}",
         err=True,
     )
     notes = []
     if counts.dropped_torn:
-        notes.append("dropped a torn last line left by an interrupted run")
+        notes.append("dropped an incomplete last line, left by an interrupted run")
     if counts.retried:
-        notes.append(f"removed {counts.retried} failed records to try them again")
+        notes.append(f"tried again {counts.retried} input(s) that failed in an earlier run")
     if counts.skipped_failed:
         notes.append(
             f"{counts.skipped_failed} of the skipped inputs failed in an earlier run; "

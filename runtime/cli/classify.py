@@ -10,13 +10,25 @@ import numpy as np
 
 from ..errors import ImageError, SceneCamError
 from ..fileio import write_png_atomic
-from ..images import DEFAULT_MAX_PIXELS, resize_to
+from ..images import resize_to
 from ..model import SceneCam
-from ..outputs import OutputNamer
+from ..outputs import OutputNamer, is_inside
 from ..results import Classification, Explanation
 from ..sources import SourceItem, iter_sources
 from ..visual import heatmap_at, overlay, panel
-from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fail, model_options
+from .common import (
+    EXIT_FAILED_INPUTS,
+    EXIT_USAGE,
+    EXIT_WRITE,
+    cam_options,
+    error_line,
+    fail,
+    is_storage_error,
+    keep_going_past_file_size_limit,
+    max_pixels_option,
+    model_options,
+    shown,
+)
 
 
 @click.command()
@@ -46,13 +58,7 @@ from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fai
     help="scorecam: channels it masks the image with (one forward pass each).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PIXELS,
-    show_default=True,
-    help="Refuse images that declare more pixels than this (before decoding).",
-)
+@max_pixels_option
 def classify(
     paths: tuple[str, ...],
     model: str | None,
@@ -73,8 +79,11 @@ def classify(
 
     Prints a table, or JSON lines with --json. An input that cannot be read is reported on
     stderr as one line (and as {"path", "error"} with --json); the rest go on, and the exit
-    code is then 1.
+    code is then 1. Inputs inside --save-dir are left out (they are earlier panels). A panel
+    that cannot be written is one error line; after a full disk or a read-only folder no
+    more panels are tried, the other inputs are still classified, and the exit code is 5.
     """
+    keep_going_past_file_size_limit()
     try:
         scenecam = SceneCam.load(model, threads=threads, max_pixels=max_pixels)
     except SceneCamError as exc:
@@ -85,9 +94,14 @@ def classify(
         fail(f"--target: {exc}", EXIT_USAGE)
     explaining = save_dir is not None or target is not None
     items = list(iter_sources(paths))
+    excluded = 0
+    if save_dir is not None:
+        kept = [i for i in items if i.error is not None or not is_inside(i.path, save_dir)]
+        excluded, items = len(items) - len(kept), kept
     namer = OutputNamer(save_dir, ".cam.png", [i.path for i in items]) if save_dir else None
     printer = _JsonPrinter() if as_json else _TablePrinter(items, top_k)
-    failed = 0
+    failed = panels = unwritten = 0
+    stop_panels = False
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         decoded: list[np.ndarray | ImageError] = [_decode(scenecam, item) for item in chunk]
@@ -111,13 +125,33 @@ def classify(
                 continue
             result = next(results)
             saved = None
-            if namer is not None and isinstance(result, Explanation):
+            if namer is not None and not stop_panels and isinstance(result, Explanation):
                 saved = namer.path_for(result.source)
-                write_png_atomic(saved, _panel(image, result, alpha, display_size))
+                try:
+                    write_png_atomic(saved, _panel(image, result, alpha, display_size))
+                    panels += 1
+                except OSError as exc:
+                    saved, unwritten = None, unwritten + 1
+                    reason = str(exc.strerror or exc)
+                    if is_storage_error(exc):
+                        stop_panels = True  # the next panels would fail alike
+                        reason += "; no more panels are written"
+                    error_line(str(exc.filename), reason)
             printer.result(result, saved)
     printer.close()
+    if save_dir is not None:
+        _save_note(save_dir, panels, excluded)
+    if unwritten:
+        raise SystemExit(EXIT_WRITE)
     if failed:
         raise SystemExit(EXIT_FAILED_INPUTS)
+
+
+def _save_note(save_dir: Path, panels: int, excluded: int) -> None:
+    note = f"note: {panels} panel(s) written to {shown(str(save_dir))}"
+    if excluded:
+        note += f"; {excluded} input(s) inside it were left out (earlier panels)"
+    click.echo(note, err=True)
 
 
 def _decode(scenecam: SceneCam, item: SourceItem) -> np.ndarray | ImageError:
@@ -163,7 +197,7 @@ class _JsonPrinter:
 
 class _TablePrinter:
     def __init__(self, items: list[SourceItem], top_k: int) -> None:
-        self.width = min(60, max([len("FILE"), *(len(i.path) for i in items)]))
+        self.width = min(60, max([len("FILE"), *(len(shown(i.path)) for i in items)]))
         self.top_k = top_k
         self.header_done = False
 
@@ -174,11 +208,8 @@ class _TablePrinter:
 
     def result(self, result: Classification, saved: Path | None) -> None:
         self._header()
-        path = (
-            result.source
-            if len(result.source) <= self.width
-            else "..." + result.source[-(self.width - 3) :]
-        )
+        name = shown(result.source)
+        path = name if len(name) <= self.width else "..." + name[-(self.width - 3) :]
         top = ", ".join(f"{name} {p:.2f}" for name, p in result.top_k)
         click.echo(f"{path:<{self.width}}  {result.label:<12} {result.confidence:>6.1%}  {top}")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -15,9 +17,16 @@ import click
 
 from ..cam import METHODS, TARGET_SPACES
 from ..errors import MissingExtraError, SceneCamError
+from ..fileio import STORAGE_ERRNOS
+from ..images import DEFAULT_MAX_PIXELS
 from ..visual import DEFAULT_ALPHA
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
+#: Another process is writing the results file (``batch --out``).
+EXIT_BUSY = 4
+#: An output could not be written: disk full, read-only, over a size limit, a symbolic link
+#: at the output path.
+EXIT_WRITE = 5
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,9 +97,58 @@ def cam_options(*, alpha: bool) -> Callable[[F], F]:
     return decorate
 
 
+def max_pixels_option(fn: F) -> F:
+    """--max-pixels: refuse images that declare more pixels, before decoding them."""
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_PIXELS,
+        show_default=True,
+        help="Refuse images that declare more pixels than this (before decoding).",
+    )(fn)
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print on a terminal, on one line: control and format characters
+    (CR, LF, ESC, bidi overrides, ...) and undecodable bytes become visible escapes, so a
+    file name cannot forge output lines or drive the terminal."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            code = ord(ch)
+            if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, from surrogateescape
+                out.append(f"\\x{code - 0xDC00:02x}")
+            elif code < 0x100:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def error_line(subject: str, reason: str) -> None:
     """One line on stderr naming the input and the reason."""
-    click.echo(f"error: {subject}: {reason}", err=True)
+    click.echo(f"error: {shown(subject)}: {shown(reason)}", err=True)
+
+
+def write_failed(exc: OSError, fallback: object) -> NoReturn:
+    """One line naming the file that could not be written, exit :data:`EXIT_WRITE`."""
+    fail(f"{shown(str(exc.filename or fallback))}: {exc.strerror or exc}", EXIT_WRITE)
+
+
+def is_storage_error(exc: OSError) -> bool:
+    """Whether nothing more can be written there (disk full, read-only, size limit,
+    permission denied)."""
+    return exc.errno in STORAGE_ERRNOS
+
+
+def keep_going_past_file_size_limit() -> None:
+    """Under a file size limit (ulimit -f), a write that crosses it kills the process with
+    SIGXFSZ by default; ignored, the write fails with EFBIG and is reported as one line."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def fail(exc: SceneCamError | str, code: int = EXIT_MODEL) -> NoReturn:
@@ -99,7 +157,7 @@ def fail(exc: SceneCamError | str, code: int = EXIT_MODEL) -> NoReturn:
     elif isinstance(exc, SceneCamError):
         error_line(exc.subject, exc.reason)
     else:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {shown(exc)}", err=True)
     sys.exit(code)
 
 
