@@ -128,10 +128,11 @@ class MjpegCamera:
     def stop(self) -> None:
         """Stop listening and end every connection."""
         self._down.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
     def close(self) -> None:
         self._stopping.set()
@@ -153,8 +154,8 @@ class MjpegCamera:
             if first and self.outage is not None and n >= self.outage[0]:
                 threading.Thread(target=self._outage, args=(self.outage[1],)).start()
                 return
-            if self.fps is not None:
-                time.sleep(max(0.0, start + n / self.fps - time.monotonic()))
+            if self.fps is not None and self._down.wait(start + n / self.fps - time.monotonic()):
+                return
             with self._lock:
                 number = self.sent
                 self.sent += 1

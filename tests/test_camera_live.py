@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -29,14 +27,7 @@ from scenecam_edge.camera import (
 from scenecam_edge.cli import cli
 
 from .mjpeg_camera import MjpegCamera, read_stamp, silent_server
-from .test_camera import read_video, write_video
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+from .test_camera import read_video, wait_until, write_video
 
 
 def stream_capture(url: str) -> cv2.VideoCapture:
