@@ -45,11 +45,13 @@ FRAMES, WIDTH, HEIGHT, FPS = 30, 640, 480, 15.0
 MIDDLE = slice(60, 420)
 
 
-def write_video(path: Path, frames: int, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
-    """Sample photos panning sideways, a new photo every 6 frames (mp4v, which this
+def write_video(
+    path: Path, frames: int, size: tuple[int, int] = (WIDTH, HEIGHT), fourcc: str = "mp4v"
+) -> Path:
+    """Sample photos panning sideways, a new photo every 6 frames (mp4v or MJPG, which this
     OpenCV writes and reads back)."""
     photos = [cv2.resize(cv2.imread(str(p)), size) for p in sorted(SAMPLES.glob("*.jpg"))]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), FPS, size)
     assert writer.isOpened()
     for i in range(frames):
         writer.write(np.roll(photos[(i // 6) % len(photos)], 12 * i, axis=1))
