@@ -55,12 +55,16 @@ def read_stamp(image: np.ndarray) -> int:
     return number
 
 
-def photo_frames(size: tuple[int, int] = (640, 480)) -> Callable[[int], np.ndarray]:
-    """Frame ``n``: the sample photos panning sideways (a new one every 10 frames), stamped."""
+def photo_frames(
+    size: tuple[int, int] = (640, 480), stamped: bool = True
+) -> Callable[[int], np.ndarray]:
+    """Frame ``n``: the sample photos panning sideways (a new one every 10 frames), stamped
+    with ``n`` unless ``stamped`` is False."""
     photos = [cv2.resize(cv2.imread(str(p)), size) for p in sorted(SAMPLES.glob("*.jpg"))]
 
     def frame(n: int) -> np.ndarray:
-        return stamp(np.roll(photos[(n // 10) % len(photos)], 8 * n, axis=1), n)
+        image = np.roll(photos[(n // 10) % len(photos)], 8 * n, axis=1)
+        return stamp(image, n) if stamped else image
 
     return frame
 
@@ -198,9 +202,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--fps", type=float, default=30.0, help="0: as fast as read")
     parser.add_argument("--size", default="640x480")
+    parser.add_argument("--plain", action="store_true", help="no frame-number barcode")
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
-    camera = MjpegCamera(photo_frames((w, h)), fps=args.fps or None, port=args.port)
+    frames = photo_frames((w, h), stamped=not args.plain)
+    camera = MjpegCamera(frames, fps=args.fps or None, port=args.port)
     print(camera.url, flush=True)
     try:
         threading.Event().wait()
