@@ -88,6 +88,7 @@ class MjpegCamera:
         self.frames = frames or photo_frames()
         self.fps, self.outage, self.limit, self.quality = fps, outage, limit, quality
         self.sent = 0  # frames sent over all connections
+        self.sent_at: dict[int, float] = {}  # frame number -> time.monotonic() once sent
         self.connections = 0
         self.outages = 0
         self._port = port
@@ -163,7 +164,9 @@ class MjpegCamera:
             with self._lock:
                 number = self.sent
                 self.sent += 1
-            ok, jpeg = cv2.imencode(".jpg", self.frames(number), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            ok, jpeg = cv2.imencode(
+                ".jpg", self.frames(number), [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+            )
             assert ok
             head = (
                 f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {jpeg.size}\r\n\r\n"
@@ -173,6 +176,7 @@ class MjpegCamera:
                 handler.wfile.flush()
             except OSError:
                 return  # the client went away
+            self.sent_at[number] = time.monotonic()
             n += 1
 
     def _outage(self, seconds: float) -> None:
