@@ -301,6 +301,7 @@ _PAGE = """<!doctype html>
 <style>
 body { margin: 0; font: 15px system-ui, sans-serif; background: #111; color: #eee; }
 main { display: flex; flex-wrap: wrap; gap: 16px; padding: 12px; }
+section { flex: 1; min-width: 260px; }
 img { max-width: 100%; background: #000; }
 #label { font-size: 26px; font-weight: 600; }
 .row { display: flex; align-items: center; gap: 6px; margin: 3px 0; }
@@ -327,7 +328,7 @@ async function update() {
         const row = document.createElement("div"); row.className = "row";
         const n = document.createElement("span"); n.className = "name"; n.textContent = name;
         const b = document.createElement("span"); b.className = "bar";
-        b.style.width = Math.round(200 * p) + "px";
+        b.style.width = Math.round(150 * p) + "px";
         const v = document.createElement("span"); v.textContent = (100 * p).toFixed(1) + "%";
         row.append(n, b, v); probs.append(row);
       }
