@@ -3,6 +3,10 @@ keys, and clean endings. No window, no timing asserts."""
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
+
 import json
 import signal
 import subprocess
@@ -14,7 +18,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from scenecam_edge import cam as cam_module
@@ -401,3 +404,32 @@ def test_window_keys_work_while_a_live_source_has_no_frame(scenecam):
         camera.close()  # first: the capture thread is waiting for the next frame
         source.close()
     assert summary.ended == "quit" and summary.frames == 1 and display.polls >= 1
+
+
+def test_the_help_names_every_video_suffix():
+    from scenecam_edge.camera import VIDEO_CODECS
+    from scenecam_edge.cli.camera import VIDEO_SUFFIXES
+
+    assert tuple(VIDEO_CODECS) == VIDEO_SUFFIXES
+    assert all(s in invoke("--help").stdout for s in VIDEO_SUFFIXES)
+
+
+BLOCK_CV2 = "import sys; sys.modules['cv2'] = None; "
+
+
+def test_without_opencv_the_command_names_the_extra():
+    runtime = subprocess.run(
+        [sys.executable, "-c", BLOCK_CV2 + "import scenecam_edge.cli"], capture_output=True
+    )
+    if runtime.returncode != 0:
+        pytest.skip("the still-image runtime itself imports OpenCV in this checkout")
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_CV2 + "from scenecam_edge.cli import main; main()",
+         "camera", "--headless", "--jsonl", "-"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert done.stderr == (
+        "error: the camera command needs opencv-python; "
+        "install it with: pip install 'scenecam-edge[camera]'\n"
+    )

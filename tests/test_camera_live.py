@@ -5,6 +5,10 @@ No timing asserts: waits have generous deadlines and the asserts are on frames a
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
+
 import json
 import logging
 import threading
@@ -12,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from scenecam_edge.camera import (

@@ -7,6 +7,10 @@ permissions do not stop writes) or a chmod 0555 folder (as another user)."""
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
+
 import json
 import os
 import resource
@@ -15,7 +19,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from scenecam_edge.cli import cli

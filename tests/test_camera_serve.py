@@ -4,6 +4,10 @@ stops reading, the command with outputs and SIGTERM, and a real browser (headles
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
+
 import json
 import shutil
 import signal
@@ -18,7 +22,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from scenecam_edge.camera import CameraSettings, FrameReport, LiveView, open_source, run_camera
 from scenecam_edge.results import Classification
