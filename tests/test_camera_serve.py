@@ -103,6 +103,8 @@ def test_the_endpoints(tmp_path: Path):
         for method in ("POST", "PUT", "DELETE", "PATCH"):
             assert get(view.url + "latest.json", method)[0] == 405
         assert get(view.url + "admin")[0] == 404
+        assert get(view.url + "admin", "HEAD")[0] == 404
+        assert get(view.url + "latest.json", "HEAD")[0] == 200
 
 
 def test_viewers_are_bounded_and_a_stalled_one_slows_nobody():

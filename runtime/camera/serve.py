@@ -39,6 +39,7 @@ from .loop import FrameReport
 log = logging.getLogger("scenecam_edge.camera")
 
 BOUNDARY = "scenecamframe"
+_ROUTES = ("/", "/index.html", "/stream.mjpg", "/latest.json")
 #: A viewer whose socket takes longer than this to accept a frame is dropped (seconds).
 SEND_TIMEOUT = 10.0
 _ADDRESS = re.compile(r"^(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):)?(?P<port>\d+)$")
@@ -236,18 +237,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path == "/stream.mjpg":
+        if path not in _ROUTES:
+            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+        elif path == "/stream.mjpg":
             self._stream()
         elif path == "/latest.json":
             body = json.dumps(self.server.view.latest()).encode()
             self._send(HTTPStatus.OK, "application/json", body)
-        elif path in ("/", "/index.html"):
-            self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE.encode())
         else:
-            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE.encode())
 
     def do_HEAD(self) -> None:
-        self._send(HTTPStatus.OK, "text/plain", b"", head=True)
+        found = self.path.split("?", 1)[0] in _ROUTES
+        status = HTTPStatus.OK if found else HTTPStatus.NOT_FOUND
+        self._send(status, "text/plain", b"", head=True)
 
     def _refuse(self) -> None:
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n", allow=True)
