@@ -182,7 +182,12 @@ class CameraLoop:
 
     def run(self, stop: threading.Event) -> CameraSummary:
         settings, source = self.settings, self.source
-        outputs = Outputs(settings.out, settings.out_fps or source.fps or 30.0, settings.jsonl)
+        try:
+            outputs = Outputs(settings.out, settings.out_fps or source.fps or 30.0, settings.jsonl)
+        except OutputError:
+            if self.display is not None:
+                self.display.close()
+            raise
         start = time.perf_counter()
         try:
             ended = self._loop(stop, outputs, start)

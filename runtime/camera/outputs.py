@@ -117,9 +117,8 @@ class VideoOut:
             if readable != self.frames:
                 self._check()  # a full disk or the size limit, if that is why
                 got = "cannot be read back" if readable is None else f"has {readable} frames"
-                raise OutputError(
-                    self.path, f"the written video {got}, not {self.frames} (write failed)"
-                )
+                of = "" if readable is None else f" of {self.frames}"
+                raise OutputError(self.path, f"the written video {got}{of} (write failed)")
             os.replace(tmp, self.path)
             tmp = None
             return self.path
@@ -182,10 +181,11 @@ class JsonlOut:
     """One JSON object per line, to a path (a temporary file renamed at the end) or to an
     open stream (standard output), flushed line by line."""
 
-    def __init__(self, target: Path | TextIO) -> None:
+    def __init__(self, target: str | os.PathLike[str] | TextIO) -> None:
         self.path: Path | None = None
         self._tmp: Path | None = None
-        if isinstance(target, Path):
+        if isinstance(target, str | os.PathLike):
+            target = Path(target)
             self.path = target
             self._tmp = _temporary(target)
             try:
@@ -258,7 +258,9 @@ class Outputs:
     """The loop's outputs together: created at once (an :class:`OutputError` before the first
     frame), written frame by frame, finished or failed as one."""
 
-    def __init__(self, video: Path | None, fps: float, jsonl: Path | TextIO | None) -> None:
+    def __init__(
+        self, video: Path | None, fps: float, jsonl: str | os.PathLike[str] | TextIO | None
+    ) -> None:
         self.video = VideoOut(video, fps) if video is not None else None
         try:
             self.jsonl = JsonlOut(jsonl) if jsonl is not None else None
