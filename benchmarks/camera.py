@@ -69,11 +69,19 @@ def make_video(path: Path, frames: int, fps: float = 30.0) -> Path:
 
 def loop_fps(
     scenecam: SceneCam, source_of: Callable[[], FrameSource], frames: int
-) -> tuple[float, int]:
-    """Frames per second of the loop (heatmap every frame) and frames dropped."""
+) -> tuple[float, int, float]:
+    """Frames per second of the loop (heatmap every frame), frames dropped, and this
+    process's CPU seconds per processed frame (less sensitive than fps to other load)."""
     with source_of() as source:
+        before = _cpu()
         summary = run_camera(scenecam, source, CameraSettings(max_frames=frames))
-    return summary.fps, summary.dropped
+        cpu = _cpu() - before
+    return summary.fps, summary.dropped, cpu / max(1, summary.frames)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class StandIn:
@@ -178,6 +186,7 @@ def main() -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     fps: dict[str, list[float]] = {"file": [], "live file": [], "stream": []}
     dropped: dict[str, list[int]] = {k: [] for k in fps}
+    cpu_frame: dict[str, list[float]] = {k: [] for k in fps}
     cpu: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "input.mp4", args.frames)
@@ -191,9 +200,10 @@ def main() -> None:
             sources["stream"] = lambda: open_source(fast.url)
             for _ in range(args.rounds):
                 for key, source_of in sources.items():
-                    rate, drops = loop_fps(quiet, source_of, args.frames)
+                    rate, drops, cpu_each = loop_fps(quiet, source_of, args.frames)
                     fps[key].append(rate)
                     dropped[key].append(drops)
+                    cpu_frame[key].append(cpu_each)
         with StandIn(30) as steady:
             for _ in range(args.rounds):
                 cpu["off"].append(cpu_share(quiet, steady.url, args.seconds))
@@ -206,8 +216,8 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, OpenCV {cv2.__version__}; "
         f"load average before: {load}\n"
     )
-    print("| camera loop, real capture path | fps | frames dropped |")
-    print("|---|---:|---:|")
+    print("| camera loop, real capture path | fps | frames dropped | CPU ms / frame |")
+    print("|---|---:|---:|---:|")
     labels = {
         "file": "video file, read in order (every frame)",
         "live file": "video file through the live reader",
