@@ -215,3 +215,27 @@ def test_the_page_shows_the_live_frame_in_chromium(tmp_path: Path, scenecam):
     assert np.abs(shown - frame[60:480]).mean() < 12
     # ... and not what the page would show without it.
     assert np.abs(shown - page[0, 0]).mean() > 40
+
+
+def test_the_stream_is_a_source_for_another_camera_loop():
+    """What the live view serves, OpenCV reads as a network camera (the same format)."""
+    frames = photo_frames()
+    stop = threading.Event()
+    with LiveView(port=0) as view:
+
+        def publish() -> None:
+            n = 0
+            while not stop.wait(0.02):
+                view.publish(report(n, stamp(frames(n), n)))
+                n += 1
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        try:
+            with open_source(view.url + "stream.mjpg", timeout=10) as source:
+                got = [source.read(timeout=30) for _ in range(3)]
+                stamps = [read_stamp(f.image) for f in got if f is not None]
+        finally:
+            stop.set()
+            publisher.join(30)
+    assert len(stamps) == 3 and stamps == sorted(set(stamps))
