@@ -84,8 +84,11 @@ class MjpegCamera:
         outage: tuple[int, float] | None = None,
         limit: int | None = None,
         quality: int = 85,
+        cache: int | None = None,
     ) -> None:
         self.frames = frames or photo_frames()
+        self.cache = cache  # frames n and n + cache are the same (each encoded once)
+        self._jpegs: dict[int, bytes] = {}
         self.fps, self.outage, self.limit, self.quality = fps, outage, limit, quality
         self.sent = 0  # frames sent over all connections
         self.sent_at: dict[int, float] = {}  # frame number -> time.monotonic() once sent
@@ -164,20 +167,29 @@ class MjpegCamera:
             with self._lock:
                 number = self.sent
                 self.sent += 1
-            ok, jpeg = cv2.imencode(
-                ".jpg", self.frames(number), [cv2.IMWRITE_JPEG_QUALITY, self.quality]
-            )
-            assert ok
+            jpeg = self._jpeg(number)
             head = (
-                f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {jpeg.size}\r\n\r\n"
+                f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
             ).encode()
             try:
-                handler.wfile.write(head + jpeg.tobytes() + b"\r\n")
+                handler.wfile.write(head + jpeg + b"\r\n")
                 handler.wfile.flush()
             except OSError:
                 return  # the client went away
             self.sent_at[number] = time.monotonic()
             n += 1
+
+    def _jpeg(self, number: int) -> bytes:
+        key = number if self.cache is None else number % self.cache
+        jpeg = self._jpegs.get(key)
+        if jpeg is None:
+            params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+            ok, encoded = cv2.imencode(".jpg", self.frames(key), params)
+            assert ok
+            jpeg = encoded.tobytes()
+            if self.cache is not None:
+                self._jpegs[key] = jpeg
+        return jpeg
 
     def _outage(self, seconds: float) -> None:
         self.outages += 1
@@ -207,10 +219,11 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=30.0, help="0: as fast as read")
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--plain", action="store_true", help="no frame-number barcode")
+    parser.add_argument("--cache", type=int, default=None, help="encode N frames, then cycle")
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     frames = photo_frames((w, h), stamped=not args.plain)
-    camera = MjpegCamera(frames, fps=args.fps or None, port=args.port)
+    camera = MjpegCamera(frames, fps=args.fps or None, port=args.port, cache=args.cache)
     print(camera.url, flush=True)
     try:
         threading.Event().wait()
