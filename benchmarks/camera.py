@@ -228,9 +228,9 @@ def main() -> None:
         "stream": f"loopback MJPEG stream at {args.stream_fps:g} fps",
     }
     for key, label in labels.items():
-        print(
-            f"| {label} | {statistics.median(fps[key]):.1f} | {statistics.median(dropped[key])} |"
-        )
+        rate, drops = statistics.median(fps[key]), statistics.median(dropped[key])
+        each = 1000 * statistics.median(cpu_frame[key])
+        print(f"| {label} | {rate:.1f} | {drops:.0f} | {each:.1f} |")
     print("\n| waiting on a 30 fps MJPEG stream | CPU time / wall time | frames / s |")
     print("|---|---:|---:|")
     for key, label in (("off", "spinning off (the camera command)"), ("on", "spinning on")):
