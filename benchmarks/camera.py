@@ -80,6 +80,18 @@ def loop_fps(
     return summary.fps, summary.dropped, cpu / max(1, summary.frames)
 
 
+def model_only(scenecam: SceneCam, frames: int) -> tuple[float, float]:
+    """The reference: ``SceneCam.predict`` with Grad-CAM on one 640 x 480 RGB frame, over
+    and over, nothing else. Frames per second and CPU seconds per frame."""
+    image = cv2.cvtColor(photo_frames(SIZE, stamped=False)(0), cv2.COLOR_BGR2RGB)
+    options = scenecam.explain_options()
+    before, start = _cpu(), time.perf_counter()
+    for _ in range(frames):
+        scenecam.predict([image], ["frame"], explain=options)
+    wall = time.perf_counter() - start
+    return frames / wall, (_cpu() - before) / frames
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -188,7 +200,7 @@ def main() -> None:
     quiet = SceneCam.load(args.model, threads=args.threads, spin=False)
     spinning = SceneCam.load(args.model, threads=args.threads, spin=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    fps: dict[str, list[float]] = {"file": [], "live file": [], "stream": []}
+    fps: dict[str, list[float]] = {"model": [], "file": [], "live file": [], "stream": []}
     dropped: dict[str, list[int]] = {k: [] for k in fps}
     cpu_frame: dict[str, list[float]] = {k: [] for k in fps}
     cpu: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
@@ -203,6 +215,10 @@ def main() -> None:
         with StandIn(args.stream_fps) as fast:
             sources["stream"] = lambda: open_source(fast.url)
             for _ in range(args.rounds):
+                rate, cpu_each = model_only(quiet, args.frames)
+                fps["model"].append(rate)
+                dropped["model"].append(0)
+                cpu_frame["model"].append(cpu_each)
                 for key, source_of in sources.items():
                     rate, drops, cpu_each = loop_fps(quiet, source_of, args.frames)
                     fps[key].append(rate)
@@ -223,6 +239,7 @@ def main() -> None:
     print("| camera loop, real capture path | fps | frames dropped | CPU ms / frame |")
     print("|---|---:|---:|---:|")
     labels = {
+        "model": "reference: `SceneCam.predict` with Grad-CAM alone, no loop",
         "file": "video file, read in order (every frame)",
         "live file": "video file through the live reader",
         "stream": f"loopback MJPEG stream at {args.stream_fps:g} fps",
