@@ -23,7 +23,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scenecam_edge.camera import CameraSettings, FrameReport, LiveView, open_source, run_camera
+from scenecam_edge.camera import (
+    CameraSettings,
+    FrameReport,
+    LiveView,
+    open_source,
+    parse_address,
+    run_camera,
+)
 from scenecam_edge.results import Classification
 
 from .mjpeg_camera import MjpegCamera, photo_frames, read_stamp, stamp
@@ -239,3 +246,17 @@ def test_the_stream_is_a_source_for_another_camera_loop():
             stop.set()
             publisher.join(30)
     assert len(stamps) == 3 and stamps == sorted(set(stamps))
+
+
+def test_serve_addresses():
+    assert parse_address("8080") == ("127.0.0.1", 8080)  # this machine only, by default
+    assert parse_address("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert parse_address("[::1]:0") == ("::1", 0)
+    for bad in ("web", "host:port", "8080:host", "[::1]8080", "70000"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with LiveView("::1", 0) as view:
+        assert view.url.startswith("http://[::1]:")
+        assert json.loads(get(view.url + "latest.json")[2])["frame"] is None
