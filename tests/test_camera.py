@@ -3,23 +3,24 @@ keys, and clean endings. No window, no timing asserts."""
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
+
 import json
-import logging
-import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from scenecam_edge import cam as cam_module
-from scenecam_edge import camera as camera_module
 from scenecam_edge import visual
 from scenecam_edge.cam import METHODS, CamMethod
 from scenecam_edge.camera import (
@@ -35,21 +36,25 @@ from scenecam_edge.camera import (
     parse_source,
     run_camera,
 )
+from scenecam_edge.camera import loop as camera_loop
 from scenecam_edge.cli import cli
 from scenecam_edge.errors import SourceError
 
 from .conftest import SAMPLES
+from .mjpeg_camera import MjpegCamera
 
 FRAMES, WIDTH, HEIGHT, FPS = 30, 640, 480, 15.0
 #: Rows clear of the label bar at the top and the note bar at the bottom of a 640 x 480 frame.
 MIDDLE = slice(60, 420)
 
 
-def write_video(path: Path, frames: int, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
-    """Sample photos panning sideways, a new photo every 6 frames (mp4v, which this
+def write_video(
+    path: Path, frames: int, size: tuple[int, int] = (WIDTH, HEIGHT), fourcc: str = "mp4v"
+) -> Path:
+    """Sample photos panning sideways, a new photo every 6 frames (mp4v or MJPG, which this
     OpenCV writes and reads back)."""
     photos = [cv2.resize(cv2.imread(str(p)), size) for p in sorted(SAMPLES.glob("*.jpg"))]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), FPS, size)
     assert writer.isOpened()
     for i in range(frames):
         writer.write(np.roll(photos[(i // 6) % len(photos)], 12 * i, axis=1))
@@ -80,6 +85,13 @@ def decoded(video: Path) -> list[np.ndarray]:
     frames = read_video(video)
     assert len(frames) == FRAMES and frames[0].shape == (HEIGHT, WIDTH, 3)
     return frames
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
 
 
 def rgb(bgr: np.ndarray) -> np.ndarray:
@@ -208,7 +220,8 @@ def test_sigterm_ends_the_command_cleanly(tmp_path: Path):
     try:
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if lines.exists() and lines.read_text():
+            # The JSON lines go to a temporary file beside frames.jsonl until the loop ends.
+            if any(p.read_text() for p in tmp_path.glob(".frames.*.jsonl")):
                 break  # the loop is running, so the handlers are in place
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
@@ -246,7 +259,9 @@ def test_a_source_that_cannot_be_opened_is_a_one_line_error(tmp_path: Path):
 
 def test_usage_errors(tmp_path: Path, video: Path):
     for args, message in [
-        (["--headless"], "--headless needs --out or --jsonl"),
+        (["--headless"], "--headless needs --out, --jsonl or --serve"),
+        (["--headless", "--serve", "web:cam"], "--serve: 'web:cam' is not [HOST:]PORT"),
+        (["--headless", "--serve", "70000"], "--serve: port 70000 is out of range"),
         (["--headless", "--out", str(tmp_path / "a.gif")], "unknown video suffix"),
         (["--headless", "--out", str(video)], "would overwrite the source"),
         (["--headless", "--every", "0", "--jsonl", "x"], "--every"),
@@ -268,150 +283,52 @@ def test_parse_source():
     assert secret.name == "rtsp://admin:***@10.0.0.9:554/stream1"
 
 
-# -- the latest-frame reader ---------------------------------------------------------------------
+# -- the latest-frame reader (the real-capture tests are in test_camera_live.py) -------------
 
 
-def frame_of(value: int) -> np.ndarray:
-    return np.full((4, 6, 3), value, np.uint8)
+def test_backoff_doubles_up_to_the_cap():
+    policy = Reconnect(first=0.5, cap=8.0)
+    assert [policy.delay(n) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
 
 
-class BatchCapture:
-    """A fake capture fed by the test in batches. Like OpenCV it writes into the buffer it is
-    given. ``drained`` is set when a batch has been read and published in full."""
+def test_closing_stops_an_endless_reconnect():
+    with MjpegCamera(fps=30, outage=(2, 600)) as camera:  # down for good after 2 frames
+        source = open_source(camera.url, reconnect=Reconnect(attempts=None, first=30.0))
+        assert isinstance(source, LiveSource)
+        wait_until(lambda: camera.outages == 1 and source.captured == 2)
+        source.close()  # while it waits (30 s) to reconnect
+    assert not [t for t in threading.enumerate() if t.name == f"capture {camera.url}"]
+    assert source.error is None
 
-    def __init__(self) -> None:
-        self.batches: queue.Queue[list[np.ndarray] | None] = queue.Queue()
-        self.pending: list[np.ndarray] = []
-        self.drained = threading.Event()
-        self.released = False
 
-    def feed(self, frames: list[np.ndarray] | None) -> None:
-        self.drained.clear()
-        self.batches.put(frames)
-        if frames is not None:
-            assert self.drained.wait(30)
+class NoCamera:
+    """There is no camera on a test machine: what OpenCV returns for an index it cannot open
+    (the one fake capture left, for the camera-index path)."""
 
     def isOpened(self) -> bool:
-        return True
+        return False
 
     def get(self, propId: int) -> float:
         return 0.0
 
     def release(self) -> None:
-        self.released = True
-
-    def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
-        if not self.pending:
-            self.drained.set()  # everything before has been published by now
-            batch = self.batches.get()
-            if batch is None:
-                return False, None
-            self.pending = list(batch)
-        frame = self.pending.pop(0)
-        if image is not None and image.shape == frame.shape:
-            image[...] = frame
-            return True, image
-        return True, frame.copy()
-
-
-def test_latest_frame_reader_drops_stale_frames():
-    capture = BatchCapture()
-    source = LiveSource("fake", capture)
-    try:
-        capture.feed([frame_of(v) for v in range(10)])  # ten frames while the model is busy
-        frame = source.read()
-        assert frame is not None and frame.index == 9 and frame.image[0, 0, 0] == 9
-        assert source.dropped == 9
-
-        capture.feed([frame_of(10), frame_of(11)])
-        frame = source.read()
-        assert frame is not None and frame.index == 11 and source.dropped == 10
-        held = frame.image
-        capture.feed([frame_of(v) for v in range(12, 20)])  # the reader goes on meanwhile
-        assert held[0, 0, 0] == 11  # the frame handed out is never written under the caller
-
-        stop = threading.Event()
-        stop.set()
-        frame = source.read(stop)
-        assert frame is not None and frame.index == 19  # a new frame is still handed out
-        assert source.read(stop) is None  # nothing newer: a stopped caller is not kept waiting
-
-        capture.feed(None)  # the camera stops
-        assert source.read() is None
-        assert source.error == "the source stopped delivering frames"
-    finally:
-        source.close()
-    assert capture.released
-
-
-class ScriptedCapture:
-    def __init__(self, frames: int, opened: bool = True) -> None:
-        self.frames, self.opened = frames, opened
-
-    def isOpened(self) -> bool:
-        return self.opened
-
-    def get(self, propId: int) -> float:
-        return 25.0
-
-    def release(self) -> None:
         pass
 
     def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
-        if self.frames <= 0:
-            return False, None
-        self.frames -= 1
-        return True, frame_of(self.frames)
-
-
-def test_stream_reconnects_with_backoff_then_gives_up(caplog: pytest.LogCaptureFixture):
-    script = iter(
-        [
-            ScriptedCapture(3),  # opens, plays, drops
-            ScriptedCapture(0, opened=False),  # retry 1 fails
-            ScriptedCapture(2),  # retry 2 works, plays, drops again
-            *[ScriptedCapture(0, opened=False) for _ in range(3)],  # then nothing
-        ]
-    )
-    opened: list[str] = []
-
-    def opener(spec):
-        opened.append(spec.kind)
-        return next(script)
-
-    policy = Reconnect(attempts=3, first=0.001, cap=0.004)
-    with caplog.at_level(logging.WARNING, logger="scenecam_edge.camera"):
-        source = open_source("rtsp://cam.local/live", reconnect=policy, opener=opener)
-        with source:
-            assert source.live
-            while source.read() is not None:
-                pass
-    assert opened == ["stream"] * 6
-    assert source.reconnects == 1
-    assert source.error == "the stream dropped and 3 reconnect attempts failed"
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("reconnecting in" in m for m in messages) == 5
-    assert "rtsp://cam.local/live: reconnected" in messages
-    assert Reconnect().delay(0) == 0.5 and Reconnect().delay(10) == Reconnect().cap
-
-
-def test_closing_stops_an_endless_reconnect():
-    policy = Reconnect(attempts=None, first=30.0)
-    source = open_source("rtsp://x/y", reconnect=policy, opener=lambda spec: ScriptedCapture(0))
-    source.close()
-    assert not [t for t in threading.enumerate() if t.name == "capture rtsp://x/y"]
-    assert source.read() is None and source.error is None
+        return False, None
 
 
 def test_camera_that_cannot_be_opened():
     with pytest.raises(SourceError, match="cannot open camera 7"):
-        open_source("7", opener=lambda spec: ScriptedCapture(0, opened=False))
+        open_source("7", opener=lambda spec: NoCamera())
 
 
 # -- the window's keys, with a fake display --------------------------------------------------------
 
 
 class FakeDisplay:
+    """Stands in for the window: key presses cannot be made in a test without a screen."""
+
     def __init__(self, keys: list[int]) -> None:
         self.keys = keys
         self.shown: list[np.ndarray] = []
@@ -434,7 +351,7 @@ def test_keys_toggle_cycle_snapshot_and_quit(
     corner = CamMethod("corner", "a test method: the top-left cell", _corner_map)
     methods = {"gradcam": METHODS["gradcam"], "corner": corner}
     monkeypatch.setattr(cam_module, "METHODS", methods)
-    monkeypatch.setattr(camera_module, "METHODS", methods)
+    monkeypatch.setattr(camera_loop, "METHODS", methods)
 
     keys = [-1, KEY_HEATMAP, -1, KEY_HEATMAP, KEY_METHOD, KEY_SNAPSHOT, -1, KEY_QUIT]
     display = FakeDisplay(keys)
@@ -478,13 +395,41 @@ class PollingDisplay(FakeDisplay):
 
 
 def test_window_keys_work_while_a_live_source_has_no_frame(scenecam):
-    capture = BatchCapture()
-    source = LiveSource("stalled camera", capture)
+    camera = MjpegCamera(fps=0.01)  # one frame now, the next in 100 s
+    source = open_source(camera.url, timeout=200)
     try:
-        capture.feed([np.full((64, 64, 3), 120, np.uint8)])  # one frame, then nothing
         display = PollingDisplay(KEY_QUIT)
         summary = run_camera(scenecam, source, display=display)
-        assert summary.ended == "quit" and summary.frames == 1 and display.polls >= 1
     finally:
-        capture.feed(None)
+        camera.close()  # first: the capture thread is waiting for the next frame
         source.close()
+    assert summary.ended == "quit" and summary.frames == 1 and display.polls >= 1
+
+
+def test_the_help_names_every_video_suffix():
+    from scenecam_edge.camera import VIDEO_CODECS
+    from scenecam_edge.cli.camera import VIDEO_SUFFIXES
+
+    assert tuple(VIDEO_CODECS) == VIDEO_SUFFIXES
+    assert all(s in invoke("--help").stdout for s in VIDEO_SUFFIXES)
+
+
+BLOCK_CV2 = "import sys; sys.modules['cv2'] = None; "
+
+
+def test_without_opencv_the_command_names_the_extra():
+    runtime = subprocess.run(
+        [sys.executable, "-c", BLOCK_CV2 + "import scenecam_edge.cli"], capture_output=True
+    )
+    if runtime.returncode != 0:
+        pytest.skip("the still-image runtime itself imports OpenCV in this checkout")
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_CV2 + "from scenecam_edge.cli import main; main()",
+         "camera", "--headless", "--jsonl", "-"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert done.stderr == (
+        "error: the camera command needs opencv-python; "
+        "install it with: pip install 'scenecam-edge[camera]'\n"
+    )

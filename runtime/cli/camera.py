@@ -11,25 +11,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import click
-import cv2
 
-from ..camera import (
-    VIDEO_CODECS,
-    CameraSettings,
-    CameraSummary,
-    Display,
-    Window,
-    display_available,
-    open_source,
-    parse_source,
-    run_camera,
-)
-from ..errors import SceneCamError
+from ..errors import MissingExtraError, SceneCamError
 from ..model import SceneCam
 from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fail, model_options
+
+if TYPE_CHECKING:
+    from ..camera import CameraSummary, Display, LiveView, SourceSpec
+
+#: The suffixes ``--out`` takes (``scenecam_edge.camera.VIDEO_CODECS``, which needs OpenCV:
+#: the help must not import it; a test checks that the two agree).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi")
 
 #: What ``signal.signal`` returns: a Python handler, SIG_DFL/SIG_IGN, or None (set from C).
 _Handler = Callable[[int, FrameType | None], object] | int | None
@@ -49,7 +44,7 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"Write the annotated video here ({', '.join(VIDEO_CODECS)}).",
+    help=f"Write the annotated video here ({', '.join(VIDEO_SUFFIXES)}).",
 )
 @click.option(
     "--jsonl",
@@ -65,6 +60,27 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     help="Compute the heatmap every N frames and reuse it between (labels: every frame).",
 )
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
+@click.option(
+    "--serve",
+    metavar="[HOST:]PORT",
+    default=None,
+    help="Serve a live view over HTTP: / (a page), /stream.mjpg, /latest.json. "
+    "HOST defaults to 127.0.0.1 (this machine only).",
+)
+@click.option(
+    "--max-viewers",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="--serve: how many may watch the stream at once (one more gets 503).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Network streams: seconds to wait to open the stream, and for each frame.",
+)
 @cam_options(alpha=True)
 @click.option(
     "--snapshot-dir",
@@ -82,6 +98,9 @@ def camera(
     jsonl: str | None,
     every: int,
     max_frames: int | None,
+    serve: str | None,
+    max_viewers: int,
+    timeout: float,
     target: str | None,
     target_space: str,
     method: str,
@@ -92,69 +111,124 @@ def camera(
 
     A window shows the overlay, the label, the confidence and the frame rate. Keys: h heatmap
     on/off, m next CAM method, s save a PNG snapshot, q or Esc quit. With --headless nothing
-    is shown; --out writes the annotated video and --jsonl one line per frame.
+    is shown; --out writes the annotated video, --jsonl one line per frame, and --serve
+    serves the annotated frames and the latest result to browsers.
 
-    A video file is processed frame by frame, none skipped (in a window at its own frame
-    rate, headless as fast as the model goes). A camera or stream is read by a capture
+    A video file is processed frame by frame, none skipped (in a window or served at its own
+    frame rate, else as fast as the model goes); a file that ends before the frame count
+    its container declares is reported as damaged. A camera or stream is read by a capture
     thread that keeps only the newest frame, so a slow model never builds up lag; a stream
     that drops is reopened with backoff. Ctrl-C or SIGTERM ends the loop after the current
-    frame, with the video and the JSON lines complete.
+    frame, with the video and the JSON lines complete. Outputs are written under temporary
+    names and renamed at the end; a failed write stops the loop.
 
     Exit codes: 0 the loop ended (end of file, --max-frames, q, Ctrl-C, SIGTERM); 1 the
-    source failed after it opened (a stream that could not be reconnected, a camera that
-    stopped); 2 usage error; 3 the model or the source could not be opened.
+    source failed after it opened (a damaged file, a stream that could not be reconnected,
+    a camera that stopped) or an output could not be written; 2 usage error, or an output
+    that cannot be created; 3 the model or the source could not be opened.
     """
-    if headless and out is None and jsonl is None:
-        _usage("--headless needs --out or --jsonl: nothing would be shown or written")
-    if not headless and not display_available():
-        _usage("no display to show a window on; use --headless with --out or --jsonl")
-    if out is not None and out.suffix.lower() not in VIDEO_CODECS:
-        _usage(f"--out {out}: unknown video suffix; use one of {', '.join(VIDEO_CODECS)}")
-    _check_outputs(source, out, jsonl)
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # Our own one-line errors say what failed; OpenCV's and FFmpeg's chatter is for -vv.
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    try:
+        from .. import camera as cam  # OpenCV: the camera extra
+    except ImportError as exc:
+        if exc.name != "cv2":
+            raise
+        fail(MissingExtraError("opencv-python", "camera", "the camera command"))
+    if headless and out is None and jsonl is None and serve is None:
+        _usage("--headless needs --out, --jsonl or --serve: nothing would be shown or written")
+    if not headless and not cam.display_available():
+        _usage("no display to show a window on; use --headless with --out, --jsonl or --serve")
+    if out is not None and out.suffix.lower() not in VIDEO_SUFFIXES:
+        _usage(f"--out {out}: unknown video suffix; use one of {', '.join(VIDEO_SUFFIXES)}")
+    address = _address(serve)
+    _check_outputs(cam.parse_source(source), out, jsonl)
+    for path in (out, None if jsonl in (None, "-") else Path(jsonl)):
+        if path is not None:
+            try:
+                cam.outputs.probe_output(path)
+            except SceneCamError as exc:
+                fail(exc, EXIT_USAGE)
+    _quiet_opencv()
 
     try:
         scenecam = SceneCam.load(model, threads=threads, spin=False)
     except SceneCamError as exc:
         fail(exc)
     try:
-        reader = open_source(source)
-    except SceneCamError as exc:
-        fail(exc)
-
-    try:
         scenecam.explain_options(target, method, target_space, alpha)  # type: ignore[arg-type]
     except ValueError as exc:
         _usage(f"--target: {exc}")
-    settings = CameraSettings(
+    try:
+        reader = cam.open_source(source, timeout=timeout)
+    except SceneCamError as exc:
+        fail(exc)
+    settings = cam.CameraSettings(
         method=method,
         alpha=alpha,
         target=target,
         target_space=target_space,  # type: ignore[arg-type]
         every=every,
         max_frames=max_frames,
-        realtime=not headless,
+        realtime=not headless or address is not None,
         out=out,
         jsonl=_jsonl_target(jsonl),
         snapshot_dir=snapshot_dir,
     )
     stop = threading.Event()
-    display: Display | None = None if headless else Window(f"scenecam-edge: {reader.name}")
+    view: LiveView | None = None
     try:
         with reader, _stop_on_signals(stop):
-            summary = run_camera(scenecam, reader, settings, display=display, stop=stop)
+            if address is not None:
+                view = _serve(address, reader.name, max_viewers)
+            display: Display | None = None
+            if not headless:
+                display = cam.Window(f"scenecam-edge: {reader.name}")
+            on_frame = view.publish if view is not None else None
+            summary = cam.run_camera(
+                scenecam, reader, settings, display=display, stop=stop, on_frame=on_frame
+            )
     except SceneCamError as exc:
         fail(exc, EXIT_FAILED_INPUTS)
     except KeyboardInterrupt:  # a second Ctrl-C: the outputs were still closed on the way out
         click.echo("interrupted", err=True)
         sys.exit(130)
+    finally:
+        if view is not None:
+            view.close()
     _print_summary(summary)
     if summary.error is not None:
         error_line(summary.source, summary.error)
         sys.exit(EXIT_FAILED_INPUTS)
+
+
+def _quiet_opencv() -> None:
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        import cv2
+
+        # Our own one-line errors say what failed; OpenCV's and FFmpeg's chatter is for -vv.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+
+def _address(serve: str | None) -> tuple[str, int] | None:
+    if serve is None:
+        return None
+    from ..camera import parse_address
+
+    try:
+        return parse_address(serve)
+    except ValueError as exc:
+        _usage(f"--serve: {exc}")
+
+
+def _serve(address: tuple[str, int], name: str, max_viewers: int) -> LiveView:
+    from ..camera import LiveView
+
+    try:
+        view = LiveView(*address, source=name, max_viewers=max_viewers)
+    except OSError as exc:
+        fail(f"--serve {address[0]}:{address[1]}: {exc.strerror or exc}", EXIT_USAGE)
+    click.echo(f"camera: live view at {view.url}", err=True)
+    return view
 
 
 def _usage(message: str) -> NoReturn:
@@ -162,13 +236,12 @@ def _usage(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def _check_outputs(source: str, out: Path | None, jsonl: str | None) -> None:
+def _check_outputs(spec: SourceSpec, out: Path | None, jsonl: str | None) -> None:
     """Inputs are never overwritten: refuse outputs that are the source or each other."""
     written = [str(p) for p in (out, jsonl) if p is not None and str(p) != "-"]
     real = [os.path.realpath(p) for p in written]
-    spec = parse_source(source)
     if spec.kind == "file" and os.path.realpath(str(spec.location)) in real:
-        _usage(f"{source}: the output would overwrite the source")
+        _usage(f"{spec.text}: the output would overwrite the source")
     if len(set(real)) < len(real):
         _usage(f"--out and --jsonl name the same file ({written[0]})")
 

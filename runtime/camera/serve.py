@@ -1,0 +1,343 @@
+"""The live view: the loop's annotated frames and latest result over HTTP, for devices
+without a screen (``camera --serve [HOST:]PORT``).
+
+- ``GET /stream.mjpg``: the annotated frames as MJPEG (``multipart/x-mixed-replace``), the
+  format browsers show in an ``<img>`` and network cameras stream;
+- ``GET /latest.json``: the latest result: label, confidence, probabilities, frame number,
+  the loop's fps;
+- ``GET /``: a page that shows both and updates itself.
+
+Nothing can slow the loop down. :meth:`LiveView.publish`, called in the loop's thread, only
+copies the frame into a spare buffer (about 0.1 ms for 640 x 480). One encoder thread turns
+the newest frame into a JPEG, and only while somebody watches. Each viewer has its own thread
+and sends the newest JPEG when its socket is ready for it: a slow viewer skips frames, the
+others and the loop do not notice. Viewers of the stream are bounded (``max_viewers``; one
+more gets 503), so are connections, and a viewer that stops reading is dropped after
+``SEND_TIMEOUT``. Every endpoint is read-only; other methods get 405.
+
+Built on the standard library's ``ThreadingHTTPServer``: three read-only endpoints, a few
+viewers on a local network; a framework would add a dependency (and an event loop to
+bridge to the camera thread) for nothing the view needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .loop import FrameReport
+
+log = logging.getLogger("scenecam_edge.camera")
+
+BOUNDARY = "scenecamframe"
+_ROUTES = ("/", "/index.html", "/stream.mjpg", "/latest.json")
+#: A viewer whose socket takes longer than this to accept a frame is dropped (seconds).
+SEND_TIMEOUT = 10.0
+_ADDRESS = re.compile(r"^(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):)?(?P<port>\d+)$")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` -> (host, port); the host defaults to 127.0.0.1 (this machine only).
+    ValueError naming the problem."""
+    match = _ADDRESS.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not [HOST:]PORT (for example 8080 or 0.0.0.0:8080)")
+    port = int(match["port"])
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    return match["v6"] or match["host"] or "127.0.0.1", port
+
+
+class LiveView:
+    """The HTTP server of the live view. Start it, pass :meth:`publish` as the loop's
+    ``on_frame``, close it when the loop ends (or use ``with``). Port 0 picks a free port
+    (see :attr:`url`). Raises OSError when the address cannot be bound."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        source: str = "",
+        max_viewers: int = 4,
+        quality: int = 80,
+    ) -> None:
+        if max_viewers < 1:
+            raise ValueError(f"max_viewers must be at least 1, not {max_viewers}")
+        self.source = source
+        self.quality = quality
+        self.max_viewers = max_viewers
+        self.viewers = 0  # stream viewers now
+        self.encoded = 0  # JPEGs made
+        self._closing = threading.Event()
+        self._cond = threading.Condition()
+        self._image: np.ndarray | None = None  # the newest frame (a copy), under the lock
+        self._spare: np.ndarray | None = None
+        self._seq = 0  # frames published
+        self._latest: dict[str, Any] = {"frame": None, "source": source}
+        self._jpeg: tuple[int, bytes] = (0, b"")  # (seq, bytes) of the newest JPEG
+        self._server = _Server((host, port), _Handler, self, max_viewers + 8)
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, args=(0.1,), name="live view"),
+            threading.Thread(target=self._encode_loop, name="live view encoder"),
+        ]
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/"
+
+    def publish(self, report: FrameReport) -> None:
+        """Take the loop's latest frame and result (copies the picture; never blocks on
+        a viewer)."""
+        latest = report.to_dict()
+        latest["fps"] = round(report.fps, 2)
+        latest["source"] = self.source
+        with self._cond:
+            spare = self._spare
+            if spare is None or spare.shape != report.image.shape:
+                spare = np.empty_like(report.image)
+            np.copyto(spare, report.image)
+            self._spare, self._image = self._image, spare
+            self._latest = latest
+            self._seq += 1
+            self._cond.notify_all()
+
+    def latest(self) -> dict[str, Any]:
+        with self._cond:
+            return self._latest
+
+    def close(self) -> None:
+        """Stop serving: every viewer's stream ends, the port is released."""
+        self._closing.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def __enter__(self) -> LiveView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _encode_loop(self) -> None:
+        done = 0  # seq of the last frame encoded
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+        while not self._closing.is_set():
+            with self._cond:
+                while not self._closing.is_set() and (self._seq == done or not self.viewers):
+                    self._cond.wait(0.5)
+                if self._closing.is_set():
+                    return
+                image, seq = self._image, self._seq
+                # The loop publishes into the spare buffer: this one stays ours meanwhile.
+                self._image = None
+            assert image is not None
+            ok, encoded = cv2.imencode(".jpg", image, params)
+            with self._cond:
+                if self._image is None:  # give the buffer back unless a newer frame came
+                    self._image = image
+                elif self._spare is None:
+                    self._spare = image
+                if ok:
+                    self._jpeg = (seq, encoded.tobytes())
+                    self.encoded += 1
+                done = seq
+                self._cond.notify_all()
+
+    def next_jpeg(self, after: int) -> tuple[int, bytes] | None:
+        """The newest JPEG newer than ``after``, waiting for it; None once closing."""
+        with self._cond:
+            while not self._closing.is_set():
+                seq, data = self._jpeg
+                if seq > after:
+                    return seq, data
+                self._cond.wait(0.5)
+        return None
+
+    def enter_viewer(self) -> bool:
+        with self._cond:
+            if self.viewers >= self.max_viewers:
+                return False
+            self.viewers += 1
+            self._cond.notify_all()
+            return True
+
+    def leave_viewer(self) -> None:
+        with self._cond:
+            self.viewers -= 1
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once (more are closed at
+    once, so a flood cannot pile up threads)."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        view: LiveView,
+        max_connections: int,
+    ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.view = view
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "scenecam-edge"
+    sys_version = ""
+    protocol_version = "HTTP/1.0"
+    timeout = SEND_TIMEOUT  # on the socket: a viewer that stops reading is dropped
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("live view %s: %s", self.client_address[0], format % args)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path not in _ROUTES:
+            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+        elif path == "/stream.mjpg":
+            self._stream()
+        elif path == "/latest.json":
+            body = json.dumps(self.server.view.latest()).encode()
+            self._send(HTTPStatus.OK, "application/json", body)
+        else:
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE.encode())
+
+    def do_HEAD(self) -> None:
+        found = self.path.split("?", 1)[0] in _ROUTES
+        status = HTTPStatus.OK if found else HTTPStatus.NOT_FOUND
+        self._send(status, "text/plain", b"", head=True)
+
+    def _refuse(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n", allow=True)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+    def _send(
+        self, status: HTTPStatus, kind: str, body: bytes, *, head: bool = False, allow: bool = False
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if allow:
+            self.send_header("Allow", "GET, HEAD")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _stream(self) -> None:
+        view = self.server.view
+        if not view.enter_viewer():
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+            self.send_header("Retry-After", "5")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        try:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            sent = 0
+            while (item := view.next_jpeg(sent)) is not None:
+                sent, data = item
+                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                head += f"Content-Length: {len(data)}\r\n\r\n"
+                self.wfile.write(head.encode() + data + b"\r\n")
+                self.wfile.flush()
+        except OSError as exc:  # the viewer went away or stopped reading
+            log.debug("live view %s: stream ended (%s)", self.client_address[0], exc)
+        finally:
+            view.leave_viewer()
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>scenecam-edge live view</title>
+<style>
+body { margin: 0; font: 15px system-ui, sans-serif; background: #111; color: #eee; }
+main { display: flex; flex-wrap: wrap; gap: 16px; padding: 12px; }
+section { flex: 1; min-width: 260px; }
+img { max-width: 100%; background: #000; }
+#label { font-size: 26px; font-weight: 600; }
+.row { display: flex; align-items: center; gap: 6px; margin: 3px 0; }
+.name { width: 90px; } .bar { height: 12px; background: #e8a33d; }
+#meta { color: #aaa; margin: 6px 0 12px; }
+</style></head>
+<body><main>
+<img id="stream" src="/stream.mjpg" alt="the camera's annotated frames">
+<section><div id="label">waiting for a frame</div><div id="meta"></div><div id="probs"></div>
+</section></main>
+<script>
+async function update() {
+  try {
+    const r = await fetch("/latest.json", {cache: "no-store"});
+    const d = await r.json();
+    if (d.frame !== null) {
+      document.getElementById("label").textContent =
+        d.label + " " + (100 * d.confidence).toFixed(1) + "%";
+      document.getElementById("meta").textContent =
+        "frame " + d.frame + " | " + d.fps.toFixed(1) + " fps | " + (d.method || "heatmap off");
+      const probs = document.getElementById("probs");
+      probs.replaceChildren();
+      for (const [name, p] of Object.entries(d.probabilities).sort((a, b) => b[1] - a[1])) {
+        const row = document.createElement("div"); row.className = "row";
+        const n = document.createElement("span"); n.className = "name"; n.textContent = name;
+        const b = document.createElement("span"); b.className = "bar";
+        b.style.width = Math.round(150 * p) + "px";
+        const v = document.createElement("span"); v.textContent = (100 * p).toFixed(1) + "%";
+        row.append(n, b, v); probs.append(row);
+      }
+    }
+  } catch (e) { document.getElementById("meta").textContent = "no connection"; }
+}
+update(); setInterval(update, 500);
+</script></body></html>
+"""
