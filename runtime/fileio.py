@@ -3,6 +3,7 @@ half-written file, and an interrupted write leaves the previous version (or noth
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -12,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+from PIL import Image
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -81,8 +82,8 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 
 def write_png_atomic(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     """Write an RGB (or single-channel) uint8 picture as PNG."""
-    picture = rgb if rgb.ndim == 2 or rgb.shape[2] == 1 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", picture)
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    return write_bytes_atomic(path, encoded.tobytes())
+    picture = rgb[:, :, 0] if rgb.ndim == 3 and rgb.shape[2] == 1 else rgb
+    encoded = io.BytesIO()
+    # Level 1, as OpenCV's encoder used before: the fastest zlib level; files ~10% larger.
+    Image.fromarray(np.ascontiguousarray(picture)).save(encoded, "PNG", compress_level=1)
+    return write_bytes_atomic(path, encoded.getvalue())

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+from PIL import Image
 
 from scenecam_edge import SceneCam
 from scenecam_edge.cam import softmax
@@ -166,12 +167,9 @@ def _gallery(cam: SceneCam, data: LabelledImages, result: Evaluation, per_class:
 
 
 def _jpeg(rgb: np.ndarray) -> str:
-    ok, data = cv2.imencode(
-        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85]
-    )
-    if not ok:
-        raise OSError("JPEG encoding failed")
-    return base64.b64encode(data.tobytes()).decode("ascii")
+    data = io.BytesIO()
+    Image.fromarray(rgb).save(data, "JPEG", quality=85)
+    return base64.b64encode(data.getvalue()).decode("ascii")
 
 
 _PAGE = """<!doctype html>
