@@ -68,7 +68,7 @@ def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     shipped models were trained with: equal but for rare ties); where it grows, Pillow's
     bilinear filter (OpenCV's INTER_LINEAR within one level). tests/test_images.py compares.
     """
-    h, w, channels = image.shape
+    h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
     if height <= h and width <= w:
@@ -114,7 +114,9 @@ def _area_axis0(a: np.ndarray, size: int) -> np.ndarray:
     lo = np.ceil(edges[:-1]).astype(np.int64)  # first whole row of each footprint
     hi = np.floor(edges[1:]).astype(np.int64)  # one past its last whole row
     acc = np.float32 if a.dtype != np.uint8 else np.uint16 if scale < 250 else np.uint32
-    out = np.stack([np.add.reduce(flat[i:j], axis=0, dtype=acc) for i, j in zip(lo, hi)])
+    out = np.stack(
+        [np.add.reduce(flat[i:j], axis=0, dtype=acc) for i, j in zip(lo, hi, strict=True)]
+    )
     out = out.astype(np.float32)
     left = (lo - edges[:-1]).astype(np.float32)  # share of the row before the first whole one
     (at,) = np.nonzero(left > 0)

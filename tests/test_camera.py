@@ -13,9 +13,12 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+
+# The camera is the camera extra's: without OpenCV (the base install) this module is skipped.
+cv2 = pytest.importorskip("cv2", reason="needs OpenCV: pip install '.[camera]'")
+
 from click.testing import CliRunner
 
 from scenecam_edge import cam as cam_module
