@@ -99,8 +99,8 @@ def _area_axis0(a: np.ndarray, size: int) -> np.ndarray:
     flat = a.reshape(n, -1)  # 2-D: numpy broadcasts a weight column over long rows fastest
     if n % size == 0:  # whole blocks of k rows
         k = n // size
-        acc = np.uint32 if a.dtype == np.uint8 else np.float32
-        out = flat.reshape(size, k, -1).sum(axis=1, dtype=acc).astype(np.float32) / np.float32(k)
+        block = np.uint32 if a.dtype == np.uint8 else np.float32
+        out = flat.reshape(size, k, -1).sum(axis=1, dtype=block).astype(np.float32) / np.float32(k)
         return out.reshape(size, *a.shape[1:])
     index, weights = _area_taps(n, size)
     if index.shape[1] <= _MAX_TAPS:

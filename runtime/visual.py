@@ -4,7 +4,7 @@ numpy and Pillow only: the base install has no OpenCV. The results are OpenCV's,
 runtime made them before (tests/test_visual.py compares with OpenCV where it is installed):
 :func:`heatmap_at` resizes with ``cv2.resize(..., INTER_LINEAR)``'s arithmetic (within 1e-6),
 :func:`colorize` is ``cv2.applyColorMap(..., COLORMAP_JET)`` (the same table, every level),
-and :func:`overlay` is ``cv2.addWeighted`` (within 1 level per channel).
+and :func:`overlay` is ``cv2.addWeighted`` (equal at the default alpha).
 """
 
 from __future__ import annotations
@@ -55,25 +55,29 @@ def _levels(heatmap: np.ndarray) -> np.ndarray:
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """A [0, 1] map as an RGB uint8 picture with the JET colormap."""
+    return np.asarray(_jet_picture(heatmap).convert("RGB"))
+
+
+def _jet_picture(heatmap: np.ndarray) -> Image.Image:
+    """The map's levels as a palette picture with the JET palette (Pillow applies it in C)."""
     picture = Image.fromarray(_levels(heatmap), mode="P")
     picture.putpalette(_JET_PALETTE)
-    return np.asarray(picture.convert("RGB"))
+    return picture
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """Blend the coloured heatmap over ``image`` (uint8, H x W x 1 or 3): alpha * heat + rest."""
+    """Blend the coloured heatmap over ``image`` (uint8, H x W x 1 or 3): alpha * heat + rest.
+
+    Pillow's masked composite: integer arithmetic with exact rounding, so equal to OpenCV's
+    ``addWeighted`` (which the runtime used before) wherever ``alpha`` * 255 is a whole number,
+    as the default 0.4 is; otherwise alpha is taken to the nearest 1/255 (within one level).
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
     rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
-    return blend(colorize(heatmap), rgb, alpha)
-
-
-def blend(top: np.ndarray, bottom: np.ndarray, alpha: float) -> np.ndarray:
-    """``alpha * top + (1 - alpha) * bottom`` for uint8 pictures of one shape, rounded."""
-    out = top.astype(np.float32)
-    out *= np.float32(alpha)
-    out += bottom.astype(np.float32) * np.float32(1.0 - alpha)
-    return np.rint(out, out=out).astype(np.uint8)
+    colour = _jet_picture(heatmap).convert("RGB")
+    weight = Image.new("L", colour.size, round(alpha * 255))
+    return np.asarray(Image.composite(colour, Image.fromarray(np.ascontiguousarray(rgb)), weight))
 
 
 def fit_picture(picture: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -121,3 +121,18 @@ def test_confidences_match_the_opencv_resize(scenecam: SceneCam, tmp_path: Path)
             assert p_old.argmax() == p_new.argmax()
             worst = max(worst, float(np.abs(p_old - p_new).max()))
     assert worst < 0.01, worst
+
+
+@pytest.mark.parametrize("shape", [(150, 150, 3), (37, 5, 1), (9, 1), (1, 1, 3), (64, 300)])
+def test_png_encoder_round_trips(tmp_path: Path, shape: tuple[int, ...]):
+    """The runtime's own PNG writer (Sub filter, zlib RLE): Pillow reads back every pixel."""
+    from scenecam_edge.fileio import encode_png, write_png_atomic
+
+    picture = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    out = write_png_atomic(tmp_path / "p.png", picture)
+    with Image.open(out) as back:
+        assert back.mode == ("RGB" if picture.ndim == 3 and shape[2] == 3 else "L")
+        assert np.array_equal(np.asarray(back).reshape(picture.shape), picture)
+    assert out.read_bytes() == encode_png(picture)
+    with pytest.raises(ValueError, match="uint8 grey or RGB"):
+        encode_png(np.zeros((4, 4, 4), np.uint8))
