@@ -67,6 +67,11 @@ def pip(env: Path, log: Path, *args: str) -> None:
 
 
 def build_wheel(source: Path, out: Path, log: Path) -> Path:
+    """A wheel of ``source`` built from a clean copy: setuptools reuses a ``build/`` folder
+    left in the tree, files since excluded included."""
+    clean = out.parent / f"{out.name}-src"
+    shutil.copytree(source, clean, ignore=shutil.ignore_patterns("build", "*.egg-info", ".git"))
+    source = clean
     with log.open("ab") as fh:
         subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
