@@ -181,21 +181,15 @@ def old_functions() -> dict[str, Callable[..., Any]]:
 
 
 def new_functions() -> dict[str, Callable[..., Any]]:
-    from PIL import Image
-
     from scenecam_edge import images, visual
-
-    def png(rgb: np.ndarray) -> bytes:
-        out = io.BytesIO()
-        Image.fromarray(rgb).save(out, "PNG", compress_level=1)
-        return out.getvalue()
+    from scenecam_edge.fileio import encode_png
 
     return {
         "resize_to": images.resize_to,
         "heatmap_at": visual.heatmap_at,
         "colorize": visual.colorize,
         "overlay": visual.overlay,
-        "png": png,
+        "png": encode_png,
     }
 
 

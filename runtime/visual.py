@@ -43,14 +43,15 @@ _JET_PALETTE = JET_RGB.tobytes()
 
 def heatmap_at(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """The map normalised to [0, 1] and resized (bilinear) to ``height`` x ``width``."""
-    resized = resize_map(normalize(cam), height, width)
+    norm = normalize(cam)
+    if height >= norm.shape[0] and width >= norm.shape[1]:
+        # Enlarging (the usual case): Pillow's bilinear filter on float pixels is OpenCV's
+        # INTER_LINEAR (centres aligned, edges clamped) in one C pass over the output.
+        picture = Image.fromarray(norm).resize((width, height), Image.Resampling.BILINEAR)
+        resized = np.asarray(picture, dtype=np.float32).copy()
+    else:
+        resized = resize_map(norm, height, width)
     return np.clip(resized, 0.0, 1.0, out=resized)
-
-
-def _levels(heatmap: np.ndarray) -> np.ndarray:
-    """A [0, 1] map as uint8 levels, rounded half to even like ``cv2.convertScaleAbs``."""
-    scaled = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0) * np.float32(255.0)
-    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
@@ -59,9 +60,12 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
 
 
 def _jet_picture(heatmap: np.ndarray) -> Image.Image:
-    """The map's levels as a palette picture with the JET palette (Pillow applies it in C)."""
-    picture = Image.fromarray(_levels(heatmap), mode="P")
-    picture.putpalette(_JET_PALETTE)
+    """The map as a palette picture with the JET palette, all in Pillow's C loops: levels
+    round(255 * value) (half up; OpenCV's convertScaleAbs rounds exact ties to even), clipped
+    to [0, 255]."""
+    values = Image.fromarray(np.ascontiguousarray(heatmap, dtype=np.float32))
+    picture = values.point(lambda v: v * 255.0 + 0.5).convert("L")  # F to L truncates, clips
+    picture.putpalette(_JET_PALETTE)  # L becomes P
     return picture
 
 

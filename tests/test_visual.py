@@ -145,14 +145,19 @@ def test_colorize_and_overlay_match_opencv():
         cv2.applyColorMap(cv2.convertScaleAbs(heat, alpha=255.0), table), cv2.COLOR_BGR2RGB
     )
     colour = visual.colorize(heat)
-    assert np.array_equal(colour, old_colour)
+    # Levels are rounded half up, OpenCV's half to even: only exact ties (255 * value = k + 0.5)
+    # can move one level.
+    assert (colour != old_colour).any(axis=-1).mean() < 1e-4
     image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
     for alpha in (0.4, 0.8, 0.75, 0.33):
         old = cv2.addWeighted(old_colour, alpha, image, 1.0 - alpha, 0.0)
         diff = np.abs(visual.overlay(image, heat, alpha).astype(int) - old)
         if (alpha * 255).is_integer():  # the default 0.4, and 0.8: equal but for float ties
             assert (diff > 0).mean() < 0.001, alpha
-        assert diff.max() <= 1, alpha
+            assert np.percentile(diff, 99.99) == 0
+        # A tie moves the JET level by one: up to 4 levels of colour, times alpha.
+        assert diff.max() <= 1 + round(4 * alpha), alpha
+        assert (diff > 1).mean() < 1e-4, alpha
 
 
 @needs_cv2
@@ -169,7 +174,7 @@ def test_real_model_heatmaps_match_the_opencv_pipeline(scenecam: SceneCam):
         assert np.abs(e.heatmap - old_heat).max() <= 1e-6
         bgr = cv2.applyColorMap(cv2.convertScaleAbs(old_heat, alpha=255.0), cv2.COLORMAP_JET)
         old_overlay = cv2.addWeighted(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 0.4, e.image, 0.6, 0)
-        assert np.abs(e.overlay.astype(int) - old_overlay).max() <= 1
+        assert np.abs(e.overlay.astype(int) - old_overlay).max() <= 2
         assert (e.overlay != old_overlay).mean() < 0.001
 
 
