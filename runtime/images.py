@@ -165,31 +165,40 @@ def _bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
-    """The (size_out, size_in) matrix of OpenCV's INTER_LINEAR along one axis: pixel centres
-    aligned (x = (i + 0.5) * in / out - 0.5), two neighbours, edges clamped."""
+def _linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's INTER_LINEAR along one axis: for each output pixel, its left and right input
+    pixels and the right one's weight. Pixel centres aligned (x = (i + 0.5) * in / out - 0.5),
+    edges clamped, all in float32 as OpenCV computes them."""
     scale = 1.0 / (size_out / size_in)  # as OpenCV computes it
     x = ((np.arange(size_out) + 0.5) * scale - 0.5).astype(np.float32)
     left = np.floor(x).astype(np.int64)
     frac = x - left
-    before = left < 0
-    after = left >= size_in - 1
-    left = np.where(before, 0, np.where(after, size_in - 1, left))
-    frac = np.where(before | after, np.float32(0.0), frac)
+    outside = (left < 0) | (left >= size_in - 1)
+    left = np.clip(left, 0, size_in - 1)
+    frac = np.where(outside, np.float32(0.0), frac).astype(np.float32)
     right = np.minimum(left + 1, size_in - 1)
+    for arr in (left, right, frac):
+        arr.setflags(write=False)
+    return left, right, frac
+
+
+def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
+    """The same as a (size_out, size_in) matrix."""
+    left, right, frac = _linear_taps(size_in, size_out)
     weights = np.zeros((size_out, size_in), np.float32)
     rows = np.arange(size_out)
     np.add.at(weights, (rows, left), 1.0 - frac)
     np.add.at(weights, (rows, right), frac)
-    weights.setflags(write=False)
     return weights
 
 
 def resize_map(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of float maps, (h, w) or a stack (..., h, w), to (..., height, width).
 
-    OpenCV's INTER_LINEAR (``cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)``)
-    as two small matrix products; the CAMs it enlarges are a few cells a side.
+    OpenCV's INTER_LINEAR (``cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)``):
+    the rows by a small matrix product (the maps have a few rows), then each output pixel as
+    its left neighbour plus the weighted step to its right one (no BLAS: its threads cost more
+    than they save on one large thin product).
     """
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive, not {height} x {width}")
@@ -197,9 +206,13 @@ def resize_map(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = arr.shape[-2:]
     if (h, w) == (height, width):
         return arr.copy()
-    rows = _linear_weights(h, height)
-    cols = _linear_weights(w, width)
-    return np.matmul(np.matmul(rows, arr), cols.T)
+    rows = np.matmul(_linear_weights(h, height), arr)  # (..., height, w)
+    left, _, frac = _linear_taps(w, width)
+    step = np.zeros_like(rows)  # to the right neighbour; 0 at the clamped right edge
+    step[..., :-1] = rows[..., 1:] - rows[..., :-1]
+    out = rows[..., left]
+    out += step[..., left] * frac
+    return out
 
 
 def load_still(

@@ -43,14 +43,7 @@ _JET_PALETTE = JET_RGB.tobytes()
 
 def heatmap_at(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """The map normalised to [0, 1] and resized (bilinear) to ``height`` x ``width``."""
-    norm = normalize(cam)
-    if height >= norm.shape[0] and width >= norm.shape[1]:
-        # Enlarging (the usual case): Pillow's bilinear filter on float pixels is OpenCV's
-        # INTER_LINEAR (centres aligned, edges clamped) in one C pass over the output.
-        picture = Image.fromarray(norm).resize((width, height), Image.Resampling.BILINEAR)
-        resized = np.asarray(picture, dtype=np.float32).copy()
-    else:
-        resized = resize_map(norm, height, width)
+    resized = resize_map(normalize(cam), height, width)
     return np.clip(resized, 0.0, 1.0, out=resized)
 
 
