@@ -3,8 +3,9 @@
 numpy and Pillow only: the base install has no OpenCV. The results are OpenCV's, as the
 runtime made them before (tests/test_visual.py compares with OpenCV where it is installed):
 :func:`heatmap_at` resizes with ``cv2.resize(..., INTER_LINEAR)``'s arithmetic (within 1e-6),
-:func:`colorize` is ``cv2.applyColorMap(..., COLORMAP_JET)`` (the same table, every level),
-and :func:`overlay` is ``cv2.addWeighted`` (equal at the default alpha).
+:func:`colorize` is ``cv2.applyColorMap(..., COLORMAP_JET)`` (the same table, every level;
+levels round half up, so an exact tie may take the next one), and :func:`overlay` is
+``cv2.addWeighted`` (equal at the default alpha but for those ties).
 """
 
 from __future__ import annotations
