@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
-import cv2
 import numpy as np
+
+from .images import resize_map
 
 if TYPE_CHECKING:
     from .head import Head
@@ -255,12 +256,7 @@ def _scorecam(x: CamInputs) -> np.ndarray:
     for i in range(n):
         a = x.features[i]
         channels = np.argsort(-a.max(axis=(0, 1)), kind="stable")[:keep]  # most activated first
-        masks = np.stack(
-            [
-                cv2.resize(a[:, :, c], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-                for c in channels
-            ]
-        )
+        masks = resize_map(np.moveaxis(a, -1, 0)[channels], size[0], size[1])
         lo = masks.min(axis=(1, 2), keepdims=True)
         hi = masks.max(axis=(1, 2), keepdims=True)
         masks = np.where(hi > lo, (masks - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)

@@ -13,19 +13,19 @@ stream without end, so both are refused by type before anything opens them.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import shutil
 import stat
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 #: errno values that mean "nothing more can be written here": a job stops at the first one.
 STORAGE_ERRNOS = frozenset(
@@ -141,7 +141,31 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 
 def write_png_atomic(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     """Write an RGB (or single-channel) uint8 picture as PNG."""
-    picture = rgb[:, :, 0] if rgb.ndim == 3 and rgb.shape[2] == 1 else rgb
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(picture)).save(buffer, "PNG", compress_level=1)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, encode_png(rgb))
+
+
+def encode_png(picture: np.ndarray) -> bytes:
+    """A uint8 (H, W), (H, W, 1) or (H, W, 3) picture as PNG bytes, encoded for speed the way
+    OpenCV's encoder does by default (the runtime used it before): every row with the "Sub"
+    filter, zlib level 1 with the run-length strategy. Pillow's encoder tries five filters
+    per row and measured several times slower."""
+    arr = np.ascontiguousarray(picture.reshape(picture.shape[0], picture.shape[1], -1))
+    height, width, channels = arr.shape
+    if arr.dtype != np.uint8 or channels not in (1, 3):
+        raise ValueError(f"PNG needs uint8 grey or RGB pixels, not {arr.dtype} {arr.shape}")
+    rows = arr.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 1  # filter type Sub: each byte minus the byte one pixel to its left
+    filtered[:, 1 : channels + 1] = rows[:, :channels]
+    np.subtract(rows[:, channels:], rows[:, :-channels], out=filtered[:, channels + 1 :])
+    deflate = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_RLE)
+    data = deflate.compress(filtered.tobytes()) + deflate.flush()
+    colour = 2 if channels == 3 else 0
+    header = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
+    return b"".join(
+        [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", data), _chunk(b"IEND", b"")]
+    )
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .bundle import MANIFEST
 from .errors import BundleError
+from .models import REPOSITORY_ONLY
 
 #: The bundle ``SceneCam.load()`` and the CLI use when no model is named.
 DEFAULT_MODEL = "scenes-resnet18"
@@ -34,6 +35,8 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     name = os.fspath(model)
     if name in shipped_models():
         return models_dir() / name
+    if name in REPOSITORY_ONLY:
+        raise BundleError(name, not_installed(name))
     shipped = shipped_models()
     close = difflib.get_close_matches(name, shipped, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
@@ -41,4 +44,12 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
         name,
         f"no such bundle folder, and no shipped model of that name ({hint}"
         f"shipped: {', '.join(shipped) or 'none'})",
+    )
+
+
+def not_installed(name: str) -> str:
+    """Why a repository-only bundle is missing, and how to load it."""
+    return (
+        "not installed with the package (it stays in the source repository to keep the "
+        f"install small); from a clone, load it by path: --model models/{name}"
     )

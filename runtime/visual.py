@@ -1,41 +1,89 @@
-"""Turning a CAM into pictures: heatmap at image size, JET colours, overlay, side-by-side panel."""
+"""Turning a CAM into pictures: heatmap at image size, JET colours, overlay, side-by-side panel.
+
+numpy and Pillow only: the base install has no OpenCV. The results are OpenCV's, as the
+runtime made them before (tests/test_visual.py compares with OpenCV where it is installed):
+:func:`heatmap_at` resizes with ``cv2.resize(..., INTER_LINEAR)``'s arithmetic (within 1e-6),
+:func:`colorize` is ``cv2.applyColorMap(..., COLORMAP_JET)`` (the same table, every level;
+levels round half up, so an exact tie may take the next one), and :func:`overlay` is
+``cv2.addWeighted`` (equal at the default alpha but for those ties).
+"""
 
 from __future__ import annotations
 
-import cv2
+from functools import lru_cache
+
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from .cam import normalize
+from .images import resize_map
 
 DEFAULT_ALPHA = 0.4
 
-# JET as a 256-entry RGB table, built once: applyColorMap with a named map rebuilds its table
-# on every call (~10x slower than applying a ready table at 150 x 150).
-_JET_RGB = cv2.cvtColor(
-    cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
-)
+
+def _jet_table() -> np.ndarray:
+    """OpenCV's COLORMAP_JET as a (256, 3) RGB uint8 table.
+
+    JET is piecewise linear: each channel is clip(1.5 - |4x - c|, 0, 1) with c = 3 (red),
+    2 (green), 1 (blue), sampled at x = level / 255. OpenCV stores the sampled values as
+    float32 and scales them by 255 in float32 with round-half-to-even; doing the same gives
+    its table, except one level where its stored constant sits just below the tie.
+    """
+    x = np.arange(256, dtype=np.float64) / 255.0
+    channels = [np.clip(1.5 - np.abs(4.0 * x - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)]
+    scaled = np.stack(channels, axis=1).astype(np.float32) * np.float32(255.0)
+    table = np.rint(scaled).astype(np.uint8)
+    table[159, 2] = 1  # OpenCV's blue at level 159 is 1: its constant for 1.5/255 rounds down
+    return table
+
+
+#: JET as a 256-entry RGB table, also as the flat palette Pillow applies in C.
+JET_RGB = _jet_table()
+_JET_PALETTE = JET_RGB.tobytes()
 
 
 def heatmap_at(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """The map normalised to [0, 1] and resized (bilinear) to ``height`` x ``width``."""
-    norm = normalize(cam)
-    resized = cv2.resize(norm, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0)
+    resized = resize_map(normalize(cam), height, width)
+    return np.clip(resized, 0.0, 1.0, out=resized)
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """A [0, 1] map as an RGB uint8 picture with the JET colormap."""
-    # Saturating, rounding conversion in one OpenCV call: 2 us against 12 us in numpy at 150 px.
-    levels = cv2.convertScaleAbs(np.clip(heatmap, 0.0, 1.0), alpha=255.0)
-    return cv2.applyColorMap(levels, _JET_RGB)
+    return np.asarray(_jet_picture(heatmap).convert("RGB"))
+
+
+def _jet_picture(heatmap: np.ndarray) -> Image.Image:
+    """The map as a palette picture with the JET palette, all in Pillow's C loops: levels
+    round(255 * value) (half up; OpenCV's convertScaleAbs rounds exact ties to even), clipped
+    to [0, 255]."""
+    values = Image.fromarray(np.ascontiguousarray(heatmap, dtype=np.float32))
+    picture = values.point(lambda v: v * 255.0 + 0.5).convert("L")  # F to L truncates, clips
+    picture.putpalette(_JET_PALETTE)  # L becomes P
+    return picture
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """Blend the coloured heatmap over ``image`` (uint8, H x W x 1 or 3): alpha * heat + rest."""
+    """Blend the coloured heatmap over ``image`` (uint8, H x W x 1 or 3): alpha * heat + rest.
+
+    Pillow's masked composite: integer arithmetic with exact rounding, so equal to OpenCV's
+    ``addWeighted`` (which the runtime used before) wherever ``alpha`` * 255 is a whole number,
+    as the default 0.4 is; otherwise alpha is taken to the nearest 1/255 (within one level).
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
     rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
-    return cv2.addWeighted(colorize(heatmap), alpha, np.ascontiguousarray(rgb), 1.0 - alpha, 0.0)
+    colour = _jet_picture(heatmap).convert("RGB")
+    weight = Image.new("L", colour.size, round(alpha * 255))
+    return np.asarray(Image.composite(colour, Image.fromarray(np.ascontiguousarray(rgb)), weight))
+
+
+def fit_picture(picture: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A uint8 RGB picture resized for display (bilinear)."""
+    if picture.shape[:2] == (height, width):
+        return picture
+    resized = Image.fromarray(picture).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
 
 
 def panel(image: np.ndarray, heatmap: np.ndarray, blended: np.ndarray, title: str) -> np.ndarray:
@@ -44,15 +92,16 @@ def panel(image: np.ndarray, heatmap: np.ndarray, blended: np.ndarray, title: st
     h = max(rgb.shape[0], 160)
     scale = h / rgb.shape[0]
     w = max(1, round(rgb.shape[1] * scale))
-
-    def fit(picture: np.ndarray) -> np.ndarray:
-        return cv2.resize(picture, (w, h), interpolation=cv2.INTER_LINEAR)
-
     gap = np.full((h, 6, 3), 255, np.uint8)
-    row = np.concatenate([fit(rgb), gap, fit(colorize(heatmap)), gap, fit(blended)], axis=1)
-    bar = np.full((28, row.shape[1], 3), 255, np.uint8)
-    font_scale = min(0.55, 0.55 * row.shape[1] / 480)
-    cv2.putText(
-        bar, title, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA
-    )
-    return np.concatenate([bar, row], axis=0)
+    pictures = [fit_picture(p, h, w) for p in (rgb, colorize(heatmap), blended)]
+    row = np.concatenate([pictures[0], gap, pictures[1], gap, pictures[2]], axis=1)
+    bar = Image.new("RGB", (row.shape[1], 28), (255, 255, 255))
+    size = max(8, min(15, round(15 * row.shape[1] / 480)))
+    ImageDraw.Draw(bar).text((6, 6), title, fill=(0, 0, 0), font=_font(size))
+    return np.concatenate([np.asarray(bar), row], axis=0)
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled font at ``size`` px (its bitmap font where FreeType is missing)."""
+    return ImageFont.load_default(size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
+cv2 = pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
 
 import json
 import signal
@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 from click.testing import CliRunner
 

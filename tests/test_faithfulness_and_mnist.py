@@ -17,6 +17,9 @@ from scenecam_edge.cli import cli
 
 from .conftest import REPO, SHARED_DATA, needs_data
 
+# In the repository, not in the wheel (models.REPOSITORY_ONLY): loaded by path.
+MNIST = REPO / "models" / "mnist-tutorial"
+
 DIGITS = sorted((REPO / "samples" / "digits").glob("*.png"))
 
 
@@ -64,7 +67,7 @@ def test_gradcam_is_more_faithful_than_a_random_map(scenecam: SceneCam):
 
 @pytest.fixture(scope="module")
 def mnist() -> SceneCam:
-    return SceneCam.load("mnist-tutorial", threads=1)
+    return SceneCam.load(MNIST, threads=1)
 
 
 def test_mnist_bundle_is_the_tutorial_network(mnist: SceneCam):
@@ -103,7 +106,7 @@ def test_mnist_tutorial_presentation(tmp_path: Path):
             "classify",
             str(four),
             "--model",
-            "mnist-tutorial",
+            str(MNIST),
             "--target",
             "4",
             "--alpha",

@@ -110,8 +110,9 @@ def test_eigencam_matches_an_eigendecomposition(scenecam: SceneCam, sample_image
 
 
 def test_scorecam_weights_are_masked_scores(scenecam: SceneCam, sample_images: list[Path]):
-    """Score-CAM recomputed by hand with the runtime's own forward pass (4 channels)."""
-    import cv2
+    """Score-CAM recomputed by hand with the runtime's own forward pass (4 channels), its
+    masks resized by OpenCV (the runtime's own resizing is numpy's: an independent check)."""
+    cv2 = pytest.importorskip("cv2", reason="compares with OpenCV: pip install '.[camera]'")
 
     image = scenecam.to_input(scenecam.load_image(sample_images[2]))
     features, logits = scenecam.forward(image[None])

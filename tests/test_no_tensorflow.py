@@ -96,24 +96,72 @@ def test_runtime_sources_do_not_import_training_side():
     assert not offenders, offenders
 
 
-def test_evaluate_runs_with_tensorflow_blocked(tmp_path: Path):
-    """evaluate is a runtime command: its data reader, metrics and report are the runtime's."""
+# The base install has no OpenCV: the same blocker with cv2 added, raising what a missing
+# module raises.
+CV2_BLOCKER = BLOCKER.replace(
+    "('tensorflow', 'keras', 'tf2onnx')", "('tensorflow', 'keras', 'tf2onnx', 'cv2')"
+).replace("raise ImportError('blocked: ' + name)", "raise ModuleNotFoundError(name, name=name)")
+
+
+def test_base_install_path_imports_no_opencv(tmp_path: Path):
+    """classify (with panels), batch (with heatmaps), evaluate (with its report), models and
+    the API, with OpenCV and TensorFlow blocked as in the base install: all work, none
+    imports cv2, and evaluate (a runtime command) loads nothing of the training side."""
     data = tmp_path / "data"
     for photo in (REPO / "samples" / "scenes").glob("*.jpg"):
         (data / photo.stem.split("_")[0]).mkdir(parents=True, exist_ok=True)
         (data / photo.stem.split("_")[0] / photo.name).write_bytes(photo.read_bytes())
+    samples = str(REPO / "samples" / "scenes")
+    runs = [
+        ["classify", samples, "--save-dir", str(tmp_path / "panels")],
+        ["batch", samples, "--out", str(tmp_path / "b.jsonl"), "--heatmaps", str(tmp_path / "h")],
+        ["evaluate", str(data), "--report", str(tmp_path / "report"), "--gallery", "1"],
+        ["models"],
+    ]
     code = f"""
+import numpy as np
+from scenecam_edge import SceneCam, METHODS
 from scenecam_edge.cli import cli
-try:
-    cli(['evaluate', {str(data)!r}, '--model', 'scenes-mini', '--report', {str(tmp_path / "r")!r}])
-except SystemExit as exc:
-    assert exc.code in (0, None), exc.code
+cam = SceneCam.load()
+for method in METHODS:
+    e = cam.explain(np.full((120, 160, 3), 90, np.uint8), method=method)
+    assert e.overlay.shape == (120, 160, 3)
+for args in {runs!r}:
+    try:
+        cli(args)
+    except SystemExit as exc:
+        assert exc.code in (0, None), (args, exc.code)
+assert 'cv2' not in sys.modules
 bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')
        or m.startswith(('scenecam_edge.training', 'scenecam_edge.export'))]
 assert not bad, bad
 print('ok')
 """
-    proc = _run(code)
+    proc = subprocess.run(
+        [sys.executable, "-c", CV2_BLOCKER + code], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
-    assert (tmp_path / "r" / "report.html").is_file()
+    assert len(list((tmp_path / "panels").glob("*.png"))) == 12
+    assert len(list((tmp_path / "h").glob("*.cam.png"))) == 12
+    assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+
+
+def test_camera_without_opencv_names_the_extra():
+    """Without OpenCV, `camera` (whatever its arguments, --help too) says in one line which
+    extra to install and exits 3; the other commands are unaffected."""
+    for args in (["camera", "--source", "clip.mp4", "--headless"], ["camera", "--help"]):
+        code = f"from scenecam_edge.cli import cli\ncli({args!r})"
+        proc = subprocess.run(
+            [sys.executable, "-c", CV2_BLOCKER + code], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 3, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert "pip install 'scenecam-edge[camera]'" in lines[0]
+        assert "camera-headless" in lines[0]
+    code = "from scenecam_edge.cli import cli\ncli(['--help'])"
+    proc = subprocess.run(
+        [sys.executable, "-c", CV2_BLOCKER + code], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "camera" in proc.stdout and "classify" in proc.stdout
