@@ -148,9 +148,9 @@ print('ok')
 
 
 def test_camera_without_opencv_names_the_extra():
-    """Without OpenCV, `camera` (whatever its arguments, --help too) says in one line which
-    extra to install and exits 3; the other commands are unaffected."""
-    for args in (["camera", "--source", "clip.mp4", "--headless"], ["camera", "--help"]):
+    """Without OpenCV, `camera` says in one line which extra to install and exits 3; its
+    --help and the other commands still work."""
+    for args in (["camera", "--source", "clip.mp4", "--headless", "--out", "x.mp4"],):
         code = f"from scenecam_edge.cli import cli\ncli({args!r})"
         proc = subprocess.run(
             [sys.executable, "-c", CV2_BLOCKER + code], capture_output=True, text=True, timeout=120
@@ -160,8 +160,9 @@ def test_camera_without_opencv_names_the_extra():
         assert len(lines) == 1, lines
         assert "pip install 'scenecam-edge[camera]'" in lines[0]
         assert "camera-headless" in lines[0]
-    code = "from scenecam_edge.cli import cli\ncli(['--help'])"
-    proc = subprocess.run(
-        [sys.executable, "-c", CV2_BLOCKER + code], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0 and "camera" in proc.stdout and "classify" in proc.stdout
+    for args in (["--help"], ["camera", "--help"]):
+        code = f"from scenecam_edge.cli import cli\ncli({args!r})"
+        proc = subprocess.run(
+            [sys.executable, "-c", CV2_BLOCKER + code], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0 and "camera" in proc.stdout, (args, proc.stderr)

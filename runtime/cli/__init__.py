@@ -15,21 +15,14 @@ import click
 
 from .._version import __version__
 from .batch import batch
+from .camera import camera  # imports OpenCV (the camera extras) only when it runs
 from .classify import classify
-from .common import missing_extra_command
 from .evaluate import evaluate
 from .export import export
 from .models import models
 from .quantize import quantize
 from .tiles import tiles
 from .train import train
-
-try:  # the camera needs OpenCV, which only the camera extras bring
-    from .camera import camera
-except ModuleNotFoundError as exc:
-    if exc.name != "cv2":
-        raise
-    camera = missing_extra_command("camera", "camera")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import click
 
-from ..errors import MissingExtraError, SceneCamError
+from ..errors import SceneCamError
 from ..model import SceneCam
 from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fail, model_options
 
@@ -132,7 +132,11 @@ def camera(
     except ImportError as exc:
         if exc.name != "cv2":
             raise
-        fail(MissingExtraError("opencv-python", "camera", "the camera command"))
+        fail(
+            "the camera command needs OpenCV; install it with: pip install "
+            "'scenecam-edge[camera]' (or 'scenecam-edge[camera-headless]' on a machine "
+            "without a display)"
+        )
     if headless and out is None and jsonl is None and serve is None:
         _usage("--headless needs --out, --jsonl or --serve: nothing would be shown or written")
     if not headless and not cam.display_available():

@@ -201,27 +201,3 @@ def quiet_tensorflow() -> Iterator[None]:
         os.dup2(saved, 2)  # closes the pipe's last write end: the pump reads to the end
         thread.join(timeout=5)
         os.close(saved)
-
-
-#: What each optional extra brings, for the one line a command without it prints.
-EXTRA_HINTS = {
-    "camera": "OpenCV; install it with: pip install 'scenecam-edge[camera]' "
-    "(or 'scenecam-edge[camera-headless]' on a machine without a display)",
-}
-
-
-def missing_extra_command(name: str, extra: str) -> click.Command:
-    """A stand-in for command ``name`` when its extra is not installed: whatever it is given,
-    ``--help`` included, it says in one line which extra to install and exits 3."""
-
-    @click.command(
-        name,
-        help=f"(not installed: needs {EXTRA_HINTS[extra]})",
-        short_help=f"(needs the {extra} extra)",
-        add_help_option=False,
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    )
-    def stand_in() -> None:
-        fail(f"{name} needs {EXTRA_HINTS[extra]}")
-
-    return stand_in
