@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
+from .head_layers import ACTIVATIONS
 from .onnx_scan import MalformedModel, external_locations
 
 SCHEMA_VERSION = 1
@@ -30,14 +31,22 @@ LOGITS = "logits"
 #: and their JSON types.
 HEAD_LAYER_TYPES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "global_average_pooling": {},
+    "global_max_pooling": {},
     "average_pooling": {"pool_size": (int, list), "strides": (int, list)},
+    "max_pooling": {"pool_size": (int, list), "strides": (int, list)},
     "flatten": {},
+    "reshape": {"shape": list},
     "dropout": {},
     "dense": {"kernel": str, "bias": str, "activation": str},
     "batch_normalization": {"scale": str, "offset": str},
+    "layer_normalization": {"gamma": str, "beta": str, "epsilon": (int, float)},
     "relu": {},
+    "activation": {"function": str},
+    # The layers after the explained one as a second ONNX graph (features, cotangent) ->
+    # (logits, gradient); the file must be listed in ``files``.
+    "graph": {"file": str},
 }
-DENSE_ACTIVATIONS = ("linear", "relu")
+DENSE_ACTIVATIONS = ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,8 @@ class Manifest:
         )
         if (spec.name, spec.dtype, spec.layout) != (INPUT_NAME, "uint8", "NHWC"):
             raise BundleError(where, f"input must be '{INPUT_NAME}', uint8, NHWC; got {inp}")
-        if spec.channels not in (1, 3):
-            raise BundleError(where, f"input channels must be 1 or 3, not {spec.channels}")
+        if not 1 <= spec.channels <= 512:
+            raise BundleError(where, f"input channels must be 1 to 512, not {spec.channels}")
 
         outputs = m.mapping(m.get(root, "outputs", dict), "outputs")
         feats = m.shape(m.mapping(m.get(outputs, FEATURES, dict), FEATURES), FEATURES, 4)
@@ -128,10 +137,9 @@ class Manifest:
                     raise BundleError(where, f"head.layers[{i}] ({kind}) lacks '{key}'")
                 if not isinstance(layer[key], expected) or isinstance(layer[key], bool):
                     raise BundleError(where, f"head.layers[{i}] ({kind}) has a malformed '{key}'")
-            if kind == "dense" and layer["activation"] not in DENSE_ACTIVATIONS:
-                raise BundleError(
-                    where, f"head.layers[{i}] has unsupported activation {layer['activation']!r}"
-                )
+            function = layer.get("activation" if kind == "dense" else "function")
+            if kind in ("dense", "activation") and function not in DENSE_ACTIVATIONS:
+                raise BundleError(where, f"head.layers[{i}] has unsupported activation {function!r}")
 
         files = m.get(root, "files", dict)
         for fname, digest in files.items():
@@ -139,7 +147,8 @@ class Manifest:
             if not (isinstance(digest, str) and len(digest) == 64):
                 raise BundleError(where, f"files[{fname!r}] is not a sha256 hex digest")
         head_file = m.get(head, "file", str)
-        for needed in ("model.onnx", head_file):
+        graphs = [layer["file"] for layer in layers if layer["type"] == "graph"]
+        for needed in ("model.onnx", head_file, *graphs):
             if needed not in files:
                 raise BundleError(where, f"manifest files lacks a checksum for {needed}")
 
