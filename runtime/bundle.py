@@ -139,7 +139,9 @@ class Manifest:
                     raise BundleError(where, f"head.layers[{i}] ({kind}) has a malformed '{key}'")
             function = layer.get("activation" if kind == "dense" else "function")
             if kind in ("dense", "activation") and function not in DENSE_ACTIVATIONS:
-                raise BundleError(where, f"head.layers[{i}] has unsupported activation {function!r}")
+                raise BundleError(
+                    where, f"head.layers[{i}] has unsupported activation {function!r}"
+                )
 
         files = m.get(root, "files", dict)
         for fname, digest in files.items():

@@ -139,25 +139,43 @@ def test_explicit_conv_layer(tmp_path: Path):
     expected, _ = km.tape_gradcam(model, "block_16_out", image, 2, "logit")
     got = cam.explain(image, target=2).cam
     assert np.abs(got / got.max() - expected).max() <= MAP_TOLERANCE
-    # A layer with convolutions after it cannot be the Grad-CAM layer: that head is no chain.
-    with pytest.raises(ExportError, match="block_8_out"):
-        export_keras(model, tmp_path / "c", conv_layer="block_8_out")
 
 
-def test_unsupported_head_layer_is_named(tmp_path: Path):
+@pytest.mark.parametrize("space", ["logit", "probability"])
+def test_earlier_layer_gets_a_vjp_graph(tmp_path: Path, space: str):
+    """Convolutions and a residual add after the layer: the bundle carries head.onnx, and its
+    16x16 maps equal GradientTape's, as the 8x8 ones at the last layer do."""
+    model = km.flatten_dense_model()
+    bundle = export_keras(model, tmp_path / "b", conv_layer="block_8_out")
+    assert (bundle / "head.onnx").is_file()
+    cam = SceneCam.load(bundle, threads=1)
+    assert cam.manifest.head_layers == ({"type": "graph", "file": "head.onnx"},)
+    reference = km.TapeGradCam(model, "block_8_out")
+    for i, image in enumerate(wave_images(4, seed=5)):
+        expected, _ = reference(image.astype(np.float32), i % 3, space)
+        got = cam.explain(image, target=i % 3, target_space=space).cam
+        assert got.shape == (32, 32)
+        ours = got / got.max() if got.max() > 0 else got
+        assert np.abs(ours - expected).max() <= MAP_TOLERANCE, i
+
+
+def test_export_errors_name_the_layer_and_the_fix(tmp_path: Path):
     import keras
 
-    inp, x = km.resnet_trunk()
-    x = keras.layers.GlobalMaxPooling2D(name="max_pool_head")(x)
-    out = keras.layers.Dense(3, activation="softmax")(x)
-    with pytest.raises(ExportError, match="max_pool_head"):
-        export_keras(keras.Model(inp, out), tmp_path / "b")
-    inp, x = km.resnet_trunk()
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(3, activation="tanh", name="tanh_head")(x)
-    with pytest.raises(ExportError, match="tanh_head"):
-        export_keras(keras.Model(inp, out), tmp_path / "c")
-    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="wide")(inp)
+    x = keras.layers.Conv2D(4, 4, name="to_one_by_one")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inp, keras.layers.Dense(2)(x))
+    with pytest.raises(ExportError, match=r"'to_one_by_one' outputs 1x1.*--conv-layer wide"):
+        export_keras(model, tmp_path / "a", conv_layer="to_one_by_one")
+    bundle = export_keras(model, tmp_path / "b")  # the default moves up to 'wide' (4x4)
+    assert SceneCam.load(bundle).manifest.conv_layer == "wide"
+    with pytest.raises(ExportError, match="no layer named 'nope'"):
+        export_keras(model, tmp_path / "c", conv_layer="nope")
+    with pytest.raises(ExportError, match="needs 3 input channels"):
+        export_keras(km.mnist_style_model(), tmp_path / "d", preprocess="caffe")
+    assert not any((tmp_path / n).exists() for n in "acd")
 
 
 def test_export_refuses_to_overwrite(gap_model, gap_bundle: Path):
