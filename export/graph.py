@@ -178,8 +178,9 @@ def evaluate(
     for step in graph.steps:
         if not any(v in needed and v not in values for v in step.outputs):
             continue
-        args, kwargs = step.node.arguments.fill_in(
-            {kid: values[vid] for kid, vid in step.arg_ids.items()}
+        args, kwargs = tf.nest.map_structure(
+            _as_constant,
+            step.node.arguments.fill_in({kid: values[vid] for kid, vid in step.arg_ids.items()}),
         )
         try:
             result = _call(step, args, kwargs, strip=strip_softmax in step.outputs)
@@ -190,6 +191,18 @@ def evaluate(
         for vid, value in zip(step.outputs, tf.nest.flatten(result), strict=True):
             values[vid] = value
     return [values[v] for v in wanted]
+
+
+def _as_constant(value: Any) -> Any:
+    """An eager tensor stored in a Keras node (the mean a ``preprocess_input`` subtracts) as a
+    constant of the traced function: captured as it is, tf2onnx would make it a graph input."""
+    if (
+        isinstance(value, tf.Tensor)
+        and hasattr(value, "numpy")
+        and not tf.is_symbolic_tensor(value)
+    ):
+        return tf.constant(value.numpy())
+    return value
 
 
 def _call(step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], strip: bool) -> Any:

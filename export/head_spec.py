@@ -70,7 +70,7 @@ def plan_head(graph: Graph, conv_layer: str | None) -> HeadPlan:
         raise ExportError("walked back to the model input without finding a layer to explain")
     closed: list[Step] | None = chain
     if target is not None and vid != target:
-        closed = None
+        vid, closed = target, None
     elif target is None and _extent(graph, vid) <= 1:
         vid, closed = _last_spatial(graph, vid), None
     plan = HeadPlan(vid, graph.producer[vid].path, closed)

@@ -201,18 +201,53 @@ def test_export_cli(gap_model, tmp_path: Path):
     )
     assert result.exit_code == 3
     assert "5 outputs but 2 class names" in result.output
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    result = CliRunner().invoke(cli, ["export", str(broken), "--out", str(tmp_path / "y")])
+    assert result.exit_code == 3 and "cannot load the model" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(
+        cli, ["export", str(path), "--out", str(tmp_path / "z"), "--preprocess", "0..2"]
+    )
+    assert result.exit_code == 2 and "--preprocess" in result.output
 
 
 def test_training_architectures_export_with_their_gradcam_layer(tmp_path: Path):
     from scenecam_edge.training.architectures import ARCHITECTURES, build
 
     for arch in sorted(ARCHITECTURES):
-        model, conv_layer = build(arch, (32, 32), 3, 4)
+        # 128 px: at 32 or 64 the deeper nets' last stage is 1x1 and the default moves up
+        model, conv_layer = build(arch, (128, 128), 3, 4)
         bundle = export_keras(model, tmp_path / arch)  # the default walk finds the same layer
         cam = SceneCam.load(bundle, threads=1)
         assert cam.manifest.conv_layer == conv_layer, arch
-        image = wave_images(1, size=32, seed=9)[0]
+        image = wave_images(1, size=128, seed=9)[0]
         expected, _ = km.tape_gradcam(model, conv_layer, image, 1, "probability")
         got = cam.explain(image, target=1, target_space="probability").cam
         ours = got / got.max() if got.max() > 0 else got
         assert np.abs(ours - expected).max() <= MAP_TOLERANCE, arch
+
+
+def test_scaling_outside_the_model_is_baked_in(tmp_path: Path, caplog):
+    """A model trained on x / 255 with no scaling layer: without --preprocess the export
+    warns; with it, the bundle takes raw pixels and agrees with Keras on scaled ones."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 4))
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    with caplog.at_level("WARNING"):
+        export_keras(model, tmp_path / "raw")
+    assert "no scaling layer" in caplog.text
+    caplog.clear()
+    mean, std = "mean=10,20,30,40;std=255,200,100,50", (255, 200, 100, 50)
+    with caplog.at_level("WARNING"):
+        bundle = export_keras(model, tmp_path / "scaled", preprocess=mean)
+    assert "no scaling layer" not in caplog.text
+    cam = SceneCam.load(bundle, threads=1)
+    assert cam.manifest.raw["preprocess"]["std"] == list(std)
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 4), dtype=np.uint8)
+    scaled = (images - np.array([10, 20, 30, 40])) / np.array(std)
+    _, logits = cam.forward(images)
+    assert np.abs(logits - np.asarray(model(scaled.astype(np.float32)))).max() <= 1e-4

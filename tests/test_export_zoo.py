@@ -12,6 +12,7 @@ same cases: ``python benchmarks/export_zoo.py``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,14 @@ pytestmark = [
     pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'"),
 ]
 
+TOLERANCE = 1e-4
+#: The core cases (the issue's failure classes, about 4 minutes on 2 cores) run by default;
+#: SCENECAM_ZOO=all adds every other keras.applications family (tf2onnx alone takes 20-60 s
+#: per family here, so the whole zoo is about 15 minutes).
+ALL = os.environ.get("SCENECAM_ZOO") == "all"
+SKIP = "a further keras.applications family: SCENECAM_ZOO=all runs it"
+
+
 if HAS_TF:
     from scenecam_edge import SceneCam
     from scenecam_edge.export import export_keras
@@ -32,11 +41,12 @@ if HAS_TF:
 
     from . import keras_models as km
 
-    CASES = sorted(km.ZOO)
+    CASES = [
+        pytest.param(name, marks=[] if name in km.ZOO_CORE or ALL else pytest.mark.skip(SKIP))
+        for name in km.ZOO
+    ]
 else:
     CASES = []
-
-TOLERANCE = 1e-4
 
 
 def check_case(name: str, out: Path) -> dict[str, object]:
