@@ -220,9 +220,14 @@ def batchnorm_mlp_model(num_classes: int = 4, seed: int = 4) -> keras.Model:
 
 def find_layer(model: keras.Model, path: str) -> keras.layers.Layer:
     """A layer by its export path ('outer/inner' inside nested models)."""
-    layer: keras.layers.Layer = model
+    layer = model
     for part in path.split("/"):
-        layer = layer.get_layer(part)
+        # _operations: also keras.ops nodes (ConvNeXt's residual "add_36" is one), which
+        # get_layer does not list
+        found = [op for op in getattr(layer, "_operations", layer.layers) if op.name == part]
+        if not found:
+            raise ValueError(f"no layer or operation {part!r} in {layer.name!r}")
+        layer = found[0]
     return layer
 
 
@@ -367,6 +372,16 @@ def _head_zoo_model(kind: str) -> keras.Model:
     return with_random_bn(keras.Model(inp, layers.Softmax()(x)), 5)
 
 
+def _ops_add_model() -> keras.Model:
+    """The Grad-CAM layer is a keras.ops node, not a Layer (ConvNeXt's residual adds)."""
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((24, 24, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="gelu")(layers.Rescaling(1 / 255)(inp))
+    x = x + layers.Conv2D(8, 3, padding="same")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x))
+
+
 def _four_channel_model() -> keras.Model:
     inp, x = resnet_trunk(channels=4, seed=6)
     x = layers.GlobalAveragePooling2D()(x)
@@ -420,6 +435,7 @@ ZOO = {
     "max-pool head": (lambda: _head_zoo_model("maxpool"), None, None),
     "layer-norm head": (lambda: _head_zoo_model("layernorm"), None, None),
     "4-channel input": (_four_channel_model, None, None),
+    "keras.ops add as the Grad-CAM layer": (_ops_add_model, None, None),
     "scaling outside the model": (lambda: _app("ResNet50", 64), None, "caffe"),
 }
 #: The cases the zoo test runs by default: one per failure class of issue 14.
@@ -434,4 +450,5 @@ ZOO_CORE = (
     "layer-norm head",
     "earlier layer (residual block after it)",
     "4-channel input",
+    "keras.ops add as the Grad-CAM layer",
 )
