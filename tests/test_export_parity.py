@@ -157,6 +157,14 @@ def test_earlier_layer_gets_a_vjp_graph(tmp_path: Path, space: str):
         assert got.shape == (32, 32)
         ours = got / got.max() if got.max() > 0 else got
         assert np.abs(ours - expected).max() <= MAP_TOLERANCE, i
+    # head.onnx is checked like every bundle file: listed, checksummed
+    from scenecam_edge.errors import BundleError
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["files"]["head.onnx"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"lacks a checksum for head\.onnx"):
+        SceneCam.load(bundle)
 
 
 def test_export_errors_name_the_layer_and_the_fix(tmp_path: Path):
