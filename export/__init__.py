@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .keras_export import ExportError, HeadSpec, export_keras, split_head
+from .errors import ExportError
 
-__all__ = ["ExportError", "HeadSpec", "export_keras", "split_head"]
+if TYPE_CHECKING:
+    from .keras_export import HeadPlan, export_keras, split_head
+
+__all__ = ["ExportError", "HeadPlan", "export_keras", "split_head"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in ("HeadPlan", "export_keras", "split_head"):
         from . import keras_export
 
         return getattr(keras_export, name)

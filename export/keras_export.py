@@ -1,9 +1,17 @@
-"""Export a Keras functional model to a bundle the TensorFlow-free runtime can serve.
+"""Export a Keras image classifier to a bundle the TensorFlow-free runtime can serve.
 
-The graph is cut in two at the Grad-CAM layer: everything up to it goes into ONNX with two
-outputs (``features`` and pre-softmax ``logits``), and the head after it is also written out
-as plain layers and weights, which the runtime runs forward and backward in numpy. Gradient
-graphs are never converted (tf2onnx has no handlers for ReluGrad and friends).
+The steps, one module each:
+
+- :mod:`.graph`: the model as a flat list of steps (nested models inlined), replayed in
+  TensorFlow from any starting value;
+- :mod:`.head_spec`: the Grad-CAM layer and the head after it, as numpy-runnable layers;
+- :mod:`.vjp`: when that head is more than numpy runs in closed form, a second ONNX graph
+  computing the vector-Jacobian product;
+- :mod:`.preprocess`: pixel scaling that lives outside the model, baked into the graph;
+- here: the served graph (uint8 ``image`` -> ``features``, pre-softmax ``logits``), the
+  manifest, and the check of the bundle against Keras before it is moved into place.
+
+Every failure is an :class:`ExportError` whose message names the layer and the reason.
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +31,23 @@ from scenecam_edge._version import __version__
 from scenecam_edge.bundle import FEATURES, LOGITS, MANIFEST, SCHEMA_VERSION, sha256_file
 from scenecam_edge.fileio import folder_replaced_on_success
 
+from .errors import ExportError
+from .graph import Graph, ends_in_softmax, evaluate, first_line, flatten
+from .head_spec import HeadPlan, plan_head
+from .preprocess import Preprocess, parse
+from .vjp import HANDLERS, build_vjp_graph
+
 log = logging.getLogger(__name__)
 
 OPSET = 17
 HEAD_FILE = "head.npz"
+GRAPH_HEAD_FILE = "head.onnx"
 #: Largest |softmax(onnx) - keras| accepted when the export checks itself.
 PARITY_TOLERANCE = 1e-4
+#: Layers that scale pixels: a model starting with one needs no --preprocess.
+_SCALING = (keras.layers.Rescaling, keras.layers.Normalization)
 
-# Layers that may sit between the Grad-CAM layer and the output. Elementwise layers
-# (activations, batch norm) on 4-D tensors belong to the trunk: the walk back stops there.
-_HEAD_KINDS = (
-    keras.layers.Dense,
-    keras.layers.Flatten,
-    keras.layers.Dropout,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.MaxPooling2D,
-    keras.layers.Activation,
-    keras.layers.Softmax,
-    keras.layers.ReLU,
-    keras.layers.BatchNormalization,
-    keras.layers.Reshape,
-)
-_ELEMENTWISE = (keras.layers.Activation, keras.layers.ReLU, keras.layers.BatchNormalization)
-
-
-class ExportError(ValueError):
-    """The model cannot be exported; the message names the layer and the reason."""
-
-
-@dataclass
-class HeadSpec:
-    """The head as the manifest describes it, plus its arrays for ``head.npz``."""
-
-    conv_layer: keras.layers.Layer
-    layers: list[keras.layers.Layer]
-    specs: list[dict[str, Any]] = field(default_factory=list)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    final_activation: str = "linear"
+__all__ = ["ExportError", "HeadPlan", "export_keras", "split_head"]
 
 
 def export_keras(
@@ -76,295 +61,222 @@ def export_keras(
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     overwrite: bool = False,
+    preprocess: str | Preprocess | None = None,
 ) -> Path:
     """Write a bundle for ``model`` (a Keras model or a ``.keras`` path) into ``out_dir``.
 
-    ``conv_layer`` names the Grad-CAM layer; by default it is the last 4-D layer feeding the
-    head. The bundle is built in a temporary folder, checked (ONNX against Keras, and the
-    runtime's load-time self-check), and only then moved into place.
+    ``conv_layer`` names the Grad-CAM layer (``outer/inner`` inside a nested model); by
+    default it is the last layer with spatial extent before the head. ``preprocess`` scales
+    raw pixels before the model (see :mod:`scenecam_edge.export.preprocess`). The bundle is
+    built in a temporary folder, checked (ONNX against Keras, the runtime's load-time
+    self-check), and only then moved into place.
     """
     if not isinstance(model, keras.Model):
-        model = keras.models.load_model(model, compile=False)
+        try:
+            model = keras.models.load_model(model, compile=False)
+        except Exception as exc:
+            raise ExportError(f"cannot load the model ({first_line(exc)})") from None
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty (pass overwrite=True / --force)")
+    scaling = preprocess if isinstance(preprocess, Preprocess) else parse(preprocess)
 
-    height, width, channels = _input_shape(model)
-    head = split_head(model, conv_layer)
-    num_classes = int(head.layers[-1].output.shape[-1]) if head.layers else 0
+    graph = flatten(model)
+    height, width, channels = _input_shape(graph)
+    scaling.check(channels)
+    if preprocess is None and not _starts_with_scaling(graph):
+        log.warning(
+            "model %r starts with no scaling layer and no --preprocess was given: the bundle "
+            "feeds it raw 0..255 pixels (pass --preprocess if it was trained on scaled ones)",
+            model.name,
+        )
+    plan = plan_head(graph, conv_layer)
+    num_classes = _num_classes(graph)
     if class_names is None:
         class_names = [f"class_{i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise ExportError(f"the model has {num_classes} outputs but {len(class_names)} class names")
 
-    serve = _serving_function(model, head, height, width, channels)
-    import tf2onnx  # imported here: slow, and only export needs it
-
-    onnx_model, _ = tf2onnx.convert.from_function(
-        serve, input_signature=serve.input_signature, opset=OPSET
-    )
-    features_shape = [None, *(int(d) for d in head.conv_layer.output.shape[1:])]
+    strip = ends_in_softmax(graph)
+    onnx_bytes = _serving_graph(graph, plan, scaling, strip, (height, width, channels))
+    vjp_bytes = None
+    if plan.chain is None:
+        vjp_bytes = build_vjp_graph(graph, plan, num_classes, strip, OPSET)
 
     with folder_replaced_on_success(out) as staging:
-        (staging / "model.onnx").write_bytes(onnx_model.SerializeToString())
-        np.savez(staging / HEAD_FILE, allow_pickle=False, **head.arrays)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": name or out.name,
-            "description": description,
-            "class_names": list(class_names),
-            "input": {
-                "name": "image",
-                "dtype": "uint8",
-                "layout": "NHWC",
-                "height": height,
-                "width": width,
-                "channels": channels,
-            },
-            "outputs": {
-                FEATURES: {"dtype": "float32", "shape": features_shape},
-                LOGITS: {"dtype": "float32", "shape": [None, num_classes]},
-            },
-            "conv_layer": head.conv_layer.name,
-            "head": {
-                "file": HEAD_FILE,
-                "layers": head.specs,
-                "final_activation": head.final_activation,
-                "linear": all(
-                    s["type"] != "relu" and s.get("activation", "linear") == "linear"
-                    for s in head.specs
-                ),
-            },
-            "files": {
-                "model.onnx": sha256_file(staging / "model.onnx"),
-                HEAD_FILE: sha256_file(staging / HEAD_FILE),
-            },
-            "producer": {
-                "scenecam_edge": __version__,
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                "tf2onnx": tf2onnx.__version__,
-                "onnx_opset": OPSET,
-                "source_model": model.name,
-            },
-            "training": training,
-            "evaluation": evaluation,
-        }
+        (staging / "model.onnx").write_bytes(onnx_bytes)
+        np.savez(staging / HEAD_FILE, allow_pickle=False, **plan.arrays)
+        if vjp_bytes is not None:
+            (staging / GRAPH_HEAD_FILE).write_bytes(vjp_bytes)
+            plan.specs = [{"type": "graph", "file": GRAPH_HEAD_FILE}]
+            plan.final_activation = "softmax" if strip else "linear"
+        files = ["model.onnx", HEAD_FILE] + ([GRAPH_HEAD_FILE] if vjp_bytes else [])
+        manifest = _manifest(
+            model, graph, plan, scaling, (height, width, channels), list(class_names),
+            name=name or out.name, description=description, training=training,
+            evaluation=evaluation,
+        )  # fmt: skip
+        manifest["files"] = {f: sha256_file(staging / f) for f in files}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _check_parity(model, staging, height, width, channels)
-    log.info("exported %s -> %s (Grad-CAM layer %s)", model.name, out, head.conv_layer.name)
+        _check_parity(model, staging, scaling, strip, (height, width, channels))
+    log.info("exported %s -> %s (Grad-CAM layer %s)", model.name, out, plan.features_path)
     return out
 
 
-def split_head(model: keras.Model, conv_layer: str | None = None) -> HeadSpec:
-    """Find the Grad-CAM layer and describe the head after it as numpy-runnable layers."""
-    if len(model.outputs) != 1:
-        raise ExportError(f"model {model.name!r} must have one output, has {len(model.outputs)}")
-    if conv_layer is not None:
-        try:
-            model.get_layer(conv_layer)
-        except ValueError:
-            raise ExportError(f"model has no layer named {conv_layer!r}") from None
-
-    chain: list[keras.layers.Layer] = []
-    layer = _producer(model.outputs[0])
-    while True:
-        if isinstance(layer, keras.layers.InputLayer):
-            raise ExportError("walked back to the model input without finding a 4-D conv layer")
-        if conv_layer is not None:
-            if layer.name == conv_layer:
-                break
-        elif not _is_head_layer(layer):
-            break
-        chain.append(layer)
-        inbound = layer.input
-        if isinstance(inbound, list | tuple):
-            raise ExportError(
-                f"layer {layer.name!r} has several inputs: the layers after the Grad-CAM layer "
-                f"{conv_layer or '(default)'!r} must be a chain of head layers"
-            )
-        layer = _producer(inbound)
-    chain.reverse()
-    if len(layer.output.shape) != 4:
-        raise ExportError(
-            f"Grad-CAM layer {layer.name!r} must output a 4-D (N, h, w, K) tensor, "
-            f"not shape {tuple(layer.output.shape)}"
-        )
-    if not chain:
-        raise ExportError(f"nothing follows {layer.name!r}: the model has no classifier head")
-    head = HeadSpec(conv_layer=layer, layers=chain)
-    for i, hl in enumerate(chain):
-        _describe_layer(head, i, hl, last=i == len(chain) - 1)
-    return head
+def split_head(model: keras.Model, conv_layer: str | None = None) -> HeadPlan:
+    """The Grad-CAM layer and the head after it, as the export would write them."""
+    return plan_head(flatten(model), conv_layer)
 
 
-def _describe_layer(head: HeadSpec, i: int, layer: keras.layers.Layer, last: bool) -> None:
-    kind = type(layer).__name__
-    where = f"head layer {layer.name!r} ({kind})"
-    if isinstance(layer, keras.layers.GlobalAveragePooling2D):
-        if layer.keepdims or layer.data_format != "channels_last":
-            raise ExportError(f"{where}: only keepdims=False, channels_last is supported")
-        head.specs.append({"type": "global_average_pooling"})
-    elif isinstance(layer, keras.layers.AveragePooling2D):
-        if layer.padding != "valid" or layer.data_format != "channels_last":
-            raise ExportError(f"{where}: only padding='valid', channels_last is supported")
-        head.specs.append(
-            {
-                "type": "average_pooling",
-                "pool_size": list(layer.pool_size),
-                "strides": list(layer.strides),
-            }
-        )
-    elif isinstance(layer, keras.layers.Flatten):
-        if getattr(layer, "data_format", "channels_last") != "channels_last":
-            raise ExportError(f"{where}: only channels_last is supported")
-        head.specs.append({"type": "flatten"})
-    elif isinstance(layer, keras.layers.Dropout):
-        head.specs.append({"type": "dropout"})
-    elif isinstance(layer, keras.layers.Dense):
-        activation = _activation_name(layer.activation)
-        if activation == "softmax" and last:
-            head.final_activation = "softmax"
-            activation = "linear"
-        if activation not in ("linear", "relu"):
-            raise ExportError(f"{where}: activation {activation!r} is not supported in the head")
-        kernel = np.asarray(layer.kernel.numpy(), dtype=np.float32)
-        bias = (
-            np.asarray(layer.bias.numpy(), dtype=np.float32)
-            if layer.use_bias
-            else np.zeros(kernel.shape[1], np.float32)
-        )
-        head.arrays[f"{i}.kernel"], head.arrays[f"{i}.bias"] = kernel, bias
-        head.specs.append(
-            {
-                "type": "dense",
-                "name": layer.name,
-                "kernel": f"{i}.kernel",
-                "bias": f"{i}.bias",
-                "activation": activation,
-            }
-        )
-    elif isinstance(layer, keras.layers.BatchNormalization):
-        axis = layer.axis[0] if isinstance(layer.axis, list | tuple) else layer.axis
-        if axis % len(layer.input.shape) != len(layer.input.shape) - 1:
-            raise ExportError(f"{where}: only batch normalisation over the last axis is supported")
-        gamma = np.asarray(layer.gamma.numpy(), np.float64) if layer.scale else 1.0
-        beta = np.asarray(layer.beta.numpy(), np.float64) if layer.center else 0.0
-        mean = np.asarray(layer.moving_mean.numpy(), np.float64)
-        var = np.asarray(layer.moving_variance.numpy(), np.float64)
-        scale = gamma / np.sqrt(var + layer.epsilon)
-        offset = beta - mean * scale
-        head.arrays[f"{i}.scale"] = np.broadcast_to(scale, mean.shape).astype(np.float32)
-        head.arrays[f"{i}.offset"] = np.broadcast_to(offset, mean.shape).astype(np.float32)
-        head.specs.append(
-            {
-                "type": "batch_normalization",
-                "name": layer.name,
-                "scale": f"{i}.scale",
-                "offset": f"{i}.offset",
-            }
-        )
-    elif isinstance(layer, keras.layers.ReLU) or (
-        isinstance(layer, keras.layers.Activation) and _activation_name(layer.activation) == "relu"
-    ):
-        if isinstance(layer, keras.layers.ReLU) and (
-            layer.max_value is not None
-            or float(layer.negative_slope) != 0.0
-            or float(layer.threshold) != 0.0
-        ):
-            raise ExportError(
-                f"{where}: only a plain ReLU (no max value, slope or threshold) is supported"
-            )
-        head.specs.append({"type": "relu"})
-    elif _is_softmax(layer) and last:
-        head.final_activation = "softmax"
-    elif isinstance(layer, keras.layers.Activation) and _activation_name(layer.activation) in (
-        "linear",
-    ):
-        pass  # identity
-    else:
-        raise ExportError(
-            f"{where} is not supported in the classifier head (supported: global or "
-            "fixed-window average pooling, flatten, dropout, batch normalisation, relu, dense "
-            "with a linear, relu or final softmax activation)"
-        )
+def _serving_graph(
+    graph: Graph, plan: HeadPlan, scaling: Preprocess, strip: bool, hwc: tuple[int, int, int]
+) -> bytes:
+    import tf2onnx  # imported here: slow, and only export needs it
 
-
-def _serving_function(
-    model: keras.Model, head: HeadSpec, height: int, width: int, channels: int
-) -> Any:
-    trunk = keras.Model(model.inputs, head.conv_layer.output, name=f"{model.name}_trunk")
-    input_dtype = model.inputs[0].dtype
+    mean, std = scaling.arrays(hwc[2])
+    input_dtype = tf.as_dtype(graph.input_dtype)
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="image")]
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, *hwc], tf.uint8, name="image")],
     )
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        features = trunk(tf.cast(image, input_dtype), training=False)
-        z = features
-        for layer in head.layers:
-            if head.final_activation == "softmax" and layer is head.layers[-1]:
-                if isinstance(layer, keras.layers.Dense):  # the same Dense without its softmax
-                    z = tf.matmul(tf.cast(z, tf.float32), tf.cast(layer.kernel, tf.float32))
-                    if layer.use_bias:
-                        z = z + tf.cast(layer.bias, tf.float32)
-                continue  # a separate Softmax layer is dropped
-            z = layer(z, training=False)
-        return {FEATURES: tf.cast(features, tf.float32), LOGITS: tf.cast(z, tf.float32)}
+        x = tf.cast(image, tf.float32)
+        if not scaling.is_identity:
+            if scaling.bgr:
+                x = tf.reverse(x, axis=[-1])
+            x = (x - tf.constant(mean)) / tf.constant(std)
+        features, logits = evaluate(
+            graph,
+            {graph.input_id: tf.cast(x, input_dtype)},
+            [plan.features_id, graph.output_id],
+            strip_softmax=graph.output_id if strip else None,
+        )
+        return {FEATURES: tf.cast(features, tf.float32), LOGITS: tf.cast(logits, tf.float32)}
 
-    return serve
+    try:
+        model, _ = tf2onnx.convert.from_function(
+            serve,
+            input_signature=serve.input_signature,
+            opset=OPSET,
+            custom_op_handlers={name: (fn, []) for name, fn in HANDLERS.items()},
+        )
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"the graph cannot be converted to ONNX ({first_line(exc)})") from None
+    leftovers = sorted({n.name for n in model.graph.node if "PartitionedCall" in n.op_type})
+    if leftovers:
+        raise ExportError(f"a function call survived conversion at {leftovers[0]}")
+    data: bytes = model.SerializeToString()
+    return data
 
 
-def _check_parity(model: keras.Model, bundle: Path, height: int, width: int, channels: int) -> None:
+def _manifest(
+    model: keras.Model,
+    graph: Graph,
+    plan: HeadPlan,
+    scaling: Preprocess,
+    hwc: tuple[int, int, int],
+    class_names: list[str],
+    **info: Any,
+) -> dict[str, Any]:
+    import tf2onnx
+
+    linear = all(
+        s["type"] not in ("relu", "activation", "graph", "max_pooling", "global_max_pooling",
+                          "layer_normalization")
+        and s.get("activation", "linear") == "linear"
+        for s in plan.specs
+    )  # fmt: skip
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": info["name"],
+        "description": info["description"],
+        "class_names": class_names,
+        "input": {
+            "name": "image",
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "height": hwc[0],
+            "width": hwc[1],
+            "channels": hwc[2],
+        },
+        "preprocess": scaling.to_manifest(),
+        "outputs": {
+            FEATURES: {
+                "dtype": "float32",
+                "shape": [None, *(int(d) for d in graph.shapes[plan.features_id][1:])],
+            },
+            LOGITS: {"dtype": "float32", "shape": [None, len(class_names)]},
+        },
+        "conv_layer": plan.features_path,
+        "head": {
+            "file": HEAD_FILE,
+            "layers": plan.specs,
+            "final_activation": plan.final_activation,
+            "linear": linear,
+        },
+        "producer": {
+            "scenecam_edge": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "tf2onnx": tf2onnx.__version__,
+            "onnx_opset": OPSET,
+            "source_model": model.name,
+        },
+        "training": info["training"],
+        "evaluation": info["evaluation"],
+    }
+
+
+def _check_parity(
+    model: keras.Model,
+    bundle: Path,
+    scaling: Preprocess,
+    strip: bool,
+    hwc: tuple[int, int, int],
+) -> None:
     """The bundle must agree with Keras and pass the runtime's own load-time checks."""
-    loaded = SceneCam.load(bundle, threads=1)
+    from scenecam_edge.errors import BundleError
+
+    try:
+        loaded = SceneCam.load(bundle, threads=1)
+    except BundleError as exc:
+        raise ExportError(f"the written bundle does not load ({exc})") from None
     rng = np.random.default_rng(1234)
-    images = rng.integers(0, 256, size=(4, height, width, channels), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(4, *hwc), dtype=np.uint8)
     _, logits = loaded.forward(images)
-    keras_out = np.asarray(model(images.astype(np.float32), training=False), dtype=np.float64)
+    keras_in = scaling.apply(images.astype(np.float32)).astype(np.float32)
+    keras_out = np.asarray(model(keras_in, training=False), dtype=np.float64)
     ours = logits.astype(np.float64)
-    if _ends_in_softmax(model):
+    if strip:
         ours = np.exp(ours - ours.max(axis=1, keepdims=True))
         ours /= ours.sum(axis=1, keepdims=True)
     diff = float(np.abs(ours - keras_out).max())
-    if diff > PARITY_TOLERANCE * max(1.0, float(np.abs(keras_out).max())):
+    if not diff <= PARITY_TOLERANCE * max(1.0, float(np.abs(keras_out).max())):
         raise ExportError(f"the ONNX graph disagrees with Keras by {diff:.2e}")
 
 
-def _input_shape(model: keras.Model) -> tuple[int, int, int]:
-    if len(model.inputs) != 1:
-        raise ExportError(f"model must have one input, has {len(model.inputs)}")
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[3] < 1:
+def _input_shape(graph: Graph) -> tuple[int, int, int]:
+    shape = graph.shapes[graph.input_id]
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise ExportError(f"model input must be (None, H, W, C) with fixed sizes, not {shape}")
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
-def _producer(tensor: Any) -> keras.layers.Layer:
-    return tensor._keras_history.operation
+def _num_classes(graph: Graph) -> int:
+    shape = graph.shapes[graph.output_id]
+    if len(shape) != 2 or shape[1] is None:
+        raise ExportError(f"model output must be (None, classes), not {shape}")
+    return int(shape[1])
 
 
-def _activation_name(fn: Any) -> str:
-    return getattr(fn, "__name__", str(fn))
-
-
-def _is_softmax(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, keras.layers.Softmax) or (
-        isinstance(layer, keras.layers.Activation)
-        and _activation_name(layer.activation) == "softmax"
-    )
-
-
-def _ends_in_softmax(model: keras.Model) -> bool:
-    last = _producer(model.outputs[0])
-    if isinstance(last, keras.layers.Dense):
-        return _activation_name(last.activation) == "softmax"
-    return _is_softmax(last)
-
-
-def _is_head_layer(layer: keras.layers.Layer) -> bool:
-    if not isinstance(layer, _HEAD_KINDS):
-        return False
-    # An activation or batch norm on a 4-D tensor is part of the trunk (e.g. the ReLU after
-    # a ResNet's last add): the walk stops there and that layer is the Grad-CAM layer.
-    return not (isinstance(layer, _ELEMENTWISE) and len(layer.input.shape) == 4)
+def _starts_with_scaling(graph: Graph) -> bool:
+    """True when pixels are scaled before the first layer with weights."""
+    for step in graph.steps:
+        if isinstance(step.op, _SCALING) or not isinstance(step.op, keras.layers.Layer):
+            return True  # a scaling layer, or keras.ops arithmetic (a preprocess_input)
+        if step.op.weights:
+            return False
+    return False

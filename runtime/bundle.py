@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
+from .head_layers import ACTIVATIONS
 from .npz import read_named_arrays
 from .onnx_scan import MalformedModel, external_locations
 
@@ -45,14 +46,22 @@ LOGITS = "logits"
 #: and their JSON types.
 HEAD_LAYER_TYPES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "global_average_pooling": {},
+    "global_max_pooling": {},
     "average_pooling": {"pool_size": (int, list), "strides": (int, list)},
+    "max_pooling": {"pool_size": (int, list), "strides": (int, list)},
     "flatten": {},
+    "reshape": {"shape": list},
     "dropout": {},
     "dense": {"kernel": str, "bias": str, "activation": str},
     "batch_normalization": {"scale": str, "offset": str},
+    "layer_normalization": {"gamma": str, "beta": str, "epsilon": (int, float)},
     "relu": {},
+    "activation": {"function": str},
+    # The layers after the explained one as a second ONNX graph (features, cotangent) ->
+    # (logits, gradient); the file must be listed in ``files``.
+    "graph": {"file": str},
 }
-DENSE_ACTIVATIONS = ("linear", "relu")
+DENSE_ACTIVATIONS = ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -145,12 +154,13 @@ class Manifest:
                     raise BundleError(where, f"head.layers[{i}] ({kind}) lacks '{key}'")
                 if not isinstance(layer[key], expected) or isinstance(layer[key], bool):
                     raise BundleError(where, f"head.layers[{i}] ({kind}) has a malformed '{key}'")
-            if kind == "average_pooling":
+            if kind in ("average_pooling", "max_pooling"):
                 for key in ("pool_size", "strides"):
                     _window(layer[key], f"head.layers[{i}].{key}", feats[1:3], where)
-            if kind == "dense" and layer["activation"] not in DENSE_ACTIVATIONS:
+            function = layer.get("activation" if kind == "dense" else "function")
+            if kind in ("dense", "activation") and function not in DENSE_ACTIVATIONS:
                 raise BundleError(
-                    where, f"head.layers[{i}] has unsupported activation {layer['activation']!r}"
+                    where, f"head.layers[{i}] has unsupported activation {function!r}"
                 )
 
         files = m.get(root, "files", dict)
@@ -159,7 +169,8 @@ class Manifest:
             if not (isinstance(digest, str) and len(digest) == 64):
                 raise BundleError(where, f"files[{fname!r}] is not a sha256 hex digest")
         head_file = m.get(head, "file", str)
-        for needed in ("model.onnx", head_file):
+        graphs = [layer["file"] for layer in layers if layer["type"] == "graph"]
+        for needed in ("model.onnx", head_file, *graphs):
             if needed not in files:
                 raise BundleError(where, f"manifest files lacks a checksum for {needed}")
 

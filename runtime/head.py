@@ -1,22 +1,41 @@
-"""The classifier head in numpy: forward, and the exact gradient without autodiff.
+"""The classifier head: forward, and the exact gradient without autodiff.
 
 The ONNX graph stops at two outputs, ``features`` A and ``logits`` z. Grad-CAM needs
-dz/dA. The head that maps A to z is small (pooling, flatten, dense), so the bundle carries its
-layers and weights and this module runs them forward and backward.
+dz/dA. Usually the head that maps A to z is small (pooling, flatten, dense, normalisation,
+activations), so the bundle carries its layers and weights and numpy runs them forward and
+backward (:mod:`scenecam_edge.head_layers`). For a linear head, dz/dA is a constant Jacobian
+J of shape (C, h, w, K); it is built once at load, and every gradient afterwards is one
+contraction.
 
-For a linear head (no nonlinear activation), dz/dA is a constant Jacobian J of shape
-(C, h, w, K); it is built once at load, and every gradient afterwards is one contraction.
+When the explained layer sits further up (convolutions and residual adds between it and
+the logits), the bundle carries a second ONNX graph instead, ``head.onnx``: inputs
+``features`` and ``cotangent``, outputs ``logits`` and ``gradient`` (the vector-Jacobian
+product), built at export time. :class:`GraphVJP` runs it, one image per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import BundleError
+from .head_layers import (
+    ACTIVATIONS,
+    Activation,
+    ChannelAffine,
+    Dense,
+    GlobalPooling,
+    Identity,
+    LayerNorm,
+    Pooling,
+    Reshape,
+)
+
+#: Names of the VJP graph's inputs and outputs.
+VJP_INPUTS = ("features", "cotangent")
+VJP_OUTPUTS = ("logits", "gradient")
 
 
 class Layer(Protocol):
@@ -32,120 +51,45 @@ class Layer(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class GlobalAveragePooling:
-    linear = True
+class GraphVJP:
+    """The head as an ONNX graph (features, cotangent) -> (logits, gradient), for Grad-CAM
+    at a layer followed by more than a closed-form head. The graph's shapes are static
+    (batch 1): that is what lets TensorFlow's gradient fold into convertible operators."""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return x.mean(axis=(1, 2))
-
-    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        h, w = x.shape[1:3]
-        return np.broadcast_to(dy[:, None, None, :] / (h * w), x.shape).copy()
-
-
-@dataclass(frozen=True)
-class AveragePooling:
-    """Average pooling, 'valid' padding, NHWC."""
-
-    pool: tuple[int, int]
-    strides: tuple[int, int]
-    linear = True
-
-    def _windows(self, h: int, w: int) -> tuple[int, int]:
-        return (h - self.pool[0]) // self.strides[0] + 1, (w - self.pool[1]) // self.strides[1] + 1
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        n, h, w, k = x.shape
-        oh, ow = self._windows(h, w)
-        out = np.empty((n, oh, ow, k), dtype=x.dtype)
-        ph, pw = self.pool
-        sh, sw = self.strides
-        for i in range(oh):
-            for j in range(ow):
-                out[:, i, j] = x[:, i * sh : i * sh + ph, j * sw : j * sw + pw].mean(axis=(1, 2))
-        return out
-
-    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        oh, ow = dy.shape[1:3]
-        dx = np.zeros(x.shape, dtype=dy.dtype)
-        ph, pw = self.pool
-        sh, sw = self.strides
-        share = dy / (ph * pw)
-        for i in range(oh):
-            for j in range(ow):
-                dx[:, i * sh : i * sh + ph, j * sw : j * sw + pw] += share[:, i, j, None, None, :]
-        return dx
-
-
-@dataclass(frozen=True)
-class Flatten:
-    linear = True
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return x.reshape(x.shape[0], -1)
-
-    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        return dy.reshape(x.shape)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Dropout at inference time."""
-
-    linear = True
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return x
-
-    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        return dy
-
-
-@dataclass(frozen=True)
-class Dense:
-    kernel: np.ndarray  # (in, out)
-    bias: np.ndarray  # (out,)
-    activation: str  # "linear" or "relu"
-
-    @property
-    def linear(self) -> bool:
-        return self.activation == "linear"
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        y = x @ self.kernel + self.bias
-        return np.maximum(y, 0) if self.activation == "relu" else y
-
-    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        if self.activation == "relu":
-            dy = dy * (y > 0)
-        return dy @ self.kernel.T
-
-
-@dataclass(frozen=True)
-class ChannelAffine:
-    """Batch normalisation in inference mode, folded: y = x * scale + offset on the last axis."""
-
-    scale: np.ndarray  # (K,)
-    offset: np.ndarray  # (K,)
-    linear = True
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return x * self.scale + self.offset
-
-    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        return dy * self.scale
-
-
-@dataclass(frozen=True)
-class ReLU:
     linear = False
 
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        if sorted(inputs) != sorted(VJP_INPUTS) or sorted(outputs) != sorted(VJP_OUTPUTS):
+            raise ValueError(
+                f"head graph must map {VJP_INPUTS} to {VJP_OUTPUTS}, has {inputs} -> {outputs}"
+            )
+        self.num_classes = int(
+            next(i for i in session.get_inputs() if i.name == "cotangent").shape[1]
+        )
+
+    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (N, C), gradient (N, h, w, K)) for features x and cotangents (N, C)."""
+        logits, grads = [], []
+        for a, v in zip(x, cotangent, strict=True):
+            z, g = self._session.run(
+                list(VJP_OUTPUTS),
+                {
+                    "features": np.ascontiguousarray(a[None], np.float32),
+                    "cotangent": np.asarray(v[None], np.float32),
+                },
+            )
+            logits.append(z[0])
+            grads.append(g[0])
+        return np.stack(logits), np.stack(grads)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(x, 0)
+        return self.vjp(x, np.zeros((len(x), self.num_classes), np.float32))[0]
 
     def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-        return dy * (x > 0)
+        return self.vjp(x, dy)[1]
 
 
 class Head:
@@ -172,34 +116,17 @@ class Head:
         arrays: dict[str, np.ndarray],
         feature_shape: tuple[int, int, int],
         where: str,
+        open_graph: Callable[[str], Any] | None = None,
     ) -> Head:
+        """Build the head from the manifest's layer list; ``open_graph(file)`` gives an
+        onnxruntime session for a ``graph`` layer (the runtime passes its one session
+        factory)."""
         built: list[Layer] = []
-        for i, spec in enumerate(layers):
-            kind = spec["type"]
-            if kind == "global_average_pooling":
-                built.append(GlobalAveragePooling())
-            elif kind == "average_pooling":
-                built.append(AveragePooling(_pair(spec["pool_size"]), _pair(spec["strides"])))
-            elif kind == "flatten":
-                built.append(Flatten())
-            elif kind == "dropout":
-                built.append(Identity())
-            elif kind == "relu":
-                built.append(ReLU())
-            elif kind == "batch_normalization":
-                scale = _array(arrays, spec["scale"], where, ndim=1)
-                offset = _array(arrays, spec["offset"], where, ndim=1)
-                if scale.shape != offset.shape:
-                    raise BundleError(where, f"head layer {i}: scale and offset sizes differ")
-                built.append(ChannelAffine(scale, offset))
-            elif kind == "dense":
-                kernel = _array(arrays, spec["kernel"], where, ndim=2)
-                bias = _array(arrays, spec["bias"], where, ndim=1)
-                if bias.shape[0] != kernel.shape[1]:
-                    raise BundleError(where, f"head layer {i}: kernel and bias sizes differ")
-                built.append(Dense(kernel, bias, spec["activation"]))
-            else:  # Manifest validation rejects unknown types first; this guards the mapping.
-                raise BundleError(where, f"head layer {i}: unknown type {kind!r}")
+        try:
+            for i, spec in enumerate(layers):
+                built.append(_layer(spec, arrays, where, i, open_graph))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(where, f"head layer {i}: {exc}") from None
         try:
             return cls(built, feature_shape)
         except ValueError as exc:  # shapes that do not chain, e.g. a kernel of the wrong size
@@ -216,6 +143,8 @@ class Head:
         cotangent = cotangent.astype(np.float32, copy=False)
         if self.jacobian is not None:
             return (cotangent @ self._jacobian_flat).reshape(len(cotangent), *self.feature_shape)
+        if len(self.layers) == 1 and isinstance(self.layers[0], GraphVJP):
+            return self.layers[0].vjp(features, cotangent)[1]
         return self._backward(self._run(features), cotangent).astype(np.float32)
 
     def pooled_vjp(self, features: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
@@ -238,6 +167,75 @@ class Head:
         ):
             grad = layer.backward(x, y, grad)
         return grad
+
+
+def _layer(
+    spec: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    where: str,
+    i: int,
+    open_graph: Callable[[str], Any] | None,
+) -> Layer:
+    kind = spec["type"]
+    if kind in ("global_average_pooling", "global_max_pooling"):
+        return GlobalPooling(kind.split("_")[1], bool(spec.get("keepdims", False)))
+    if kind in ("average_pooling", "max_pooling"):
+        padding = spec.get("padding", "valid")
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', not {padding!r}")
+        return Pooling(
+            kind.split("_")[0], _pair(spec["pool_size"]), _pair(spec["strides"]), padding
+        )
+    if kind == "flatten":
+        return Reshape()
+    if kind == "reshape":
+        shape = spec["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ValueError(f"reshape shape must be a list of positive ints, not {shape!r}")
+        return Reshape(tuple(shape))
+    if kind == "dropout":
+        return Identity()
+    if kind == "relu":
+        return Activation("relu")
+    if kind == "activation":
+        return _activation(spec)
+    if kind == "batch_normalization":
+        scale = _array(arrays, spec["scale"], where, ndim=1)
+        offset = _array(arrays, spec["offset"], where, ndim=1)
+        if scale.shape != offset.shape:
+            raise ValueError("scale and offset sizes differ")
+        return ChannelAffine(scale, offset)
+    if kind == "layer_normalization":
+        gamma = _array(arrays, spec["gamma"], where, ndim=1)
+        beta = _array(arrays, spec["beta"], where, ndim=1)
+        if gamma.shape != beta.shape:
+            raise ValueError("gamma and beta sizes differ")
+        return LayerNorm(gamma, beta, float(spec["epsilon"]))
+    if kind == "dense":
+        kernel = _array(arrays, spec["kernel"], where, ndim=2)
+        bias = _array(arrays, spec["bias"], where, ndim=1)
+        if bias.shape[0] != kernel.shape[1]:
+            raise ValueError("kernel and bias sizes differ")
+        return Dense(kernel, bias, _activation({"function": spec["activation"], **spec}))
+    if kind == "graph":
+        if open_graph is None:
+            raise ValueError("a graph head needs an onnxruntime session factory")
+        return GraphVJP(open_graph(spec["file"]))
+    # Manifest validation rejects unknown types first; this guards the mapping.
+    raise ValueError(f"unknown type {kind!r}")
+
+
+def _activation(spec: dict[str, Any]) -> Activation:
+    name = spec["function"]
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r} (supported: {', '.join(ACTIVATIONS)})")
+    max_value = spec.get("max_value")
+    return Activation(
+        name,
+        max_value=None if max_value is None else float(max_value),
+        negative_slope=float(spec.get("negative_slope", 0.0)),
+        threshold=float(spec.get("threshold", 0.0)),
+    )
 
 
 def _pair(value: object) -> tuple[int, int]:

@@ -90,15 +90,19 @@ class SceneCam:
         verify_files(bundle_dir, manifest)
         check_external_data(bundle_dir, manifest)
         arrays = load_head_arrays(bundle_dir, manifest)
+        config = SessionConfig(threads=threads, providers=tuple(providers), spin=spin)
         head = Head.from_manifest(
-            manifest.head_layers, arrays, manifest.features_shape, str(bundle_dir)
+            manifest.head_layers,
+            arrays,
+            manifest.features_shape,
+            str(bundle_dir),
+            open_graph=lambda name: create_session(bundle_dir / name, config),
         )
         if head.num_classes != manifest.num_classes:
             raise BundleError(
                 bundle_dir,
                 f"head gives {head.num_classes} classes, manifest names {manifest.num_classes}",
             )
-        config = SessionConfig(threads=threads, providers=tuple(providers), spin=spin)
         return cls(bundle_dir, manifest, head, config, max_pixels)
 
     # -- facts about the model -------------------------------------------------------------

@@ -11,8 +11,11 @@ from .bundle import MANIFEST
 from .errors import BundleError
 from .models import REPOSITORY_ONLY
 
-#: The bundle ``SceneCam.load()`` and the CLI use when no model is named.
-DEFAULT_MODEL = "scenes-resnet18"
+#: The bundle ``SceneCam.load()`` and the CLI use when no model is named: the int8 twin of
+#: ``scenes-resnet18``. On the validation split it keeps the float model's accuracy within
+#: 0.3 points and its Grad-CAM maps at a correlation of 0.99 or more (both recorded in its
+#: manifest, and tested), at about three times the speed and a quarter of the size.
+DEFAULT_MODEL = "scenes-resnet18-int8"
 
 
 def models_dir() -> Path:
@@ -38,7 +41,8 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     if name in REPOSITORY_ONLY:
         raise BundleError(name, not_installed(name))
     shipped = shipped_models()
-    close = difflib.get_close_matches(name, shipped, n=1, cutoff=0.6)
+    known = sorted({*shipped, *REPOSITORY_ONLY})
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
     raise BundleError(
         name,

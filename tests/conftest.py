@@ -37,6 +37,15 @@ def wave_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.
     return np.stack(out)
 
 
+def model_folder(name: str) -> Path:
+    """A model's bundle folder: installed with the package, or in the repository for the
+    ones the wheel leaves out (REPOSITORY_ONLY), as a user with a clone loads them."""
+    from scenecam_edge.registry import models_dir
+
+    installed = models_dir() / name
+    return installed if (installed / "manifest.json").is_file() else REPO / "models" / name
+
+
 @pytest.fixture(scope="session")
 def default_bundle() -> Path:
     from scenecam_edge.registry import DEFAULT_MODEL, resolve_model

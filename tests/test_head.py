@@ -7,28 +7,78 @@ import pytest
 
 from scenecam_edge.cam import normalize, score_cotangent, softmax
 from scenecam_edge.errors import BundleError
-from scenecam_edge.head import AveragePooling, Dense, Flatten, GlobalAveragePooling, Head, Identity
+from scenecam_edge.head import Head
+from scenecam_edge.head_layers import (
+    ACTIVATIONS,
+    Activation,
+    ChannelAffine,
+    Dense,
+    GlobalPooling,
+    Identity,
+    LayerNorm,
+    Pooling,
+    Reshape,
+)
 
 RNG = np.random.default_rng(0)
 SHAPE = (4, 4, 3)
 
 
 def _dense(n_in: int, n_out: int, activation: str = "linear") -> Dense:
-    return Dense(RNG.normal(size=(n_in, n_out)), RNG.normal(size=n_out), activation)
+    return Dense(RNG.normal(size=(n_in, n_out)), RNG.normal(size=n_out), Activation(activation))
 
 
-HEADS = {
-    "gap_dense": lambda: [GlobalAveragePooling(), _dense(3, 5)],
-    "avgpool_flatten_dense": lambda: [AveragePooling((2, 2), (2, 2)), Flatten(), _dense(12, 5)],
-    "overlapping_avgpool": lambda: [AveragePooling((3, 3), (1, 1)), Flatten(), _dense(12, 5)],
+def _avg(pool: int, stride: int, padding: str = "valid") -> Pooling:
+    return Pooling("average", (pool, pool), (stride, stride), padding)
+
+
+def _max(pool: int, stride: int, padding: str = "valid") -> Pooling:
+    return Pooling("max", (pool, pool), (stride, stride), padding)
+
+
+LINEAR_HEADS = {
+    "gap_dense": lambda: [GlobalPooling("average"), _dense(3, 5)],
+    "avgpool_flatten_dense": lambda: [_avg(2, 2), Reshape(), _dense(12, 5)],
+    "overlapping_avgpool": lambda: [_avg(3, 1), Reshape(), _dense(12, 5)],
+    "avgpool_same": lambda: [_avg(3, 2, "same"), Reshape(), _dense(12, 5)],
+    "gap_keepdims_conv1x1_reshape": lambda: [
+        GlobalPooling("average", keepdims=True),
+        _dense(3, 5),
+        Reshape((5,)),
+    ],
+    "batchnorm": lambda: [
+        GlobalPooling("average"),
+        ChannelAffine(RNG.uniform(0.5, 2, 3), RNG.normal(size=3)),
+        _dense(3, 5),
+    ],
+}
+NONLINEAR_HEADS = {
     "flatten_relu_mlp": lambda: [
         Identity(),
-        Flatten(),
+        Reshape(),
         _dense(48, 16, "relu"),
         Identity(),
         _dense(16, 5),
     ],
+    "maxpool_valid": lambda: [_max(2, 2), Reshape(), _dense(12, 5)],
+    "maxpool_same_overlapping": lambda: [_max(3, 2, "same"), Reshape(), _dense(12, 5)],
+    "global_max": lambda: [GlobalPooling("max"), _dense(3, 5)],
+    "layer_norm": lambda: [
+        GlobalPooling("average"),
+        LayerNorm(RNG.uniform(0.5, 2, 3), RNG.normal(size=3), 1e-3),
+        _dense(3, 5),
+    ],
+    "relu6_leaky_threshold": lambda: [
+        Reshape(),
+        Activation("relu", max_value=0.8, negative_slope=0.1, threshold=-0.2),
+        _dense(48, 5),
+    ],
+    **{
+        f"activation_{name}": (lambda name=name: [Reshape(), _dense(48, 7, name), _dense(7, 5)])
+        for name in ACTIVATIONS
+    },
 }
+HEADS = {**LINEAR_HEADS, **NONLINEAR_HEADS}
 
 
 def _numeric_gradient(head: Head, a: np.ndarray, cls: int, eps: float = 1e-6) -> np.ndarray:
@@ -47,7 +97,7 @@ def _numeric_gradient(head: Head, a: np.ndarray, cls: int, eps: float = 1e-6) ->
 def test_gradient_matches_finite_differences(name: str):
     head = Head(HEADS[name](), SHAPE)
     assert head.num_classes == 5
-    assert head.is_linear == (name != "flatten_relu_mlp")
+    assert head.is_linear == (name in LINEAR_HEADS or name == "activation_linear")
     a = RNG.normal(size=SHAPE)
     for cls in range(5):
         onehot = np.eye(5)[cls][None]
@@ -55,7 +105,7 @@ def test_gradient_matches_finite_differences(name: str):
         assert np.abs(exact - _numeric_gradient(head, a, cls)).max() < 1e-4, (name, cls)
 
 
-@pytest.mark.parametrize("name", ["gap_dense", "avgpool_flatten_dense"])
+@pytest.mark.parametrize("name", sorted(LINEAR_HEADS))
 def test_linear_head_jacobian_reproduces_forward(name: str):
     head = Head(HEADS[name](), SHAPE)
     assert head.jacobian is not None and head.jacobian.shape == (5, *SHAPE)
@@ -99,3 +149,22 @@ def test_pooled_gradient_is_the_mean_of_the_gradient(name: str):
     a = RNG.normal(size=(3, *SHAPE)).astype(np.float32)
     v = RNG.normal(size=(3, 5))
     assert np.allclose(head.pooled_vjp(a, v), head.vjp(a, v).mean(axis=(1, 2)), atol=1e-5)
+
+
+def test_max_pooling_routes_ties_like_tensorflow():
+    """Windowed: the first maximum gets the gradient; global: tied maxima share it."""
+    x = np.zeros((1, 2, 2, 1))
+    dy = np.ones((1, 1, 1, 1))
+    window = _max(2, 2).backward(x, _max(2, 2).forward(x), dy)
+    assert window[0, :, :, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    shared = GlobalPooling("max").backward(x, x.max(axis=(1, 2)), dy.reshape(1, 1))
+    assert np.allclose(shared, 0.25)
+
+
+def test_erf_is_accurate():
+    import math
+
+    xs = np.linspace(-5, 5, 101)
+    from scenecam_edge.head_layers import erf
+
+    assert np.abs(erf(xs) - np.array([math.erf(v) for v in xs])).max() < 2e-7

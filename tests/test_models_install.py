@@ -57,3 +57,16 @@ def test_repository_only_model_missing_says_how_to_load_it(monkeypatch, tmp_path
     records = [json.loads(line) for line in result.output.splitlines()]
     assert [r["name"] for r in records] == list(REPOSITORY_ONLY)
     assert not records[0]["installed"] and records[0]["path"] is None
+
+
+def test_the_default_is_the_int8_twin_within_its_bounds():
+    """The default is int8 because its manifest shows it keeps the float model's accuracy
+    within 0.3 points and its Grad-CAM maps at a correlation of at least 0.99, measured on
+    the validation split when it was quantised."""
+    manifest = json.loads((registry.resolve_model(None) / "manifest.json").read_text())
+    comparison = manifest["quantization"]["comparison"]
+    assert registry.DEFAULT_MODEL.endswith("-int8")
+    assert comparison["float_accuracy"] - comparison["int8_accuracy"] <= 0.003
+    assert comparison["cam_correlation_mean"] >= 0.99
+    assert comparison["images"] >= 1000
+    assert manifest["evaluation"]["accuracy"] == comparison["int8_accuracy"]

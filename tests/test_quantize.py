@@ -20,7 +20,7 @@ from scenecam_edge.bundle import read_manifest, sha256_file, verify_files
 from scenecam_edge.cli import cli
 from scenecam_edge.registry import models_dir, shipped_models
 
-from .conftest import HAS_TF, REPO
+from .conftest import HAS_TF, REPO, model_folder
 
 HAS_ONNX = importlib.util.find_spec("onnx") is not None
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs onnx: pip install '.[train]'")
@@ -286,7 +286,7 @@ def test_shipped_int8_bundle(name: str):
     cam = SceneCam.load(name, threads=1)  # by name: manifest, checksums, self-check
     block = cam.manifest.raw["quantization"]
     float_name = block["float_bundle"]["name"]
-    reference = SceneCam.load(float_name, threads=1)
+    reference = SceneCam.load(model_folder(float_name), threads=1)
     assert block["float_bundle"]["model_sha256"] == reference.manifest.files["model.onnx"]
     assert cam.manifest.files["head.npz"] == reference.manifest.files["head.npz"]
     assert cam.class_names == reference.class_names

@@ -21,7 +21,17 @@ from .common import EXIT_MODEL, fail, needs_train_extra
 @click.option(
     "--conv-layer",
     default=None,
-    help="Grad-CAM layer (default: the last 4-D layer feeding the head).",
+    metavar="LAYER",
+    help="Grad-CAM layer (default: the last layer with spatial extent before the head). "
+    "Inside a nested model: 'outer/inner', e.g. 'resnet50/conv5_block3_out'. A layer with "
+    "convolutions after it gets a second graph for its exact gradient (head.onnx).",
+)
+@click.option(
+    "--preprocess",
+    default=None,
+    metavar="SCALING",
+    help="Scaling the model expects but does not contain, baked into the graph: none, 0..1, "
+    "-1..1, caffe, torch, or 'mean=M1,M2,..;std=S1,S2,..' on the 0..255 scale.",
 )
 @click.option("--classes", default=None, help="Class names, comma-separated, in output order.")
 @click.option("--name", default=None, help="Bundle name (default: the folder name).")
@@ -30,13 +40,24 @@ def export(
     model_file: Path,
     out_dir: Path,
     conv_layer: str | None,
+    preprocess: str | None,
     classes: str | None,
     name: str | None,
     force: bool,
 ) -> None:
-    """Export MODEL_FILE (.keras) to a bundle: model.onnx, head.npz, manifest.json."""
+    """Export MODEL_FILE (.keras) to a bundle: model.onnx, head.npz, manifest.json.
+
+    Any failure prints one line naming the layer and the reason, and exits 3.
+    """
+    from scenecam_edge.export.errors import ExportError
+    from scenecam_edge.export.preprocess import parse
+
     try:
-        from scenecam_edge.export import ExportError, export_keras
+        scaling = parse(preprocess) if preprocess is not None else None
+    except ExportError as exc:
+        raise click.BadParameter(str(exc), param_hint="--preprocess") from None
+    try:
+        from scenecam_edge.export import export_keras
     except ImportError:
         needs_train_extra("export")
     class_names = [c.strip() for c in classes.split(",")] if classes else None
@@ -48,7 +69,11 @@ def export(
             class_names=class_names,
             name=name,
             overwrite=force,
+            preprocess=scaling,
         )
     except ExportError as exc:
         fail(f"{model_file}: {exc}", EXIT_MODEL)
+    except Exception as exc:  # TensorFlow, Keras or tf2onnx failing in a way we did not foresee
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        fail(f"{model_file}: export failed ({type(exc).__name__}: {message})", EXIT_MODEL)
     click.echo(f"wrote {bundle}")
