@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_MODEL, fail, needs_train_extra
+from .common import EXIT_MODEL, fail, needs_train_extra, quiet_tensorflow
 
 
 @click.command()
@@ -56,24 +56,25 @@ def export(
         scaling = parse(preprocess) if preprocess is not None else None
     except ExportError as exc:
         raise click.BadParameter(str(exc), param_hint="--preprocess") from None
-    try:
-        from scenecam_edge.export import export_keras
-    except ImportError:
-        needs_train_extra("export")
-    class_names = [c.strip() for c in classes.split(",")] if classes else None
-    try:
-        bundle = export_keras(
-            model_file,
-            out_dir,
-            conv_layer=conv_layer,
-            class_names=class_names,
-            name=name,
-            overwrite=force,
-            preprocess=scaling,
-        )
-    except ExportError as exc:
-        fail(f"{model_file}: {exc}", EXIT_MODEL)
-    except Exception as exc:  # TensorFlow, Keras or tf2onnx failing in a way we did not foresee
-        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        fail(f"{model_file}: export failed ({type(exc).__name__}: {message})", EXIT_MODEL)
-    click.echo(f"wrote {bundle}")
+    with quiet_tensorflow():  # TensorFlow's native start-up lines, unless -v
+        try:
+            from scenecam_edge.export import export_keras
+        except ImportError:
+            needs_train_extra("export")
+        class_names = [c.strip() for c in classes.split(",")] if classes else None
+        try:
+            bundle = export_keras(
+                model_file,
+                out_dir,
+                conv_layer=conv_layer,
+                class_names=class_names,
+                name=name,
+                overwrite=force,
+                preprocess=scaling,
+            )
+        except ExportError as exc:
+            fail(f"{model_file}: {exc}", EXIT_MODEL)
+        except Exception as exc:  # TensorFlow, Keras or tf2onnx failing in a way we did not foresee
+            message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            fail(f"{model_file}: export failed ({type(exc).__name__}: {message})", EXIT_MODEL)
+        click.echo(f"wrote {bundle}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import MissingExtraError, SceneCamError
-from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, fail
+from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, fail, quiet_tensorflow
 
 # The defaults live in scenecam_edge.export.quantize, which needs onnx; these mirror them so
 # that --help works without it (a test keeps them equal).
@@ -132,68 +132,69 @@ def quantize(
     scenecam-edge quantize scenes-mini --calibration ../shared/data/intel-scenes/train \\
         --out models/scenes-mini-int8 --force
     """
-    try:
-        from scenecam_edge.export import quantize as q
-    except ImportError as exc:
-        missing = (exc.name or "onnx").split(".")[0]
-        fail(MissingExtraError(missing, "train", "quantize"))
+    with quiet_tensorflow():  # TensorFlow's native start-up lines, unless -v
+        try:
+            from scenecam_edge.export import quantize as q
+        except ImportError as exc:
+            missing = (exc.name or "onnx").split(".")[0]
+            fail(MissingExtraError(missing, "train", "quantize"))
 
-    from ..model import SceneCam
+        from ..model import SceneCam
 
-    try:
-        settings = q.QuantSettings(
-            activation_type=activation_type,
-            weight_type=weight_type,
-            reduce_range=reduce_range,
-            calibration_method=calibration_method,
-        )
-        reference = SceneCam.load(bundle, threads=threads)
-    except SceneCamError as exc:
-        fail(exc)
-    try:
-        data = q.calibration_data(
-            calibration_dir,
-            reference,
-            calibration_images,
-            val_fraction=val_split,
-            seed=seed,
-            cache_dir=None if no_cache else (cache_dir or q.DEFAULT_CACHE_DIR),
-        )
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    command = "scenecam-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    try:
-        result = q.quantize_bundle(
-            reference.path,
-            out_dir,
-            data,
-            settings=settings,
-            name=name,
-            command=command,
-            max_accuracy_drop_points=max_accuracy_drop,
-            min_cam_correlation=min_cam_correlation,
-            threads=threads,
-            overwrite=force,
-            progress=lambda message: click.echo(message, err=True),
-        )
-    except q.TargetMissed as exc:
-        fail(str(exc), EXIT_FAILED_INPUTS)
-    except q.QuantizeError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except SceneCamError as exc:
-        fail(exc)
-    c = result.comparison
-    sizes = result.manifest["quantization"]["size_bytes"]
-    click.echo(f"{settings.label} QDQ, per-channel weights, {len(data.calibration)} images")
-    if c.float_accuracy is not None and c.int8_accuracy is not None:
+        try:
+            settings = q.QuantSettings(
+                activation_type=activation_type,
+                weight_type=weight_type,
+                reduce_range=reduce_range,
+                calibration_method=calibration_method,
+            )
+            reference = SceneCam.load(bundle, threads=threads)
+        except SceneCamError as exc:
+            fail(exc)
+        try:
+            data = q.calibration_data(
+                calibration_dir,
+                reference,
+                calibration_images,
+                val_fraction=val_split,
+                seed=seed,
+                cache_dir=None if no_cache else (cache_dir or q.DEFAULT_CACHE_DIR),
+            )
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+        command = "scenecam-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        try:
+            result = q.quantize_bundle(
+                reference.path,
+                out_dir,
+                data,
+                settings=settings,
+                name=name,
+                command=command,
+                max_accuracy_drop_points=max_accuracy_drop,
+                min_cam_correlation=min_cam_correlation,
+                threads=threads,
+                overwrite=force,
+                progress=lambda message: click.echo(message, err=True),
+            )
+        except q.TargetMissed as exc:
+            fail(str(exc), EXIT_FAILED_INPUTS)
+        except q.QuantizeError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except SceneCamError as exc:
+            fail(exc)
+        c = result.comparison
+        sizes = result.manifest["quantization"]["size_bytes"]
+        click.echo(f"{settings.label} QDQ, per-channel weights, {len(data.calibration)} images")
+        if c.float_accuracy is not None and c.int8_accuracy is not None:
+            click.echo(
+                f"accuracy on {c.images} validation images: float {c.float_accuracy:.4f}, "
+                f"int8 {c.int8_accuracy:.4f} ({100 * (c.int8_accuracy - c.float_accuracy):+.2f} points)"
+            )
+        click.echo(f"predictions agree on {c.prediction_agreement:.1%} of {c.images} images")
         click.echo(
-            f"accuracy on {c.images} validation images: float {c.float_accuracy:.4f}, "
-            f"int8 {c.int8_accuracy:.4f} ({100 * (c.int8_accuracy - c.float_accuracy):+.2f} points)"
+            f"Grad-CAM correlation int8 vs float: mean {c.cam_correlation_mean:.4f}, "
+            f"median {c.cam_correlation_median:.4f}, min {c.cam_correlation_min:.4f}"
         )
-    click.echo(f"predictions agree on {c.prediction_agreement:.1%} of {c.images} images")
-    click.echo(
-        f"Grad-CAM correlation int8 vs float: mean {c.cam_correlation_mean:.4f}, "
-        f"median {c.cam_correlation_median:.4f}, min {c.cam_correlation_min:.4f}"
-    )
-    click.echo(f"model.onnx {sizes['float'] / 1e6:.2f} MB -> {sizes['int8'] / 1e6:.2f} MB")
-    click.echo(f"wrote {result.path}")
+        click.echo(f"model.onnx {sizes['float'] / 1e6:.2f} MB -> {sizes['int8'] / 1e6:.2f} MB")
+        click.echo(f"wrote {result.path}")
