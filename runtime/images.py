@@ -321,3 +321,27 @@ def _from_array(arr: np.ndarray, channels: int, name: str) -> np.ndarray:
         # The same luma weights as the file path's PIL conversion.
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).convert("L"))[:, :, None]
     return np.ascontiguousarray(arr)
+
+
+#: How far an input may be from the model's input before a note says so: colour into a
+#: grey model, enlarged more than this factor, or an aspect ratio off by more than it.
+MISMATCH_FACTOR = 2.0
+
+
+def mismatch(path: str | os.PathLike[str], channels: int, height: int, width: int) -> str | None:
+    """Why the image at ``path`` is far from what a model taking (height, width, channels)
+    was trained on, from its header alone; None when it is not (or cannot be read: decoding
+    reports that). Serving still converts and resizes it; the caller says so."""
+    try:
+        with Image.open(path) as img:
+            mode, (w, h) = img.mode, img.size
+    except (OSError, ValueError):
+        return None
+    if channels == 1 and mode not in ("1", "L", "LA", "I", "I;16", "F"):
+        return f"a colour image ({mode}) for a model of grey images: it was made grey"
+    if h * MISMATCH_FACTOR < height or w * MISMATCH_FACTOR < width:
+        return f"{w}x{h}, enlarged to the model's {width}x{height}"
+    ratio = (w / h) / (width / height)
+    if not 1 / MISMATCH_FACTOR <= ratio <= MISMATCH_FACTOR:
+        return f"{w}x{h}, squeezed to the model's {width}x{height}"
+    return None

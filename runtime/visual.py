@@ -86,18 +86,29 @@ def fit_picture(picture: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(resized)
 
 
+#: Panels show each picture at least this many pixels high (photos of 150 px are enlarged).
+PANEL_MIN_HEIGHT = 256
+
+
 def panel(image: np.ndarray, heatmap: np.ndarray, blended: np.ndarray, title: str) -> np.ndarray:
-    """Original, heatmap and overlay side by side with a title bar: an RGB uint8 picture."""
+    """Original, heatmap and overlay side by side under a title bar: an RGB uint8 picture.
+
+    ``title`` may have several lines; the type grows with the panel, so a title stays
+    readable at any ``--display-size``."""
     rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
-    h = max(rgb.shape[0], 160)
+    h = max(rgb.shape[0], PANEL_MIN_HEIGHT)
     scale = h / rgb.shape[0]
     w = max(1, round(rgb.shape[1] * scale))
     gap = np.full((h, 6, 3), 255, np.uint8)
     pictures = [fit_picture(p, h, w) for p in (rgb, colorize(heatmap), blended)]
     row = np.concatenate([pictures[0], gap, pictures[1], gap, pictures[2]], axis=1)
-    bar = Image.new("RGB", (row.shape[1], 28), (255, 255, 255))
-    size = max(8, min(15, round(15 * row.shape[1] / 480)))
-    ImageDraw.Draw(bar).text((6, 6), title, fill=(0, 0, 0), font=_font(size))
+    lines = title.splitlines() or [""]
+    size = max(12, round(row.shape[1] / 45))
+    font = _font(size)
+    bar = Image.new("RGB", (row.shape[1], round(size * 1.35) * len(lines) + size), (255, 255, 255))
+    draw = ImageDraw.Draw(bar)
+    for i, line in enumerate(lines):
+        draw.text((size // 2, size // 2 + i * round(size * 1.35)), line, fill=(0, 0, 0), font=font)
     return np.concatenate([np.asarray(bar), row], axis=0)
 
 

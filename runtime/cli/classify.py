@@ -7,10 +7,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
+from ..cam import get_method
 from ..errors import ImageError, SceneCamError
 from ..fileio import write_png_atomic
-from ..images import resize_to
+from ..images import mismatch, resize_to
 from ..model import SceneCam
 from ..outputs import OutputNamer, is_inside
 from ..results import Classification, Explanation
@@ -93,6 +95,8 @@ def classify(
     except ValueError as exc:
         fail(f"--target: {exc}", EXIT_USAGE)
     explaining = save_dir is not None or target is not None
+    if not explaining:
+        _refuse_unused_heatmap_options()
     items = list(iter_sources(paths))
     excluded = 0
     if save_dir is not None:
@@ -139,12 +143,50 @@ def classify(
                     error_line(str(exc.filename), reason)
             printer.result(result, saved)
     printer.close()
+    _mismatch_note(scenecam, items)
     if save_dir is not None:
         _save_note(save_dir, panels, excluded)
     if unwritten:
         raise SystemExit(EXIT_WRITE)
     if failed:
         raise SystemExit(EXIT_FAILED_INPUTS)
+
+
+def _refuse_unused_heatmap_options() -> None:
+    """Heatmap options given where no heatmap is made are refused, not silently ignored."""
+    context = click.get_current_context()
+    given = [
+        "--" + name.replace("_", "-")
+        for name in ("method", "target_space", "alpha", "display_size", "max_channels")
+        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        fail(
+            f"{', '.join(given)} only shape heatmaps, which classify makes with --save-dir "
+            "or --target",
+            EXIT_USAGE,
+        )
+
+
+def _mismatch_note(scenecam: SceneCam, items: list[SourceItem]) -> None:
+    """One note when inputs are far from what the model was trained on (colour photos
+    through a digit model, say): the answers are given, but may mean little."""
+    spec = scenecam.manifest.input
+    far = [
+        (item.path, why)
+        for item in items
+        if item.error is None
+        and (why := mismatch(item.path, spec.channels, spec.height, spec.width)) is not None
+    ]
+    if far:
+        path, why = far[0]
+        more = f" (and {len(far) - 1} more)" if len(far) > 1 else ""
+        click.echo(
+            f"note: {shown(path)}{more}: {why}; {scenecam.manifest.name} was trained on "
+            f"{spec.width}x{spec.height} {'grey' if spec.channels == 1 else 'colour'} images, "
+            "so its answers may mean little",
+            err=True,
+        )
 
 
 def _save_note(save_dir: Path, panels: int, excluded: int) -> None:
@@ -174,10 +216,14 @@ def _panel(
 
 
 def _title(result: Explanation) -> str:
-    explained = (
-        "" if result.target_label == result.label else f" | explaining {result.target_label}"
-    )
-    return f"{result.label} {result.confidence:.0%}{explained} ({result.method}, {result.target_space})"
+    """Two lines: the file, then the answer and what the map shows. A class-agnostic method
+    (Eigen-CAM) says so instead of naming a class and a target space it does not use."""
+    name = Path(result.source).name if result.source else "image"
+    if not get_method(result.method).uses_target:
+        explained = f"{result.method}: the same map for every class"
+    else:
+        explained = f"map of {result.target_label} ({result.method}, {result.target_space})"
+    return f"{name}\n{result.label} {result.confidence:.0%}  |  {explained}"
 
 
 class _JsonPrinter:
