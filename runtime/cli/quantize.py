@@ -73,9 +73,11 @@ MIN_CAM_CORRELATION = 0.9
     show_default=True,
 )
 @click.option(
-    "--reduce-range",
-    is_flag=True,
-    help="7-bit weights: for x86 CPUs without VNNI, where U8S8 products can saturate.",
+    "--reduce-range/--full-range",
+    default=True,
+    show_default=True,
+    help="7-bit weights, right on every x86 CPU. --full-range: 8-bit weights, for targets "
+    "that all have VNNI (without it, U8S8 products saturate and accuracy drops).",
 )
 @click.option(
     "--max-accuracy-drop",
