@@ -13,7 +13,7 @@ from ..cam import get_method
 from ..errors import ImageError, SceneCamError
 from ..fileio import write_png_atomic
 from ..images import mismatch, resize_to
-from ..model import SceneCam
+from ..model import DEFAULT_BATCH, SceneCam
 from ..outputs import OutputNamer, is_inside
 from ..results import Classification, Explanation
 from ..sources import SourceItem, iter_sources
@@ -59,7 +59,7 @@ from .common import (
     show_default=True,
     help="scorecam: channels it masks the image with (one forward pass each).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @max_pixels_option
 def classify(
     paths: tuple[str, ...],
