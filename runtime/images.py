@@ -324,8 +324,10 @@ def _from_array(arr: np.ndarray, channels: int, name: str) -> np.ndarray:
 
 
 #: How far an input may be from the model's input before a note says so: colour into a
-#: grey model, enlarged more than this factor, or an aspect ratio off by more than it.
+#: grey model, enlarged more than MISMATCH_FACTOR, or an aspect ratio off by more than
+#: ASPECT_FACTOR (panoramas, strips; ordinary 4:3 and 16:9 photos are not noted).
 MISMATCH_FACTOR = 2.0
+ASPECT_FACTOR = 3.0
 
 
 def mismatch(path: str | os.PathLike[str], channels: int, height: int, width: int) -> str | None:
@@ -342,6 +344,6 @@ def mismatch(path: str | os.PathLike[str], channels: int, height: int, width: in
     if h * MISMATCH_FACTOR < height or w * MISMATCH_FACTOR < width:
         return f"{w}x{h}, enlarged to the model's {width}x{height}"
     ratio = (w / h) / (width / height)
-    if not 1 / MISMATCH_FACTOR <= ratio <= MISMATCH_FACTOR:
+    if not 1 / ASPECT_FACTOR <= ratio <= ASPECT_FACTOR:
         return f"{w}x{h}, squeezed to the model's {width}x{height}"
     return None

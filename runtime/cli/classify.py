@@ -106,42 +106,36 @@ def classify(
     printer = _JsonPrinter() if as_json else _TablePrinter(items, top_k)
     failed = panels = unwritten = 0
     stop_panels = False
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        decoded: list[np.ndarray | ImageError] = [_decode(scenecam, item) for item in chunk]
-        good = [
-            (item.path, img)
-            for item, img in zip(chunk, decoded, strict=True)
-            if isinstance(img, np.ndarray)
-        ]
-        results = iter(
-            scenecam.predict(
-                [img for _, img in good],
-                [path for path, _ in good],
-                top_k=top_k,
-                explain=options if explaining else None,
-            )
-        )
-        for image in decoded:  # in input order
-            if isinstance(image, ImageError):
-                failed += 1
-                printer.failure(image.subject, image.reason)
-                continue
-            result = next(results)
-            saved = None
-            if namer is not None and not stop_panels and isinstance(result, Explanation):
-                saved = namer.path_for(result.source)
-                try:
-                    write_png_atomic(saved, _panel(image, result, alpha, display_size))
-                    panels += 1
-                except OSError as exc:
-                    saved, unwritten = None, unwritten + 1
-                    reason = str(exc.strerror or exc)
-                    if is_storage_error(exc):
-                        stop_panels = True  # the next panels would fail alike
-                        reason += "; no more panels are written"
-                    error_line(str(exc.filename), reason)
-            printer.result(result, saved)
+    # The stream engine decodes ahead in threads, in bounded memory, and gives the results
+    # back in input order, an unreadable input as its ImageError.
+    results = scenecam.classify_batch(
+        [item.path for item in items if item.error is None],
+        batch_size,
+        explain=options if explaining else False,
+        top_k=top_k,
+    )
+    for item in items:
+        result = ImageError(item.path, item.error) if item.error is not None else next(results)
+        if isinstance(result, ImageError):
+            failed += 1
+            printer.failure(result.subject, result.reason)
+            continue
+        if isinstance(result, Exception):  # the engine yields errors; ImageError is the one
+            raise result
+        saved = None
+        if namer is not None and not stop_panels and isinstance(result, Explanation):
+            saved = namer.path_for(result.source)
+            try:
+                write_png_atomic(saved, _panel(result, alpha, display_size))
+                panels += 1
+            except OSError as exc:
+                saved, unwritten = None, unwritten + 1
+                reason = str(exc.strerror or exc)
+                if is_storage_error(exc):
+                    stop_panels = True  # the next panels would fail alike
+                    reason += "; no more panels are written"
+                error_line(str(exc.filename), reason)
+        printer.result(result, saved)
     printer.close()
     _mismatch_note(scenecam, items)
     if save_dir is not None:
@@ -196,21 +190,10 @@ def _save_note(save_dir: Path, panels: int, excluded: int) -> None:
     click.echo(note, err=True)
 
 
-def _decode(scenecam: SceneCam, item: SourceItem) -> np.ndarray | ImageError:
-    if item.error is not None:
-        return ImageError(item.path, item.error)
-    try:
-        return scenecam.load_image(item.path)
-    except ImageError as exc:
-        return exc
-
-
-def _panel(
-    image: np.ndarray, result: Explanation, alpha: float, display_size: int | None
-) -> np.ndarray:
+def _panel(result: Explanation, alpha: float, display_size: int | None) -> np.ndarray:
     if display_size is None:
-        return panel(image, result.heatmap, result.overlay, _title(result))
-    shown = resize_to(image, display_size, display_size)
+        return panel(result.image, result.heatmap, result.overlay, _title(result))
+    shown = resize_to(result.image, display_size, display_size)
     heat = heatmap_at(result.cam, display_size, display_size)
     return panel(shown, heat, overlay(shown, heat, alpha), _title(result))
 
