@@ -15,6 +15,7 @@ from PIL import Image
 
 from scenecam_edge import __version__
 from scenecam_edge.cli import cli
+from scenecam_edge.visual import PANEL_MIN_HEIGHT
 
 from .conftest import SAMPLES
 
@@ -103,7 +104,10 @@ def test_save_dir_writes_panels_without_touching_inputs(tmp_path: Path, image_fo
     ]
     assert all(r["target"] == "forest" for r in records)
     panel = Image.open(out / "img2.cam.png")
-    assert panel.mode == "RGB" and panel.width > 3 * 90 * (panel.height - 28) / 200
+    # three pictures of the 90 x 200 image, each enlarged to PANEL_MIN_HEIGHT, under a title
+    picture_width = round(90 * PANEL_MIN_HEIGHT / 200)
+    assert panel.mode == "RGB" and panel.width == 3 * picture_width + 2 * 6
+    assert panel.height > PANEL_MIN_HEIGHT
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     assert all(p.read_bytes() == data for p, data in before.items())
 
