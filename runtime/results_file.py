@@ -141,6 +141,7 @@ class ResultsFile:
         if self.path.stat().st_size == 0:
             return prior
         good_end = 0
+        whole = 0  # the number of the last whole line
         torn: _Entry | None = None
         for entry in self._entries():
             if torn is not None or (entry.record is None and entry.raw.endswith(b"\n")):
@@ -154,6 +155,7 @@ class ResultsFile:
                 torn = entry
                 continue
             good_end = entry.start + len(entry.raw)
+            whole = entry.number
             if entry.header:
                 if entry.record:
                     prior.base = self._check_header(entry.record)
@@ -171,6 +173,9 @@ class ResultsFile:
                 )
             header_lines = 2 if self.format == "csv" else 1
             os.truncate(self.path, 0 if torn.number <= header_lines else good_end)
+            prior.dropped_torn = True
+        elif self.format == "csv" and whole == 1:  # killed between the header's two lines
+            os.truncate(self.path, 0)  # open() writes the whole header again
             prior.dropped_torn = True
         return prior
 

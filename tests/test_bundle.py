@@ -387,11 +387,14 @@ def test_zip_bomb_in_an_unused_array_is_never_decompressed(tiny_bundle: Path):
     assert (tiny_bundle / "head.npz").stat().st_size < 8 << 20
     _rehash(tiny_bundle)
     # Load in a child and read its peak memory: decompressing the array would need 4 GiB.
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a big pytest
+    # process (TensorFlow loaded by earlier tests) would report its parent's peak.
     script = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from scenecam_edge import SceneCam\n"
         "cam = SceneCam.load(sys.argv[1], threads=1)\n"
-        "print(cam.class_names[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(cam.class_names[0], re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(tiny_bundle)],

@@ -169,7 +169,10 @@ def test_reused_heatmap_is_the_last_map_blended_over_the_new_frame(
     assert np.array_equal(images[0][MIDDLE], cv2.cvtColor(first.overlay, cv2.COLOR_RGB2BGR)[MIDDLE])
     for i in (1, 3, 4):  # the map of frame 0 over frames 1..4
         blended = visual.overlay(rgb(decoded[i]), first.heatmap, 0.5)
-        assert np.array_equal(images[i][MIDDLE], cv2.cvtColor(blended, cv2.COLOR_RGB2BGR)[MIDDLE])
+        expected = cv2.cvtColor(blended, cv2.COLOR_RGB2BGR)[MIDDLE].astype(int)
+        # The loop blends with OpenCV's addWeighted, visual.overlay with Pillow's composite,
+        # which takes alpha to the nearest 1/255: at 0.5 they may differ by one level.
+        assert np.abs(images[i][MIDDLE].astype(int) - expected).max() <= 1
     fifth = scenecam.predict([rgb(decoded[5])], ["f5"], explain=options)[0]
     assert np.array_equal(images[5][MIDDLE], cv2.cvtColor(fifth.overlay, cv2.COLOR_RGB2BGR)[MIDDLE])
     # Classification still runs on every frame.
@@ -429,6 +432,7 @@ def test_without_opencv_the_command_names_the_extra():
     )  # fmt: skip
     assert done.returncode == 3
     assert done.stderr == (
-        "error: the camera command needs opencv-python; "
-        "install it with: pip install 'scenecam-edge[camera]'\n"
+        "error: the camera command needs OpenCV; install it with: pip install "
+        "'scenecam-edge[camera]' (or 'scenecam-edge[camera-headless]' on a machine without a "
+        "display)\n"
     )

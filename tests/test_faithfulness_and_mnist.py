@@ -119,4 +119,6 @@ def test_mnist_tutorial_presentation(tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     panel = Image.open(tmp_path / f"{four.stem}.cam.png")
-    assert panel.size == (3 * 500 + 2 * 6, 500 + 28)
+    pictures = np.asarray(panel)[-500:]  # under the title bar: three 500 px pictures
+    assert panel.size[0] == 3 * 500 + 2 * 6 and panel.size[1] > 500
+    assert (pictures[:, 500:506] == 255).all() and (pictures[:, 1006:1012] == 255).all()

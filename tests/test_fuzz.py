@@ -208,3 +208,21 @@ def test_mutated_results_files_resume_or_refuse(fmt: str, data: st.DataObject):
     again = results.scan()
     added = os.path.realpath(os.path.join(again.base, "z.jpg"))
     assert again.done == prior.done and again.failed == prior.failed | {added}
+
+
+def test_csv_killed_between_its_two_header_lines_is_started_afresh(tmp_path: Path):
+    """The case the fuzz test found: a CSV holding only its first header line (the run was
+    killed before the column names) is resumed as empty, and an append reads back."""
+    from scenecam_edge.results_file import ResultsFile
+
+    path = tmp_path / "r.csv"
+    first = ResultsFile(path, "csv", ["a", "b"], {"model": "m"})
+    first.open()
+    first.close()
+    path.write_bytes(path.read_bytes().splitlines(keepends=True)[0])  # only the metadata line
+    again = ResultsFile(path, "csv", ["a", "b"], {"model": "m"})
+    assert again.scan().dropped_torn and path.stat().st_size == 0
+    again.open()
+    again.append([{"path": "z.jpg", "error": "e"}])
+    again.close()
+    assert len(again.scan().failed) == 1

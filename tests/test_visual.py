@@ -96,15 +96,16 @@ def test_panel_has_three_pictures_and_a_title():
     image[:, :60] = 200
     heat = np.full((150, 120), 0.5, np.float32)
     out = visual.panel(image, heat, visual.overlay(image, heat), "forest 91%")
-    h = 160  # at least 160 px high
+    h = visual.PANEL_MIN_HEIGHT  # pictures at least this high
     w = round(120 * h / 150)
-    assert out.shape == (28 + h, 3 * w + 12, 3)
-    bar = out[:28]
+    top = out.shape[0] - h  # the title bar's height
+    assert out.shape[1:] == (3 * w + 12, 3) and top > 0
+    bar = out[:top]
     assert (bar < 128).any(), "the title was not drawn"
-    assert np.array_equal(out[28:, w : w + 6], np.full((h, 6, 3), 255, np.uint8))
+    assert np.array_equal(out[top:, w : w + 6], np.full((h, 6, 3), 255, np.uint8))
     # The middle picture is the map in JET colours (0.5: level 128), the last the overlay.
-    assert out[28 + h // 2, w + 6 + 5].tolist() == visual.JET_RGB[128].tolist()
-    assert out[28 + h // 2, 2 * w + 12 + 5].tolist() == visual.overlay(image, heat)[0, 5].tolist()
+    assert out[top + h // 2, w + 6 + 5].tolist() == visual.JET_RGB[128].tolist()
+    assert out[top + h // 2, 2 * w + 12 + 5].tolist() == visual.overlay(image, heat)[0, 5].tolist()
 
 
 # -- against OpenCV, where it is installed --------------------------------------------------

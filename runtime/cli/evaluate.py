@@ -98,7 +98,8 @@ def evaluate(
         )
     except ValueError as exc:
         fail(f"{data_dir}: {exc}", EXIT_USAGE)
-    for path, reason in data.skipped:
+    skipped = data.skipped  # the split below keeps only the images that were read
+    for path, reason in skipped:
         error_line(path, reason)
     if split != "all":
         train_idx, val_idx = stratified_split(data.labels, val_split, seed)
@@ -124,7 +125,7 @@ def evaluate(
     if table:
         click.echo(faithfulness_markdown(table))
     click.echo(f"wrote {report_dir / 'metrics.json'}, {report_dir / 'metrics.md'} and {report}")
-    if data.skipped:
+    if skipped:
         sys.exit(EXIT_FAILED_INPUTS)
 
 
