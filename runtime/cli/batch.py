@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..batch import BatchJob, Interrupted, JobCounts
+from ..cam import TargetSpace
 from ..errors import SceneCamError
 from ..filelock import ResultsBusy
 from ..heatmaps import HEATMAP_FORMATS, HeatmapFormat
@@ -102,7 +103,7 @@ def batch(
     heatmaps: Path | None,
     heatmap_format: HeatmapFormat | None,
     target: str | None,
-    target_space: str,
+    target_space: TargetSpace,
     method: str,
     alpha: float,
     top_k: int,
@@ -149,7 +150,7 @@ def batch(
     except SceneCamError as exc:
         fail(exc)
     try:
-        options = scenecam.explain_options(target, method, target_space, alpha)  # type: ignore[arg-type]
+        options = scenecam.explain_options(target, method, target_space, alpha)
     except ValueError as exc:
         fail(f"--target: {exc}", EXIT_USAGE)
     explaining = heatmaps is not None or target is not None

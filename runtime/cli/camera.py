@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import click
 
+from ..cam import TargetSpace
 from ..errors import SceneCamError
 from ..model import SceneCam
 from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fail, model_options
@@ -102,7 +103,7 @@ def camera(
     max_viewers: int,
     timeout: float,
     target: str | None,
-    target_space: str,
+    target_space: TargetSpace,
     method: str,
     alpha: float,
     snapshot_dir: Path,
@@ -158,7 +159,7 @@ def camera(
     except SceneCamError as exc:
         fail(exc)
     try:
-        scenecam.explain_options(target, method, target_space, alpha)  # type: ignore[arg-type]
+        scenecam.explain_options(target, method, target_space, alpha)
     except ValueError as exc:
         _usage(f"--target: {exc}")
     try:
@@ -169,7 +170,7 @@ def camera(
         method=method,
         alpha=alpha,
         target=target,
-        target_space=target_space,  # type: ignore[arg-type]
+        target_space=target_space,
         every=every,
         max_frames=max_frames,
         realtime=not headless or address is not None,

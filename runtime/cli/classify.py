@@ -9,7 +9,7 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
-from ..cam import get_method
+from ..cam import TargetSpace, get_method
 from ..errors import ImageError, SceneCamError
 from ..fileio import write_png_atomic
 from ..images import mismatch, resize_to
@@ -68,7 +68,7 @@ def classify(
     as_json: bool,
     save_dir: Path | None,
     target: str | None,
-    target_space: str,
+    target_space: TargetSpace,
     method: str,
     top_k: int,
     alpha: float,
@@ -91,7 +91,7 @@ def classify(
     except SceneCamError as exc:
         fail(exc)
     try:
-        options = scenecam.explain_options(target, method, target_space, alpha, max_channels)  # type: ignore[arg-type]
+        options = scenecam.explain_options(target, method, target_space, alpha, max_channels)
     except ValueError as exc:
         fail(f"--target: {exc}", EXIT_USAGE)
     explaining = save_dir is not None or target is not None

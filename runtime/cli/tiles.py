@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..cam import TargetSpace
 from ..errors import SceneCamError
 from ..model import DEFAULT_BATCH, SceneCam
 
@@ -105,7 +106,7 @@ def tiles(
     cog: bool,
     heatmap: bool,
     target: str | None,
-    target_space: str,
+    target_space: TargetSpace,
     method: str,
     batch_size: int,
     model: str | None,
@@ -168,7 +169,7 @@ def tiles(
     if stride is not None and stride > size:
         fail(f"--stride {stride} is larger than the tile ({size} px)", EXIT_USAGE)
     try:
-        explain = scenecam.explain_options(target, method, target_space)  # type: ignore[arg-type]
+        explain = scenecam.explain_options(target, method, target_space)
     except ValueError as exc:
         fail(f"--target: {exc}", EXIT_USAGE)
     options = TileOptions(

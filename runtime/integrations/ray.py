@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..cam import TargetSpace
 from ..errors import ImageError
 from ..model import DEFAULT_BATCH, SceneCam
 from ..results import Explanation
@@ -62,13 +63,13 @@ class SceneCamPredictor:
         explain: bool = False,
         target: int | str | None = None,
         method: str = "gradcam",
-        target_space: str = "logit",
+        target_space: TargetSpace = "logit",
         image_column: str = "image",
         keep: Sequence[str] = ("path",),
     ) -> None:
         self.model = SceneCam.load(model, threads=threads)
         self.options = (
-            self.model.explain_options(target, method, target_space)  # type: ignore[arg-type]
+            self.model.explain_options(target, method, target_space)
             if explain or target is not None
             else None
         )
@@ -145,7 +146,7 @@ def classify_dataset(
     explain: bool = False,
     target: int | str | None = None,
     method: str = "gradcam",
-    target_space: str = "logit",
+    target_space: TargetSpace = "logit",
     image_column: str = "image",
     keep: Sequence[str] = ("path",),
 ) -> Dataset:
