@@ -73,17 +73,20 @@ def flatten_dense_model(num_classes: int = 3, seed: int = 2) -> keras.Model:
     return with_random_bn(keras.Model(inp, out), seed)
 
 
-def mnist_style_model(seed: int = 3) -> keras.Model:
-    """The Grad-CAM-on-MNIST tutorial's network (nonlinear head), random weights."""
+def mnist_style_model(
+    seed: int = 3, filters: tuple[int, int] = (32, 64), units: int = 128
+) -> keras.Model:
+    """The Grad-CAM-on-MNIST tutorial's network (nonlinear head), random weights; ``filters``
+    and ``units`` narrow it where a test stores its numbers."""
     keras.utils.set_random_seed(seed)
     inp = keras.Input((28, 28, 1), name="image")
     x = layers.Rescaling(1 / 255)(inp)
-    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.Conv2D(filters[0], 3, activation="relu")(x)
     x = layers.MaxPooling2D(2)(x)
-    x = layers.Conv2D(64, 3, activation="relu", name="last_conv_layer")(x)
+    x = layers.Conv2D(filters[1], 3, activation="relu", name="last_conv_layer")(x)
     x = layers.Dropout(0.5)(x)
     x = layers.Flatten()(x)
-    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dense(units, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
     out = layers.Dense(10, activation="softmax")(x)
     return keras.Model(inp, out)
