@@ -51,7 +51,12 @@ def calibration_data(
     images is unlabelled: the first ``images`` of a seeded shuffle calibrate and the rest (or,
     when none are left, the same ones) are compared on.
     """
-    from scenecam_edge.dataset import class_folders, load_dataset, stratified_split
+    from scenecam_edge.dataset import (
+        align_classes,
+        class_folders,
+        load_dataset,
+        stratified_split,
+    )
 
     if images < 1:
         raise ValueError(f"calibration images must be at least 1, not {images}")
@@ -70,7 +75,9 @@ def calibration_data(
             folders = class_folders(path)
         except ValueError:
             folders = []
-        labelled = folders == list(cam.class_names)
+        # folders named like the model's classes (in any case; some classes may be missing)
+        known = {name.casefold() for name in cam.class_names}
+        labelled = bool(folders) and all(folder.casefold() in known for folder in folders)
         if folders and not labelled:
             log.warning(
                 "%s: its folders %s are not the model's classes %s; using its images unlabelled "
@@ -81,6 +88,8 @@ def calibration_data(
             )
     if labelled:
         data = load_dataset(path, size, spec.channels, cache_dir=cache_dir)
+        if path.is_dir():
+            data = align_classes(data, cam.class_names)
         if list(data.class_names) != list(cam.class_names):
             raise ValueError(
                 f"{path}: its classes {data.class_names} are not the model's "

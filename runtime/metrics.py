@@ -63,6 +63,20 @@ def classification_figures(
     }
 
 
+def class_cells(figures: dict[str, Any], name: str) -> tuple[str, str, str]:
+    """Precision, recall and F1 of one class as table cells: a dash where the data has no
+    image of the class (recall and F1 are undefined; precision too if it was never
+    predicted), so a test set of a few classes does not read as failures on the others."""
+    c = figures["per_class"][name]
+    column = figures["class_names"].index(name)
+    predicted = sum(row[column] for row in figures["confusion_matrix"])
+    dash = "\u2013"
+    precision = f"{c['precision']:.3f}" if predicted or c["support"] else dash
+    if not c["support"]:
+        return precision, dash, dash
+    return precision, f"{c['recall']:.3f}", f"{c['f1']:.3f}"
+
+
 def figures_markdown(figures: dict[str, Any], *, confused: int = 3) -> str:
     """The figures as Markdown: the per-class table (as the README shows it), the confusion
     matrix, and the ``confused`` most frequent mistakes, so published tables come from a file
@@ -70,9 +84,8 @@ def figures_markdown(figures: dict[str, Any], *, confused: int = 3) -> str:
     names = figures["class_names"]
     lines = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     for name, c in figures["per_class"].items():
-        lines.append(
-            f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
-        )
+        p, r, f1 = class_cells(figures, name)
+        lines.append(f"| {name} | {p} | {r} | {f1} | {c['support']} |")
     lines.append(f"| **accuracy** | | | **{figures['accuracy']:.3f}** | {figures['count']} |")
     for label in ("macro_avg", "weighted_avg"):
         a = figures[label]

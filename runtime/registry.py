@@ -41,9 +41,12 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     if name in REPOSITORY_ONLY:
         raise BundleError(name, not_installed(name))
     shipped = shipped_models()
-    known = sorted({*shipped, *REPOSITORY_ONLY})
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}? " if close else ""
+    close = difflib.get_close_matches(name, sorted({*shipped, *REPOSITORY_ONLY}), n=1, cutoff=0.6)
+    hint = ""
+    if close and close[0] in shipped:
+        hint = f"did you mean {close[0]}? "
+    elif close:  # a bundle that stays in the repository: say how to reach it
+        hint = f"did you mean models/{close[0]} (in the repository, loaded by path)? "
     raise BundleError(
         name,
         f"no such bundle folder, and no shipped model of that name ({hint}"
@@ -55,5 +58,5 @@ def not_installed(name: str) -> str:
     """Why a repository-only bundle is missing, and how to load it."""
     return (
         "not installed with the package (it stays in the source repository to keep the "
-        f"install small); from a clone, load it by path: --model models/{name}"
+        f"install small); from a clone, load it by path: models/{name}"
     )

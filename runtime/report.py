@@ -20,7 +20,7 @@ from .dataset import LabelledImages
 from .evaluation import Evaluation, faithfulness_rows
 from .faithfulness import Faithfulness
 from .fileio import write_bytes_atomic, write_json_atomic
-from .metrics import figures_markdown
+from .metrics import class_cells, figures_markdown
 from .model import SceneCam
 
 
@@ -33,23 +33,27 @@ def write_report(
     title: str,
     gallery_per_class: int = 6,
     faithfulness: dict[str, Faithfulness] | None = None,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Path:
     """Write ``metrics.json``, ``metrics.md`` (the tables in Markdown) and ``report.html``
     (confusion matrix, per-class figures, and a Grad-CAM gallery per class with the
     misclassifications first). Each records when it was made and which model made it."""
     out = Path(out_dir)
     made = provenance(cam)
-    metrics: dict[str, Any] = {"title": title, **made, **result.figures}
+    left_out = [{"path": path, "reason": reason} for path, reason in skipped or []]
+    metrics: dict[str, Any] = {"title": title, **made, **result.figures, "skipped": left_out}
     if faithfulness:
         metrics["faithfulness"] = faithfulness_rows(faithfulness)
     write_json_atomic(out / "metrics.json", metrics)
-    markdown = f"# {title}\n\n{_provenance_line(made)}\n\n{figures_markdown(result.figures)}"
+    markdown = f"# {title}\n\n{_provenance_line(made)}\n\n{_skipped_text(left_out)}"
+    markdown += figures_markdown(result.figures)
     if faithfulness:
         markdown += f"\n## Faithfulness\n\n{faithfulness_markdown(faithfulness)}"
     write_bytes_atomic(out / "metrics.md", markdown.encode())
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p class=meta>{html.escape(_provenance_line(made))}</p>",
+        f"<p class=meta>{html.escape(_skipped_text(left_out))}</p>" if left_out else "",
         _summary(result.figures),
         _confusion(result.figures),
         _per_class(result.figures),
@@ -68,6 +72,15 @@ def provenance(cam: SceneCam) -> dict[str, str]:
         "model_path": str(cam.path),
         "model_sha256": cam.manifest.files.get("model.onnx", ""),
     }
+
+
+def _skipped_text(left_out: list[dict[str, str]]) -> str:
+    """A paragraph naming the images that could not be read (and so are not counted)."""
+    if not left_out:
+        return ""
+    named = "; ".join(f"{item['path']}: {item['reason']}" for item in left_out[:10])
+    more = f"; and {len(left_out) - 10} more" if len(left_out) > 10 else ""
+    return f"{len(left_out)} image(s) could not be read and are not counted: {named}{more}.\n\n"
 
 
 def _provenance_line(made: dict[str, str]) -> str:
@@ -110,8 +123,9 @@ def _confusion(f: dict[str, Any]) -> str:
 
 def _per_class(f: dict[str, Any]) -> str:
     rows = [
-        f"<tr><th>{html.escape(n)}</th><td>{c['precision']:.3f}</td><td>{c['recall']:.3f}</td>"
-        f"<td>{c['f1']:.3f}</td><td>{c['support']}</td></tr>"
+        f"<tr><th>{html.escape(n)}</th>"
+        + "".join(f"<td>{cell}</td>" for cell in class_cells(f, n))
+        + f"<td>{c['support']}</td></tr>"
         for n, c in f["per_class"].items()
     ]
     for label in ("macro_avg", "weighted_avg"):

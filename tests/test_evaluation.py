@@ -47,6 +47,12 @@ def test_a_few_classes_named_in_another_case(tmp_path: Path):
     assert cm.sum(axis=1).tolist() == [0, 2, 0, 0, 2, 0]
     assert metrics["per_class"]["sea"]["support"] == 2
     assert metrics["model"] == "scenes-mini" and len(metrics["model_sha256"]) == 64
+    # the classes the data lacks read as dashes, not as zeros (recall and F1 are undefined)
+    rows = (tmp_path / "r" / "metrics.md").read_text().splitlines()
+    glacier = next(r for r in rows if r.startswith("| glacier |"))
+    assert glacier.split("|")[3].strip() == "\u2013" and glacier.split("|")[5].strip() == "0"
+    sea = next(r for r in rows if r.startswith("| sea |"))
+    assert "\u2013" not in sea
 
 
 def test_a_folder_that_matches_no_class_is_refused_by_name(tmp_path: Path):
@@ -68,7 +74,11 @@ def test_a_broken_photo_is_one_line_and_exit_1(tmp_path: Path):
     assert result.exit_code == 1
     mentions = [line for line in result.output.splitlines() if "broken.jpg" in line]
     assert len(mentions) == 1 and mentions[0].startswith("error: ")
-    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["count"] == 2
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["count"] == 2
+    assert [Path(s["path"]).name for s in metrics["skipped"]] == ["broken.jpg"]
+    assert "1 image(s) could not be read" in (tmp_path / "r" / "metrics.md").read_text()
+    assert "broken.jpg" in (tmp_path / "r" / "report.html").read_text()
 
 
 def test_the_report_shows_photo_and_overlay_and_what_the_map_explains(tmp_path: Path):

@@ -91,6 +91,6 @@ def test_mismatch_reasons(tmp_path: Path):
 def test_heatmap_options_without_a_heatmap_are_refused(flag: list[str]):
     result = run("classify", str(SAMPLES / "sea_1.jpg"), *flag)
     assert result.exit_code == 2
-    assert f"{flag[0]} only shape heatmaps" in result.stderr
+    assert f"{flag[0]}: only used for heatmaps" in result.stderr
     used = run("classify", str(SAMPLES / "sea_1.jpg"), *flag, "--target", "sea", "--json")
     assert used.exit_code == 0, used.output

@@ -41,7 +41,9 @@ def test_models_says_where_each_one_is():
         assert r["size_mb"] == round(files / 1e6, 1)
     for r in records:
         if not r["installed"]:
-            assert r["name"] in REPOSITORY_ONLY and f"--model models/{r['name']}" in r["note"]
+            assert (
+                r["name"] in REPOSITORY_ONLY and f"load it by path: models/{r['name']}" in r["note"]
+            )
     table = CliRunner().invoke(cli, ["models"]).output
     assert f"MB in {installed[0]['path']}" in table
 
@@ -51,7 +53,7 @@ def test_repository_only_model_missing_says_how_to_load_it(monkeypatch, tmp_path
     checkout always holds every bundle)."""
     monkeypatch.setattr(registry, "models_dir", lambda: tmp_path)
     name = REPOSITORY_ONLY[0]
-    with pytest.raises(BundleError, match=f"load it by path: --model models/{name}"):
+    with pytest.raises(BundleError, match=f"load it by path: models/{name}"):
         registry.resolve_model(name)
     result = CliRunner().invoke(cli, ["models", "--json"])
     records = [json.loads(line) for line in result.output.splitlines()]

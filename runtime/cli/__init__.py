@@ -45,7 +45,7 @@ SUMMARIES = {
     models: "List the shipped models.",
     train: "Train a model on labelled images (train extra).",
     export: "Turn a Keras model into a bundle (train extra).",
-    quantize: "Write an int8 copy of a bundle.",
+    quantize: "Write an int8 copy of a bundle (quantize extra).",
 }
 for command, summary in SUMMARIES.items():
     command.short_help = summary

@@ -156,8 +156,8 @@ def _refuse_unused_heatmap_options() -> None:
     ]
     if given:
         fail(
-            f"{', '.join(given)} only shape heatmaps, which classify makes with --save-dir "
-            "or --target",
+            f"{', '.join(given)}: only used for heatmaps, and classify makes heatmaps only "
+            "with --save-dir or --target",
             EXIT_USAGE,
         )
 

@@ -117,6 +117,7 @@ def evaluate(
         title=title,
         gallery_per_class=gallery,
         faithfulness=table,
+        skipped=skipped,
     )
     f = result.figures
     click.echo(

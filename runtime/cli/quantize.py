@@ -1,4 +1,4 @@
-"""``scenecam-edge quantize``: a float bundle to an int8 bundle (needs onnx: the train extra)."""
+"""``scenecam-edge quantize``: a float bundle to an int8 bundle (needs onnx: the quantize extra)."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def quantize(
             from scenecam_edge.export import quantize as q
         except ImportError as exc:
             missing = (exc.name or "onnx").split(".")[0]
-            fail(MissingExtraError(missing, "train", "quantize"))
+            fail(MissingExtraError(missing, "quantize", "quantize"))
 
         from ..model import SceneCam
 
