@@ -259,7 +259,7 @@ cli(['quantize', 'scenes-mini', '--calibration', '.', '--out', sys.argv[1]])
         timeout=120,
     )
     assert proc.returncode == 3, proc.stderr
-    assert "needs onnx" in proc.stderr and "pip install 'scenecam-edge[train]'" in proc.stderr
+    assert "needs onnx" in proc.stderr and "pip install 'scenecam-edge[quantize]'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
