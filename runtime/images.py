@@ -182,13 +182,24 @@ def _linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, n
     return left, right, frac
 
 
+@lru_cache(maxsize=64)
 def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
-    """The same as a (size_out, size_in) matrix."""
+    """The same as a (size_out, size_in) matrix (read-only: it is cached)."""
     left, right, frac = _linear_taps(size_in, size_out)
     weights = np.zeros((size_out, size_in), np.float32)
     rows = np.arange(size_out)
     np.add.at(weights, (rows, left), 1.0 - frac)
     np.add.at(weights, (rows, right), frac)
+    weights.setflags(write=False)
+    return weights
+
+
+@lru_cache(maxsize=64)
+def _column_weights(size_in: int, size_out: int) -> np.ndarray:
+    """:func:`_linear_weights` transposed, contiguous: einsum's loop is ten times slower on
+    the strided transpose."""
+    weights = np.ascontiguousarray(_linear_weights(size_in, size_out).T)
+    weights.setflags(write=False)
     return weights
 
 
@@ -196,9 +207,12 @@ def resize_map(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of float maps, (h, w) or a stack (..., h, w), to (..., height, width).
 
     OpenCV's INTER_LINEAR (``cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)``):
-    the rows by a small matrix product (the maps have a few rows), then each output pixel as
-    its left neighbour plus the weighted step to its right one (no BLAS: its threads cost more
-    than they save on one large thin product).
+    the rows by a small matrix product (the maps have a few rows), then the columns. A CAM has
+    a few columns too (5 or 10), so that is a product with a (w, width) matrix of weights, in
+    numpy's own einsum loop (one pass over the output, at OpenCV's speed for a full-size
+    heatmap of a large photo). Wider maps take each output pixel as its left neighbour plus
+    the weighted step to its right one. No BLAS: its threads cost more than they save on one
+    large thin product, and far more when the machine is busy.
     """
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive, not {height} x {width}")
@@ -207,12 +221,19 @@ def resize_map(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     if (h, w) == (height, width):
         return arr.copy()
     rows = np.matmul(_linear_weights(h, height), arr)  # (..., height, w)
+    if w <= _NARROW:
+        return np.einsum("...hk,kw->...hw", rows, _column_weights(w, width))
     left, _, frac = _linear_taps(w, width)
     step = np.zeros_like(rows)  # to the right neighbour; 0 at the clamped right edge
     step[..., :-1] = rows[..., 1:] - rows[..., :-1]
     out = rows[..., left]
     out += step[..., left] * frac
     return out
+
+
+#: Maps at most this wide are resized by a product with the weights (see :func:`resize_map`):
+#: it costs ``w`` multiply-adds per output pixel against a fixed cost of the other way.
+_NARROW = 16
 
 
 def load_still(

@@ -297,7 +297,6 @@ class SceneCam:
         cams = get_method(explain.method).compute(inputs)
         results: list[Explanation] = []
         for base, img, t, cam in zip(bases, decoded, targets, cams, strict=True):
-            heat = visual.heatmap_at(cam, img.shape[0], img.shape[1])
             results.append(
                 Explanation(
                     **{f: getattr(base, f) for f in _CLASSIFICATION_FIELDS},
@@ -306,7 +305,6 @@ class SceneCam:
                     target_space=explain.target_space,
                     method=explain.method,
                     cam=cam,
-                    heatmap=heat,
                     image=img,
                     alpha=explain.alpha,
                 )

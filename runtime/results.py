@@ -44,10 +44,12 @@ class Explanation(Classification):
 
     ``cam`` is the raw (h, w) map after ReLU at the features' resolution; ``heatmap`` is it
     normalised to [0, 1] and resized to ``image``, the decoded input (uint8, H x W x 1 or 3,
-    at its own size); ``overlay`` is the heatmap in JET
-    colours blended over the image (RGB uint8) with weight ``alpha``. The overlay is made the
-    first time it is read and then kept: jobs that store only maps (batch ``--heatmaps npy``,
-    tiles, evaluation) never pay for the colour map and the blend.
+    at its own size); ``colours`` is the heatmap in JET colours (RGB uint8) and ``overlay``
+    those colours blended over the image with weight ``alpha``. Each is made from ``cam`` the
+    first time it is read and then kept: a job that prints answers never pays for a picture
+    of the photo's size (a float map of a 12 MP photo is 48 MB), one that stores only maps
+    never pays for the colours, and the overlay is made straight from ``cam``
+    (:func:`scenecam_edge.visual.levels_at`), not through the float heatmap.
     """
 
     target_index: int
@@ -55,13 +57,25 @@ class Explanation(Classification):
     target_space: str
     method: str
     cam: np.ndarray = field(repr=False, compare=False)
-    heatmap: np.ndarray = field(repr=False, compare=False)
     image: np.ndarray = field(repr=False, compare=False)
     alpha: float = field(default=visual.DEFAULT_ALPHA, repr=False, compare=False)
 
     @cached_property
+    def heatmap(self) -> np.ndarray:
+        return visual.heatmap_at(self.cam, self.image.shape[0], self.image.shape[1])
+
+    @cached_property
+    def levels(self) -> np.ndarray:
+        """The heatmap as colour levels (uint8, the image's size)."""
+        return visual.levels_at(self.cam, self.image.shape[0], self.image.shape[1])
+
+    @cached_property
+    def colours(self) -> np.ndarray:
+        return visual.colorize_levels(self.levels)
+
+    @cached_property
     def overlay(self) -> np.ndarray:
-        return visual.overlay(self.image, self.heatmap, self.alpha)
+        return visual.blend(self.image, self.levels, self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
         record = super().to_dict()

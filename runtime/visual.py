@@ -48,23 +48,50 @@ def heatmap_at(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(resized, 0.0, 1.0, out=resized)
 
 
+def levels(heatmap: np.ndarray) -> np.ndarray:
+    """A [0, 1] map as colour levels, uint8: round(255 * value) (half up; OpenCV's
+    convertScaleAbs rounds exact ties to even), clipped to [0, 255]."""
+    scaled = np.multiply(heatmap, np.float32(255.0), dtype=np.float32)
+    scaled += np.float32(0.5)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def levels_at(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``levels(heatmap_at(cam, height, width))`` in two passes over the picture, not six.
+
+    Resizing is linear with weights that sum to one, so the scaling moves to the small map
+    (255 * v + 0.5 lies in [0.5, 255.5] there and after resizing: no clip, and the cast
+    truncates); float rounding may move an exact tie to the next level."""
+    scaled = normalize(cam).astype(np.float32) * np.float32(255.0) + np.float32(0.5)
+    return resize_map(scaled, height, width).astype(np.uint8)
+
+
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """A [0, 1] map as an RGB uint8 picture with the JET colormap."""
-    return np.asarray(_jet_picture(heatmap).convert("RGB"))
+    return colorize_levels(levels(heatmap))
 
 
-def _jet_picture(heatmap: np.ndarray) -> Image.Image:
-    """The map as a palette picture with the JET palette, all in Pillow's C loops: levels
-    round(255 * value) (half up; OpenCV's convertScaleAbs rounds exact ties to even), clipped
-    to [0, 255]."""
-    values = Image.fromarray(np.ascontiguousarray(heatmap, dtype=np.float32))
-    picture = values.point(lambda v: v * 255.0 + 0.5).convert("L")  # F to L truncates, clips
+def colorize_levels(lv: np.ndarray) -> np.ndarray:
+    """Colour levels (uint8) as an RGB uint8 picture with the JET colormap."""
+    return np.asarray(_jet_picture(lv))
+
+
+def _jet_picture(lv: np.ndarray) -> Image.Image:
+    """Levels as an RGB picture: a palette picture with the JET palette, converted in
+    Pillow's C loops (a table lookup in numpy is five times slower)."""
+    picture = Image.fromarray(np.ascontiguousarray(lv, dtype=np.uint8))  # (h, w) uint8: L
     picture.putpalette(_JET_PALETTE)  # L becomes P
-    return picture
+    return picture.convert("RGB")
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """Blend the coloured heatmap over ``image`` (uint8, H x W x 1 or 3): alpha * heat + rest.
+    """Blend the coloured heatmap over ``image`` (uint8, H x W x 1 or 3): alpha * heat + rest."""
+    return blend(image, levels(heatmap), alpha)
+
+
+def blend(image: np.ndarray, lv: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """The JET colours of levels ``lv`` blended over ``image``: alpha * colour + rest.
 
     Pillow's masked composite: integer arithmetic with exact rounding, so equal to OpenCV's
     ``addWeighted`` (which the runtime used before) wherever ``alpha`` * 255 is a whole number,
@@ -73,7 +100,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
     rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
-    colour = _jet_picture(heatmap).convert("RGB")
+    colour = _jet_picture(lv)
     weight = Image.new("L", colour.size, round(alpha * 255))
     return np.asarray(Image.composite(colour, Image.fromarray(np.ascontiguousarray(rgb)), weight))
 
@@ -90,8 +117,9 @@ def fit_picture(picture: np.ndarray, height: int, width: int) -> np.ndarray:
 PANEL_MIN_HEIGHT = 256
 
 
-def panel(image: np.ndarray, heatmap: np.ndarray, blended: np.ndarray, title: str) -> np.ndarray:
-    """Original, heatmap and overlay side by side under a title bar: an RGB uint8 picture.
+def panel(image: np.ndarray, colours: np.ndarray, blended: np.ndarray, title: str) -> np.ndarray:
+    """Original, coloured heatmap (:func:`colorize`) and overlay side by side under a title
+    bar: an RGB uint8 picture.
 
     ``title`` may have several lines; the type grows with the panel, so a title stays
     readable at any ``--display-size``."""
@@ -100,7 +128,7 @@ def panel(image: np.ndarray, heatmap: np.ndarray, blended: np.ndarray, title: st
     scale = h / rgb.shape[0]
     w = max(1, round(rgb.shape[1] * scale))
     gap = np.full((h, 6, 3), 255, np.uint8)
-    pictures = [fit_picture(p, h, w) for p in (rgb, colorize(heatmap), blended)]
+    pictures = [fit_picture(p, h, w) for p in (rgb, colours, blended)]
     row = np.concatenate([pictures[0], gap, pictures[1], gap, pictures[2]], axis=1)
     lines = title.splitlines() or [""]
     size = max(12, round(row.shape[1] / 45))

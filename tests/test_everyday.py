@@ -12,7 +12,7 @@ from PIL import Image
 
 from scenecam_edge.cli import cli
 from scenecam_edge.images import mismatch
-from scenecam_edge.visual import PANEL_MIN_HEIGHT, panel
+from scenecam_edge.visual import PANEL_MIN_HEIGHT, colorize, panel
 
 from .conftest import REPO
 
@@ -27,11 +27,11 @@ def run(*args: str):
 def test_panel_is_large_and_its_title_grows_with_it():
     image = np.full((150, 150, 3), 90, np.uint8)
     heat = np.linspace(0, 1, 150 * 150, dtype=np.float32).reshape(150, 150)
-    small = panel(image, heat, image, "a.jpg\nsea 90%")
+    small = panel(image, colorize(heat), image, "a.jpg\nsea 90%")
     assert small.shape[0] - 2 * 6 >= PANEL_MIN_HEIGHT  # pictures at least 256 px high
     big_image = np.full((500, 500, 3), 90, np.uint8)
     big_heat = np.zeros((500, 500), np.float32)
-    big = panel(big_image, big_heat, big_image, "a.jpg\nsea 90%")
+    big = panel(big_image, colorize(big_heat), big_image, "a.jpg\nsea 90%")
     bar_small, bar_big = small.shape[0] - PANEL_MIN_HEIGHT, big.shape[0] - 500
     assert bar_big > 1.5 * bar_small  # the type grew with the panel
 

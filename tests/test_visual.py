@@ -95,7 +95,7 @@ def test_panel_has_three_pictures_and_a_title():
     image = np.zeros((150, 120, 3), np.uint8)
     image[:, :60] = 200
     heat = np.full((150, 120), 0.5, np.float32)
-    out = visual.panel(image, heat, visual.overlay(image, heat), "forest 91%")
+    out = visual.panel(image, visual.colorize(heat), visual.overlay(image, heat), "forest 91%")
     h = visual.PANEL_MIN_HEIGHT  # pictures at least this high
     w = round(120 * h / 150)
     top = out.shape[0] - h  # the title bar's height
@@ -195,3 +195,21 @@ def test_faithfulness_blur_matches_opencv():
     grey = np.random.default_rng(0).integers(0, 256, (7, 30, 1), dtype=np.uint8)
     expected = cv2.GaussianBlur(grey, (11, 11), 5).reshape(grey.shape)
     assert np.abs(blurred(grey).astype(int) - expected).max() <= 1
+
+
+def test_levels_straight_from_the_map_equal_the_heatmaps_levels():
+    """The overlay's levels are made from the small map (scaling moved before the resize);
+    they equal the levels of the full-size heatmap but for float ties, at most one level."""
+    rng = np.random.default_rng(7)
+    for shape, size in (((5, 5), (1200, 1600)), ((10, 10), (150, 150)), ((7, 3), (33, 500))):
+        cam = rng.random(shape).astype(np.float32) * 3.0
+        direct = visual.levels_at(cam, *size)
+        through = visual.levels(visual.heatmap_at(cam, *size))
+        diff = np.abs(direct.astype(int) - through)
+        assert direct.shape == size and direct.dtype == np.uint8
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert not visual.levels_at(np.zeros((5, 5), np.float32), 20, 20).any()
+    assert np.array_equal(
+        visual.blend(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 255, np.uint8), 1.0),
+        np.broadcast_to(visual.JET_RGB[255], (4, 4, 3)),
+    )

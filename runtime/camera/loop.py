@@ -274,7 +274,7 @@ class CameraLoop:
                 explained.overlay, cv2.COLOR_RGB2BGR, dst=_fit(self._out, bgr.shape)
             )
             if every > 1:  # keep the map in colour for the frames until the next one
-                colour = visual.colorize(explained.heatmap)
+                colour = explained.colours
                 self._colour = cv2.cvtColor(
                     colour, cv2.COLOR_RGB2BGR, dst=_fit(self._colour, bgr.shape)
                 )

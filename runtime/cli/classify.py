@@ -17,7 +17,7 @@ from ..model import DEFAULT_BATCH, SceneCam
 from ..outputs import OutputNamer, is_inside
 from ..results import Classification, Explanation
 from ..sources import SourceItem, iter_sources
-from ..visual import heatmap_at, overlay, panel
+from ..visual import blend, colorize_levels, levels_at, panel
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
@@ -192,10 +192,10 @@ def _save_note(save_dir: Path, panels: int, excluded: int) -> None:
 
 def _panel(result: Explanation, alpha: float, display_size: int | None) -> np.ndarray:
     if display_size is None:
-        return panel(result.image, result.heatmap, result.overlay, _title(result))
+        return panel(result.image, result.colours, result.overlay, _title(result))
     shown = resize_to(result.image, display_size, display_size)
-    heat = heatmap_at(result.cam, display_size, display_size)
-    return panel(shown, heat, overlay(shown, heat, alpha), _title(result))
+    lv = levels_at(result.cam, display_size, display_size)
+    return panel(shown, colorize_levels(lv), blend(shown, lv, alpha), _title(result))
 
 
 def _title(result: Explanation) -> str:
