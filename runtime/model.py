@@ -58,12 +58,14 @@ class SceneCam:
         head: Head,
         config: SessionConfig,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        tta: bool = False,
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.head = head
         self.config = config
         self.max_pixels = max_pixels
+        self.tta = tta
         self._session = create_session(path / "model.onnx", config)
         check_graph(path, self._session, manifest, head)
 
@@ -76,6 +78,7 @@ class SceneCam:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         spin: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        tta: bool = False,
     ) -> SceneCam:
         """Load a bundle (a folder, or a shipped model's name; ``None`` for the default).
 
@@ -84,6 +87,10 @@ class SceneCam:
         fails any of these raises :class:`BundleError` saying what is wrong.
 
         ``max_pixels`` refuses images that declare more pixels, before decoding them.
+        ``tta``: test-time flip. Each image also goes through mirrored left to right; the
+        answer is the mean of the two logits, and a map is the mean of the two maps (the
+        mirrored one mirrored back), each explaining that answer's class. Twice the work for
+        0.1-0.5 points of accuracy on the shipped models (docs/models.md), so off by default.
         """
         bundle_dir = resolve_model(path)
         manifest = read_manifest(bundle_dir)
@@ -103,7 +110,7 @@ class SceneCam:
                 bundle_dir,
                 f"head gives {head.num_classes} classes, manifest names {manifest.num_classes}",
             )
-        return cls(bundle_dir, manifest, head, config, max_pixels)
+        return cls(bundle_dir, manifest, head, config, max_pixels, tta)
 
     # -- facts about the model -------------------------------------------------------------
 
@@ -269,8 +276,12 @@ class SceneCam:
         """
         if not decoded:
             return []
+        n = len(decoded)
         batch = np.stack([self.to_input(d) for d in decoded])
-        features, logits = self.forward(batch)
+        if self.tta:  # the mirrored images after the originals, in one run
+            batch = np.concatenate([batch, batch[:, :, ::-1]])
+        features, branch_logits = self.forward(batch)
+        logits = (branch_logits[:n] + branch_logits[n:]) / 2 if self.tta else branch_logits
         probs = softmax(logits.astype(np.float64))
         bases = [
             self._classification(src, z, p, top_k)
@@ -279,22 +290,23 @@ class SceneCam:
         if explain is None:
             return bases
         targets = (
-            np.full(len(decoded), explain.target)
-            if explain.target is not None
-            else probs.argmax(axis=1)
+            np.full(n, explain.target) if explain.target is not None else probs.argmax(axis=1)
         )
         inputs = CamInputs(
             features,
             self.head,
-            logits,
-            targets,
+            branch_logits,
+            np.concatenate([targets, targets]) if self.tta else targets,
             explain.target_space,
             inputs=batch,
             forward=lambda images: self.forward(images)[1],
             max_channels=explain.max_channels,
         )
-        inputs.probabilities = probs  # already computed above: spare the cached property
+        if not self.tta:
+            inputs.probabilities = probs  # already computed above: spare the cached property
         cams = get_method(explain.method).compute(inputs)
+        if self.tta:
+            cams = (cams[:n] + cams[n:, :, ::-1]) / 2
         results: list[Explanation] = []
         for base, img, t, cam in zip(bases, decoded, targets, cams, strict=True):
             results.append(

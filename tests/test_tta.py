@@ -1,0 +1,54 @@
+"""Test-time flip (``SceneCam.load(tta=True)``): the answer is the mean of the image's and its
+mirror's logits, the map the mean of the two maps, the mirrored one mirrored back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scenecam_edge import SceneCam
+from scenecam_edge.cam import softmax
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[SceneCam, SceneCam]:
+    return SceneCam.load("scenes-mini", threads=1), SceneCam.load("scenes-mini", tta=True, threads=1)
+
+
+def test_flip_averages_the_logits(pair: tuple[SceneCam, SceneCam], sample_images: list[Path]):
+    plain, tta = pair
+    for path in sample_images[:4]:
+        image = plain.to_input(plain.load_image(path))
+        _, logits = plain.forward(np.stack([image, image[:, ::-1]]))
+        expected = softmax(logits.mean(axis=0).astype(np.float64))
+        got = tta.classify(path)
+        assert got.logits == pytest.approx(logits.mean(axis=0), abs=1e-5)
+        probs = np.array([got.probabilities[c] for c in tta.class_names])
+        assert probs == pytest.approx(expected, abs=1e-6)
+        assert got.label == tta.class_names[int(expected.argmax())]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam"])
+@pytest.mark.parametrize("space", ["logit", "probability"])
+def test_flip_maps_are_the_mean_of_both_maps_for_the_answer(
+    pair: tuple[SceneCam, SceneCam], sample_images: list[Path], method: str, space: str
+):
+    plain, tta = pair
+    path = sample_images[1]
+    got = tta.explain(path, method=method, target_space=space)
+    image = plain.to_input(plain.load_image(path))
+    options = {"method": method, "target_space": space, "target": got.target_index}
+    straight = plain.explain(image, **options).cam
+    mirrored = plain.explain(np.ascontiguousarray(image[:, ::-1]), **options).cam
+    assert got.cam == pytest.approx((straight + mirrored[:, ::-1]) / 2, abs=1e-5)
+    assert not np.allclose(straight, mirrored[:, ::-1], atol=1e-3)  # the mirror adds something
+
+
+def test_flip_is_off_by_default(pair: tuple[SceneCam, SceneCam], sample_images: list[Path]):
+    plain, _ = pair
+    assert plain.tta is False
+    image = plain.to_input(plain.load_image(sample_images[0]))
+    _, logits = plain.forward(image[None])
+    assert plain.classify(sample_images[0]).logits == pytest.approx(logits[0], abs=1e-6)
