@@ -14,8 +14,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
 from scenecam_edge import SceneCam
 from scenecam_edge.dataset import batches, load_dataset, stratified_split
 

@@ -289,9 +289,7 @@ class SceneCam:
         ]
         if explain is None:
             return bases
-        targets = (
-            np.full(n, explain.target) if explain.target is not None else probs.argmax(axis=1)
-        )
+        targets = np.full(n, explain.target) if explain.target is not None else probs.argmax(axis=1)
         inputs = CamInputs(
             features,
             self.head,

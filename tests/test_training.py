@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -380,3 +381,25 @@ def test_notebook_resnet_is_the_notebook_network_and_explains(tmp_path: Path):
     got = cam.explain(image, target=1, target_space="probability").cam
     ours = got / got.max() if got.max() > 0 else got
     assert np.abs(ours - expected).max() <= 1e-4
+
+
+@needs_tf
+@pytest.mark.parametrize("keep", [False, True])
+def test_training_leaves_out_twins_under_two_labels(
+    keep: bool, colour_folder: Path, tmp_path: Path
+):
+    """A photo filed under two classes is left out of training (both copies), not validation;
+    --keep-conflicts keeps it. The split itself does not move."""
+    from scenecam_edge.training.train import train
+
+    data = tmp_path / "data"
+    shutil.copytree(colour_folder, data)
+    shutil.copy(data / "red" / "3.png", data / "blue" / "twin-of-red-3.png")
+    train(quick_config(data, tmp_path, epochs=1, keep_conflicts=keep))
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    twins = {str(data / "red" / "3.png"), str(data / "blue" / "twin-of-red-3.png")}
+    assert set(split["label_conflicts"]) == (set() if keep else twins)
+    in_validation = twins & set(split["val_sources"])
+    assert split["train_count"] == 14 * 3 + 1 - split["val_count"] - (
+        0 if keep else 2 - len(in_validation)
+    )

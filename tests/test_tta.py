@@ -14,7 +14,9 @@ from scenecam_edge.cam import softmax
 
 @pytest.fixture(scope="module")
 def pair() -> tuple[SceneCam, SceneCam]:
-    return SceneCam.load("scenes-mini", threads=1), SceneCam.load("scenes-mini", tta=True, threads=1)
+    return SceneCam.load("scenes-mini", threads=1), SceneCam.load(
+        "scenes-mini", tta=True, threads=1
+    )
 
 
 def test_flip_averages_the_logits(pair: tuple[SceneCam, SceneCam], sample_images: list[Path]):

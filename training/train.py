@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from scenecam_edge import SceneCam
-from scenecam_edge.dataset import LabelledImages, stratified_split
+from scenecam_edge.dataset import LabelledImages, label_conflicts, stratified_split
 from scenecam_edge.evaluation import evaluate
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
 from scenecam_edge.metrics import figures_markdown
@@ -67,6 +67,7 @@ class TrainConfig:
     name: str | None = None
     init_from: str | None = None  # a .keras checkpoint of the same architecture to start from
     mixup: float = 0.0  # Beta(a, a) parameter of mixup; 0: off
+    keep_conflicts: bool = False  # keep training images whose twin carries another label
     ema: bool = False  # validate, checkpoint and export the weights' moving average
 
 
@@ -94,6 +95,10 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     for path, reason in data.skipped:
         log.warning("skipped %s: %s", path, reason)
     train_idx, val_idx = stratified_split(data.labels, cfg.val_split, cfg.seed)
+    conflicts = [] if cfg.keep_conflicts else label_conflicts(data.images, data.labels).tolist()
+    if conflicts:  # dropped from training only: the validation split stays the same
+        train_idx = np.setdiff1d(train_idx, conflicts)
+        log.info("left out of training: %d images whose twin has another label", len(conflicts))
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
     write_json_atomic(
         out / "split.json",
@@ -104,6 +109,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
             "val_count": len(val_set),
             "val_sources": val_set.sources,
             "skipped": data.skipped,
+            "label_conflicts": [data.sources[i] for i in conflicts],
         },
     )
     log.info(

@@ -87,6 +87,12 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "notebook-resnet", "small", "mnist-t
     show_default=True,
     help="Validate, checkpoint and export an exponential moving average of the weights.",
 )
+@click.option(
+    "--keep-conflicts",
+    is_flag=True,
+    help="Keep training images that appear again, pixel for pixel, under another label "
+    "(by default they are left out of training; validation keeps them).",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
 def train(
     data_dir: str,
@@ -107,6 +113,7 @@ def train(
     init_from: str | None,
     mixup: float,
     ema: bool,
+    keep_conflicts: bool,
     resume: bool,
 ) -> None:
     """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
@@ -136,6 +143,7 @@ def train(
             init_from=init_from,
             mixup=mixup,
             ema=ema,
+            keep_conflicts=keep_conflicts,
             resume=resume,
         )
         try:
