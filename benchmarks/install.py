@@ -167,6 +167,12 @@ def old_functions() -> dict[str, Callable[..., Any]]:
     def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
         return cv2.addWeighted(colorize(heatmap), alpha, image, 1.0 - alpha, 0.0)
 
+    def explained(cam: Any, image: np.ndarray) -> Any:
+        """What the OpenCV runtime's explain did: the CAM, then the heatmap at image size."""
+        e = cam.explain(image)
+        heatmap_at(e.cam, *image.shape[:2])
+        return e
+
     def overlay_of(e: Any) -> np.ndarray:
         """What the OpenCV runtime did: explain made the full-size heatmap, then the blend."""
         return overlay(e.image, heatmap_at(e.cam, *e.image.shape[:2]))
@@ -181,6 +187,7 @@ def old_functions() -> dict[str, Callable[..., Any]]:
         "colorize": colorize,
         "overlay": overlay,
         "overlay_of": overlay_of,
+        "explain": explained,
         "png": png,
     }
 
@@ -196,6 +203,7 @@ def new_functions() -> dict[str, Callable[..., Any]]:
         "overlay": visual.overlay,
         # Explanation.overlay's work, uncached: from the small map, no float heatmap
         "overlay_of": lambda e: visual.blend(e.image, visual.levels_at(e.cam, *e.image.shape[:2])),
+        "explain": lambda cam, image: cam.explain(image),  # the heatmap only when read
         "png": encode_png,
     }
 
@@ -236,6 +244,11 @@ def compare_at(
     cam_map = explained.cam
     heat = visual.heatmap_at(cam_map, h, w)
 
+    def answers(f: dict[str, Callable[..., Any]]) -> None:
+        """explain with JSON answers only (classify --explain, batch without pictures)."""
+        model.resize_to = f["resize_to"]  # type: ignore[attr-defined]
+        f["explain"](cam, image)
+
     def end_to_end(f: dict[str, Callable[..., Any]]) -> None:
         """Decode the JPEG, classify and explain, overlay, PNG: classify --save-dir's work."""
         model.resize_to = f["resize_to"]  # type: ignore[attr-defined]
@@ -251,6 +264,7 @@ def compare_at(
             "overlay": lambda: f["overlay"](image, heat),
             "overlay from the map": lambda: f["overlay_of"](explained),
             "PNG of the overlay": lambda: f["png"](image),
+            "explain (answers only)": lambda: answers(f),
             "end to end": lambda: end_to_end(f),
         }
 
