@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecam_edge import SceneCam
-from scenecam_edge.bundle import read_manifest, sha256_file, verify_files
+from scenecam_edge.bundle import read_manifest, verify_files
+from scenecam_edge.bundle_files import sha256_file
 from scenecam_edge.cli import cli
 from scenecam_edge.registry import models_dir, shipped_models
 
