@@ -240,6 +240,46 @@ def test_cli_defaults_mirror_the_module():
     assert command.MIN_CAM_CORRELATION == q.MIN_CAM_CORRELATION
 
 
+@needs_onnx
+def test_cli_model_option_takes_a_shipped_name(tmp_path: Path):
+    """``--model NAME`` as on every other command: the registry finds the shipped bundle."""
+    float_model = SceneCam.load("scenes-mini", threads=1)
+    folder = _write_folder(tmp_path / "data", list(float_model.class_names), 4)
+    out = tmp_path / "mini-q8"
+    result = CliRunner().invoke(
+        cli,
+        ["quantize", "--model", "scenes-mini", "--calibration", str(folder), "--out", str(out),
+         "--calibration-images", "16", "--no-cache", "--threads", "1",
+         "--max-accuracy-drop", "100", "--min-cam-correlation", "-1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    int8 = SceneCam.load(out, threads=1)
+    block = int8.manifest.raw["quantization"]
+    assert block["float_bundle"] == {
+        "name": "scenes-mini",
+        "model_sha256": float_model.manifest.files["model.onnx"],
+    }
+    assert block["calibration"]["images"] == 16
+    assert int8.class_names == float_model.class_names
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ([], "give the float model to quantise: --model NAME|DIR (or BUNDLE)"),
+        (["scenes-mini", "--model", "scenes-resnet18"], "two models given"),
+    ],
+)
+def test_cli_names_the_model_once(tmp_path: Path, models: list[str], message: str):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["quantize", *models, "--calibration", str(tmp_path), "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
 def test_quantize_without_onnx_names_the_extra(tmp_path: Path):
     blocker = """
 import sys, importlib.abc
