@@ -140,6 +140,7 @@ def load_images(
     import numpy as np
 
     from scenecam_edge.images import load_image, resize_to
+    from scenecam_edge.synthetic import wave_images
 
     paths = [p for p in sorted(DATA.rglob("*.jpg")) if str(p) not in (skip or set())]
     if paths:
@@ -147,14 +148,7 @@ def load_images(
         return np.stack([resize_to(load_image(p), size, size) for p in picked]), [
             str(p) for p in picked
         ]
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    out = []
-    for _ in range(n):
-        f = rng.uniform(0.02, 0.2, size=2)
-        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
-        out.append(np.clip(base[..., None] + rng.normal(0, 20, (size, size, 3)), 0, 255))
-    return np.stack(out).astype(np.uint8), []
+    return wave_images(n, size, seed=seed, frequency=(0.02, 0.2), noise=20), []
 
 
 # -- children ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from scenecam_edge.bundle import read_manifest, verify_files
 from scenecam_edge.bundle_files import sha256_file
 from scenecam_edge.cli import cli
 from scenecam_edge.registry import models_dir, shipped_models
+from scenecam_edge.synthetic import wave_image, wave_images
 
 from .conftest import HAS_TF, REPO, model_folder
 
@@ -37,29 +38,13 @@ PER_CLASS = 14
 def _write_folder(root: Path, classes: list[str] | None, count: int, seed: int = 0) -> Path:
     """Smooth textured images (so Grad-CAM maps have structure), in class folders or flat."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:40, 0:40]
     for c, name in enumerate(classes or [""]):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            f = rng.uniform(0.1, 0.6, size=2)
-            base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6) + c)
-            noise = rng.normal(0, 25, size=(40, 40, 3))
-            img = np.clip(base[..., None] + noise, 0, 255).astype(np.uint8)
+            img = wave_image(rng, 40, phase=c)
             Image.fromarray(img).save(folder / f"{name or 'img'}_{i}.png")
     return root
-
-
-def _images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    out = []
-    for _ in range(n):
-        f = rng.uniform(0.1, 0.6, size=2)
-        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
-        noise = rng.normal(0, 25, size=(size, size, 3))
-        out.append(np.clip(base[..., None] + noise, 0, 255).astype(np.uint8))
-    return np.stack(out)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +95,7 @@ class TestQuantizedBundle:
         assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 4
         # The head is float: the numpy head on the graph's own features gives its logits to
         # float rounding, far inside the self-check's tolerance.
-        images = _images(6, seed=3)
+        images = wave_images(6, seed=3)
         features, logits = cam.forward(images)
         assert features.dtype == np.float32 and logits.dtype == np.float32
         assert features.shape == (6, 16, 16, 16)
@@ -126,7 +111,7 @@ class TestQuantizedBundle:
 
         reference = SceneCam.load(float_bundle, threads=1)
         cam = SceneCam.load(quantized.path, threads=1)
-        images = list(_images(24, seed=11))
+        images = list(wave_images(24, seed=11))
         ref = reference.explain(images)
         ours = cam.explain(images)
         agree = np.mean([a.index == b.index for a, b in zip(ref, ours, strict=True)])
