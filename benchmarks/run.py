@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import REPO, cold_starts, keras_classify_job, ratio, run_child, time_modes
+
 if TYPE_CHECKING:
     import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "intel-scenes" / "train"
 BATCH = 32
 CONTENDERS = ("float ONNX", "int8 ONNX", "Keras tf.function", "tutorial style (eager Keras)")
@@ -97,34 +98,6 @@ def chunks(items: list[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
         yield items[start : start + size]
 
 
-def time_modes(modes: dict[str, tuple[Callable[[], object], int]], rounds: int) -> dict[str, float]:
-    """ms per image for each mode (fn, images per call of fn): one warm-up call each, then
-    ``rounds`` interleaved rounds; the median."""
-    for fn, _ in modes.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in modes}
-    for _ in range(rounds):
-        for name, (fn, count) in modes.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000 / count)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run a child to completion: (wall seconds, peak resident memory in MB from wait4)."""
-    with log.open("ab") as fh:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{tail}")
-    return wall, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
-
-
 def tf_env(onednn: bool = True) -> dict[str, str]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if not onednn:
@@ -140,6 +113,7 @@ def load_images(
     import numpy as np
 
     from scenecam_edge.images import load_image, resize_to
+    from scenecam_edge.synthetic import wave_images
 
     paths = [p for p in sorted(DATA.rglob("*.jpg")) if str(p) not in (skip or set())]
     if paths:
@@ -147,14 +121,7 @@ def load_images(
         return np.stack([resize_to(load_image(p), size, size) for p in picked]), [
             str(p) for p in picked
         ]
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    out = []
-    for _ in range(n):
-        f = rng.uniform(0.02, 0.2, size=2)
-        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
-        out.append(np.clip(base[..., None] + rng.normal(0, 20, (size, size, 3)), 0, 255))
-    return np.stack(out).astype(np.uint8), []
+    return wave_images(n, size, seed=seed, frequency=(0.02, 0.2), noise=20), []
 
 
 # -- children ------------------------------------------------------------------------------------
@@ -210,25 +177,16 @@ def child_tensorflow(plan: Plan, out: Path, eager: bool) -> None:
     import numpy as np
     import tensorflow as tf
 
+    sys.path.insert(0, str(REPO))
+    from tests.keras_models import keras_io_gradcam  # the tests' GradientTape reference
+
     model = keras.models.load_model(plan.keras_file, compile=False)
-    last = model.outputs[0]._keras_history.operation
-    grad_model = keras.Model(model.inputs, [model.get_layer(plan.conv_layer).output, last.input])
 
     def forward(x: tf.Tensor) -> tf.Tensor:
         return model(x, training=False)
 
-    def gradcam(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        # keras-io grad_cam.py, batched: the predicted class's logit per image.
-        with tf.GradientTape() as tape:
-            features, penultimate = grad_model(x, training=False)
-            logits = tf.matmul(penultimate, last.kernel) + last.bias
-            target = tf.argmax(logits, axis=1)
-            score = tf.reduce_sum(tf.gather(logits, target, axis=1, batch_dims=1))
-        grads = tape.gradient(score, features)
-        pooled = tf.reduce_mean(grads, axis=(1, 2))
-        cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", features, pooled))
-        cam = cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + 1e-12)
-        return tf.nn.softmax(logits), cam
+    # keras-io grad_cam.py, batched: the predicted class's logit per image.
+    gradcam = keras_io_gradcam(model, plan.conv_layer)
 
     classify_fn = forward if eager else tf.function(forward)
     explain_fn = gradcam if eager else tf.function(gradcam)
@@ -476,28 +434,13 @@ def measure(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     print("cold starts ...", file=sys.stderr, flush=True)
     photo = work / "one.jpg"
     exe = str(Path(sys.executable).with_name("scenecam-edge"))
-    tf_job = (
-        "import numpy as np, keras; from PIL import Image; "
-        f"m = keras.models.load_model({plan.keras_file!r}, compile=False); "
-        f"x = np.asarray(Image.open({str(photo)!r}).convert('RGB'), np.float32)[None]; "
-        "print(int(np.argmax(m(x, training=False))))"
-    )
+    tf_job = keras_classify_job(plan.keras_file, photo)
     jobs = {
         "runtime, float": ([exe, "classify", str(photo), "--model", plan.float_bundle], None),
         "runtime, int8": ([exe, "classify", str(photo), "--model", plan.int8_bundle], None),
         "TensorFlow": ([sys.executable, "-c", tf_job], tf_env()),
     }
-    cold: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
-    for _ in range(args.cold_repeats):
-        for name, (cmd, env) in jobs.items():
-            cold[name].append(run_child(cmd, log, env))
-    cold_start = {
-        name: {
-            "seconds": statistics.median(w for w, _ in runs),
-            "peak_mb": statistics.median(m for _, m in runs),
-        }
-        for name, runs in cold.items()
-    }
+    cold_start = cold_starts(jobs, args.cold_repeats, log)
     return {"speed": speed, "peak_mb": peak, "sessions": sessions, "cold_start": cold_start}
 
 
@@ -801,7 +744,7 @@ def report(
             for label, row in s["formats"].items():
                 lines.append(
                     f"| {label} | {row['b1']:.3f} | {row['b32']:.3f} | "
-                    f"{fb1 / row['b1']:.2f}x | {fb32 / row['b32']:.2f}x |"
+                    f"{ratio(fb1, row['b1'], 2)} | {ratio(fb32, row['b32'], 2)} |"
                 )
     lines += ["", "## Installed size", ""]
     if sizes:

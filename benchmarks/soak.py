@@ -27,16 +27,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scenecam_edge.synthetic import wave_image
+
 
 def make_images(folder: Path, n: int, size: int, seed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for i in range(n):
-        f = rng.uniform(0.1, 0.6, size=2)
-        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
-        noise = rng.normal(0, 25, size=(size, size, 3))
-        pixels = np.clip(base[..., None] + noise, 0, 255).astype(np.uint8)
+    for i in range(n):  # one at a time: a soak writes more than fits in memory at once
+        pixels = wave_image(rng, size)
         Image.fromarray(pixels).save(folder / f"img{i:05d}.png", compress_level=1)
 
 

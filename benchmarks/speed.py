@@ -21,17 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from harness import REPO, cold_starts, keras_classify_job, ratio, time_modes
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "intel-scenes" / "train"
 
 # TensorFlow's contenders run in child processes: "compiled" (tf.function) with TensorFlow's
@@ -53,30 +51,20 @@ def images(n: int, size: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def per_image_ms(fn: Callable[[np.ndarray], object], imgs: list[np.ndarray]) -> float:
-    start = time.perf_counter()
-    for img in imgs:
-        fn(img)
-    return (time.perf_counter() - start) * 1000 / len(imgs)
+def every_image(
+    fn: Callable[[np.ndarray], object], imgs: list[np.ndarray]
+) -> tuple[Callable[[], object], int]:
+    """A timing mode: ``fn`` on each image in turn, batch 1."""
+    return (lambda: [fn(img) for img in imgs]), len(imgs)
 
 
 def tf_functions(model, conv_layer: str):
-    import keras
     import tensorflow as tf
 
-    last = model.outputs[0]._keras_history.operation
-    grad_model = keras.Model(model.inputs, [model.get_layer(conv_layer).output, last.input])
+    sys.path.insert(0, str(REPO))
+    from tests.keras_models import keras_io_gradcam  # the tests' GradientTape reference
 
-    def gradcam(x):
-        with tf.GradientTape() as tape:
-            features, penultimate = grad_model(x, training=False)
-            logits = tf.matmul(penultimate, last.kernel) + last.bias
-            score = tf.gather(logits[0], tf.argmax(logits[0]))
-        grads = tape.gradient(score, features)
-        pooled = tf.reduce_mean(grads, axis=(0, 1, 2))
-        cam = tf.maximum(tf.squeeze(features[0] @ pooled[..., None], -1), 0)
-        return logits, cam / (tf.reduce_max(cam) + 1e-12)
-
+    gradcam = keras_io_gradcam(model, conv_layer)
     compiled = tf.function(gradcam)
 
     def run_compiled(img: np.ndarray):
@@ -105,16 +93,7 @@ def tf_child(args, style: str) -> None:
     compiled, eager = tf_functions(model, conv)
     fn = compiled if style == "compiled" else eager
     imgs = images(args.images, args.size)
-    for img in imgs[:3]:
-        fn(img)
-    times = [per_image_ms(fn, imgs) for _ in range(args.rounds)]
-    print(statistics.median(times))
-
-
-def cold_start(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env=env)
-    return time.perf_counter() - start
+    print(time_modes({style: every_image(fn, imgs)}, args.rounds)[style])
 
 
 def main() -> None:
@@ -167,14 +146,7 @@ def main() -> None:
         "runtime explain (Grad-CAM)": explain,
         "runtime explain + overlay": explain_overlay,
     }
-    for fn in contenders.values():  # warm up (graph tracing, arenas)
-        for img in imgs[:3]:
-            fn(img)
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(args.rounds):
-        for name, fn in contenders.items():
-            times[name].append(per_image_ms(fn, imgs))
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    ms = time_modes({k: every_image(fn, imgs) for k, fn in contenders.items()}, args.rounds)
 
     child = [
         sys.executable,
@@ -206,18 +178,13 @@ def main() -> None:
     keras_file = tmp / "model.keras"
     model.save(keras_file)
     exe = str(Path(sys.executable).with_name("scenecam-edge"))
-    tf_job = (
-        "import numpy as np, keras; from PIL import Image; "
-        f"m = keras.models.load_model({str(keras_file)!r}, compile=False); "
-        f"x = np.asarray(Image.open({str(photo)!r}).convert('RGB'), np.float32)[None]; "
-        "print(int(np.argmax(m(x, training=False))))"
-    )
+    tf_job = keras_classify_job(keras_file, photo)
     env_tf = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    cold_rt, cold_tf = [], []
-    for _ in range(3):
-        cold_rt.append(cold_start([exe, "classify", str(photo), "--model", str(bundle)]))
-        cold_tf.append(cold_start([sys.executable, "-c", tf_job], env_tf))
-    cold = {"runtime": statistics.median(cold_rt), "tensorflow": statistics.median(cold_tf)}
+    jobs = {
+        "runtime": ([exe, "classify", str(photo), "--model", str(bundle)], None),
+        "tensorflow": ([sys.executable, "-c", tf_job], env_tf),
+    }
+    cold = {k: v["seconds"] for k, v in cold_starts(jobs, 3, tmp / "cold.log").items()}
 
     base = ms["runtime explain (Grad-CAM)"]
     print(
@@ -229,14 +196,14 @@ def main() -> None:
     print("| per image, batch 1 | ms | runtime explain is faster by |")
     print("|---|---:|---:|")
     for name, value in ms.items():
-        ratio = "" if name.startswith("runtime") else f"{value / base:.1f}x"
-        print(f"| {name} | {value:.2f} | {ratio} |")
+        faster = "" if name.startswith("runtime") else ratio(value, base)
+        print(f"| {name} | {value:.2f} | {faster} |")
     print(f"\nGrad-CAM overhead (explain / classify): {base / ms['runtime classify']:.3f}")
     print(
         f"With the overlay read as well (explain + overlay / classify): {ms['runtime explain + overlay'] / ms['runtime classify']:.3f}"
     )
     print(
-        f"Cold start, classify one photo in a fresh process: runtime {cold['runtime']:.2f} s, TensorFlow {cold['tensorflow']:.2f} s ({cold['tensorflow'] / cold['runtime']:.1f}x)"
+        f"Cold start, classify one photo in a fresh process: runtime {cold['runtime']:.2f} s, TensorFlow {cold['tensorflow']:.2f} s ({ratio(cold['tensorflow'], cold['runtime'])})"
     )
 
 

@@ -16,7 +16,6 @@ Every failure is an :class:`ExportError` whose message names the layer and the r
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -28,7 +27,7 @@ import tensorflow as tf
 
 from scenecam_edge import SceneCam
 from scenecam_edge._version import __version__
-from scenecam_edge.bundle import FEATURES, LOGITS, MANIFEST, SCHEMA_VERSION, sha256_file
+from scenecam_edge.bundle import FEATURES, LOGITS, SCHEMA_VERSION, write_manifest
 from scenecam_edge.fileio import folder_replaced_on_success
 
 from .errors import ExportError
@@ -116,8 +115,7 @@ def export_keras(
             name=name or out.name, description=description, training=training,
             evaluation=evaluation,
         )  # fmt: skip
-        manifest["files"] = {f: sha256_file(staging / f) for f in files}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_manifest(staging, manifest, checksum=files)
         _check_parity(model, staging, scaling, strip, (height, width, channels))
     log.info("exported %s -> %s (Grad-CAM layer %s)", model.name, out, plan.features_path)
     return out

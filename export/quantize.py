@@ -20,7 +20,7 @@ models' Grad-CAM maps at feature resolution. The figures go into the manifest's
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import os
 import shutil
@@ -34,7 +34,7 @@ import onnxruntime as ort
 
 from scenecam_edge import SceneCam
 from scenecam_edge._version import __version__
-from scenecam_edge.bundle import MANIFEST, sha256_file
+from scenecam_edge.bundle import write_manifest
 from scenecam_edge.fileio import folder_replaced_on_success
 from scenecam_edge.registry import resolve_model
 
@@ -122,7 +122,7 @@ def quantize_bundle(
         raise QuantizeError(f"{out} is the float bundle itself; write the int8 one elsewhere")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise QuantizeError(f"{out} exists and is not empty (pass overwrite=True / --force)")
-    original = json.loads((source / MANIFEST).read_text(encoding="utf-8"))
+    original = reference.manifest.raw  # validated by the load
     if original.get("quantization"):
         raise QuantizeError(f"{source} is already quantised; start from the float bundle")
 
@@ -140,8 +140,11 @@ def quantize_bundle(
                 f"{original.get('name', source.name)} quantised to int8 "
                 f"({settings.label} QDQ{weights})"
             )
-        manifest = _int8_manifest(original, staging, name or out.name, description)
-        _write_json(staging / MANIFEST, manifest)
+        manifest = write_manifest(
+            staging,
+            _int8_manifest(original, name or out.name, description),
+            checksum=original["files"],
+        )
         candidate = SceneCam.load(staging, threads=threads)  # checksums and self-check
         say(f"comparing float and int8 on {len(data.evaluation)} images")
         comparison = compare(
@@ -178,7 +181,7 @@ def quantize_bundle(
                 **comparison.int8_figures,
                 "float_accuracy": comparison.float_accuracy,
             }
-        _write_json(staging / MANIFEST, manifest)
+        write_manifest(staging, manifest)
         SceneCam.load(staging, threads=threads)  # the final manifest validates too
         problems = comparison.misses(max_accuracy_drop_points, min_cam_correlation)
         if problems:
@@ -187,13 +190,12 @@ def quantize_bundle(
     return QuantizeResult(out, comparison, manifest)
 
 
-def _int8_manifest(
-    original: dict[str, Any], staging: Path, name: str, description: str
-) -> dict[str, Any]:
-    manifest = json.loads(json.dumps(original))  # a deep copy
+def _int8_manifest(original: dict[str, Any], name: str, description: str) -> dict[str, Any]:
+    """The float bundle's manifest renamed and re-attributed (``files`` is checksummed when it
+    is written)."""
+    manifest = copy.deepcopy(original)
     manifest["name"] = name
     manifest["description"] = description
-    manifest["files"] = {fname: sha256_file(staging / fname) for fname in original["files"]}
     manifest["producer"] = {
         **original.get("producer", {}),
         "quantized_by": f"scenecam_edge {__version__}",
@@ -201,7 +203,3 @@ def _int8_manifest(
         "onnx": onnx.__version__,
     }
     return manifest
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,29 +1,32 @@
-"""The bundle contract: ``manifest.json`` parsed and validated once into a typed record.
+"""The bundle contract: ``manifest.json`` parsed and validated once into a typed record, and
+written (:func:`write_manifest`, :func:`update_manifest`) by every producer the same way.
 
 A bundle is a folder with ``model.onnx`` (input ``image``, outputs ``features`` and ``logits``),
 ``head.npz`` (the classifier head's weights) and ``manifest.json``. Nothing in a bundle is
 trusted before it is checked, and everything is checked within limits before anything is
 allocated from it: the manifest's size, nesting depth, shapes and types; each file's type,
 size and sha256; that no file (the manifest included) is reached through a link that leaves
-the folder; and the head's arrays, read by name without pickle (:mod:`scenecam_edge.npz`).
+the folder (:mod:`scenecam_edge.bundle_files`); and the head's arrays, read by name without
+pickle (:mod:`scenecam_edge.npz`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import copy
 import json
 import math
 import os
 import re
-import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .bundle_files import open_bundle_file, read_bundle_file, sha256_file, sha256_of
 from .errors import BundleError
+from .fileio import write_json_atomic
 from .head_layers import ACTIVATIONS
 from .npz import read_named_arrays
 from .onnx_scan import MalformedModel, external_locations
@@ -213,6 +216,31 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     return Manifest.from_dict(data, where)
 
 
+def write_manifest(
+    bundle_dir: Path, data: Mapping[str, Any], checksum: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Write ``data`` as ``bundle_dir/manifest.json`` atomically (a temporary file, then a
+    rename): the one way export, quantize and train write a manifest. With ``checksum``,
+    ``files`` first becomes the sha256 of each of those bundle files. Returns what was
+    written. It is not validated here: the producers load the bundle through ``SceneCam``
+    (manifest, checksums, self-check) before moving it into place."""
+    written = dict(data)
+    names = list(checksum)
+    if names:
+        written["files"] = {fname: sha256_file(bundle_dir / fname) for fname in names}
+    write_json_atomic(bundle_dir / MANIFEST, written)
+    return written
+
+
+def update_manifest(bundle_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Set top-level manifest fields that no checksum covers (``training``, ``evaluation``,
+    ``input``) in a bundle whose manifest validates, atomically; other fields stay as they
+    were, in their order."""
+    data = copy.deepcopy(read_manifest(bundle_dir).raw)
+    data.update(fields)
+    return write_manifest(bundle_dir, data)
+
+
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _JSON_BRACKET = re.compile(r"[\[\]{}]")
 
@@ -227,59 +255,12 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def open_bundle_file(bundle_dir: Path, fname: str, max_bytes: int) -> io.FileIO:
-    """Open ``bundle_dir/fname`` for reading, refusing a link that leads out of the folder,
-    anything but a regular file (a FIFO would block) and files over ``max_bytes``."""
-    root = os.path.realpath(bundle_dir)
-    path = os.path.join(bundle_dir, fname)
-    real = os.path.realpath(path)
-    if not real.startswith(root.rstrip(os.sep) + os.sep):
-        raise BundleError(bundle_dir, f"{fname} is a link that leads outside the bundle folder")
-    if not os.path.lexists(path):
-        raise BundleError(bundle_dir, f"{fname} is missing")
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise BundleError(bundle_dir, f"{fname} cannot be opened ({exc.strerror})") from None
-    fh = io.FileIO(fd, "rb")
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        fh.close()
-        raise BundleError(bundle_dir, f"{fname} is not a regular file")
-    if info.st_size > max_bytes:
-        fh.close()
-        raise BundleError(
-            bundle_dir, f"{fname} is {info.st_size} bytes, over the limit of {max_bytes}"
-        )
-    return fh
-
-
-def read_bundle_file(bundle_dir: Path, fname: str, max_bytes: int) -> bytes:
-    """The bytes of a bundle file, opened as :func:`open_bundle_file` does."""
-    with open_bundle_file(bundle_dir, fname, max_bytes) as fh:
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise BundleError(bundle_dir, f"{fname} grew over the limit of {max_bytes} bytes")
-    return data
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     """Check that every listed file exists inside the bundle and matches its sha256."""
     for fname, expected in manifest.files.items():
         limit = MAX_HEAD_BYTES if fname == manifest.head_file else MAX_MODEL_BYTES
-        digest = hashlib.sha256()
         with open_bundle_file(bundle_dir, fname, limit) as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        actual = digest.hexdigest()
+            actual = sha256_of(fh)
         if actual != expected:
             raise BundleError(
                 bundle_dir, f"{fname} does not match its sha256 in the manifest (file changed?)"

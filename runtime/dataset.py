@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ImageError
 from .images import load_image, resize_to
-from .sources import IMAGE_SUFFIXES
+from .sources import image_files
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ def list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     names = class_folders(root)
     items: list[tuple[Path, int]] = []
     for label, name in enumerate(names):
-        for path in sorted((root / name).rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                items.append((path, label))
+        items.extend((path, label) for path in image_files(root / name))
     return names, items
 
 

@@ -11,7 +11,8 @@ wrote it.
   options that change results and the folder relative paths are relative to. A rerun with a
   different model or options gets :class:`ResultsMismatch` instead of silently skipping.
   JSON lines: ``{"scenecam_edge_results": 1, ...}``; CSV: a ``# scenecam-edge results {...}``
-  line before the column names (``pandas.read_csv(path, skiprows=1)``).
+  line before the column names (``pandas.read_csv(path, skiprows=1)``). The lines
+  themselves, written and read back, are :mod:`scenecam_edge.results_format`'s.
 * **Keys.** An input is known by its resolved path (symbolic links and ``..`` resolved,
   relative paths taken from the header's folder), however it was spelled.
 """
@@ -19,43 +20,34 @@ wrote it.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
-from .errors import SceneCamError
 from .fileio import refuse_symlink, write_bytes_atomic
 from .filelock import exclusive_lock
+from .results_format import (
+    CSV_COLUMNS,
+    HEADER_KEY,
+    Entry,
+    LineFormat,
+    OutputFormat,
+    ResultsMismatch,
+    format_for,
+)
 
-#: Results file formats.
-OutputFormat: TypeAlias = Literal["jsonl", "csv"]
-#: The CSV columns before the one probability column per class (named ``p_<class>``).
-CSV_COLUMNS = ("path", "label", "index", "confidence", "error", "heatmap")
-HEADER_KEY = "scenecam_edge_results"
-CSV_HEADER_PREFIX = b"# scenecam-edge results "
-#: Longest header line read (a manifest's identity is a few hundred bytes).
-MAX_HEADER_BYTES = 1 << 20
-
-
-class ResultsMismatch(SceneCamError):
-    """The results file is not one this run may append to (another format, model or options,
-    or not a results file at all)."""
-
-
-def format_for(path: Path) -> OutputFormat | None:
-    """The format a file name asks for: ``.csv`` or ``.jsonl``/``.ndjson``/``.json``; None
-    for any other name."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    return None
+__all__ = [
+    "CSV_COLUMNS",
+    "OutputFormat",
+    "PriorResults",
+    "ResultsFile",
+    "ResultsMismatch",
+    "format_for",
+    "result_key",
+]
 
 
 def result_key(path: str, base: str) -> str:
@@ -78,15 +70,6 @@ class PriorResults:
     base: str = ""
 
 
-@dataclass(frozen=True)
-class _Entry:
-    number: int  # 1-based record number in the file
-    start: int  # byte offset
-    raw: bytes
-    record: dict[str, Any] | None  # None: unparseable
-    header: bool = False
-
-
 class ResultsFile:
     """A JSON-lines or CSV results file that grows by whole lines and can be resumed.
 
@@ -101,12 +84,11 @@ class ResultsFile:
         class_names: Sequence[str],
         identity: Mapping[str, Any] | None = None,
     ) -> None:
-        if fmt not in ("jsonl", "csv"):
-            raise ValueError(f"format must be 'jsonl' or 'csv', not {fmt!r}")
+        self.lines = LineFormat(fmt, class_names)
         self.path = path
         self.format = fmt
-        self.class_names = tuple(class_names)
-        self.columns = (*CSV_COLUMNS, *(f"p_{name}" for name in self.class_names))
+        self.class_names = self.lines.class_names
+        self.columns = self.lines.columns
         self.identity = self.normalised(identity or {})
         self.base = os.getcwd()  # what relative paths in the file are relative to
         self._fd: int | None = None
@@ -142,13 +124,13 @@ class ResultsFile:
             return prior
         good_end = 0
         whole = 0  # the number of the last whole line
-        torn: _Entry | None = None
-        for entry in self._entries():
+        torn: Entry | None = None
+        for entry in self.lines.entries(self.path):
             if torn is not None or (entry.record is None and entry.raw.endswith(b"\n")):
                 bad = torn or entry
                 raise ResultsMismatch(
                     self.path,
-                    f"record {bad.number} is not a {self._kind()}; "
+                    f"record {bad.number} is not a {self.lines.kind()}; "
                     "not appending to it (choose another --out)",
                 )
             if entry.record is None:  # the last chunk, without its newline: a torn write
@@ -166,10 +148,10 @@ class ResultsFile:
                 str(entry.record[k]) for k in ("heatmap", "cam") if entry.record.get(k)
             )
         if torn is not None:
-            if not self._looks_torn(torn):
+            if not self.lines.looks_torn(torn, self._header_bytes()):
                 raise ResultsMismatch(
                     self.path,
-                    f"ends with something that is not a {self._kind()}; not appending to it",
+                    f"ends with something that is not a {self.lines.kind()}; not appending to it",
                 )
             header_lines = 2 if self.format == "csv" else 1
             os.truncate(self.path, 0 if torn.number <= header_lines else good_end)
@@ -190,7 +172,7 @@ class ResultsFile:
         if not self.path.exists():
             return 0
         kept, failed = [], 0
-        for entry in self._entries():
+        for entry in self.lines.entries(self.path):
             if entry.record is not None and (entry.header or not entry.record.get("error")):
                 kept.append(entry.raw)
             else:
@@ -216,94 +198,6 @@ class ResultsFile:
             raise ResultsMismatch(self.path, "has a damaged results header; not appending to it")
         return base
 
-    def _looks_torn(self, entry: _Entry) -> bool:
-        """Whether an unfinished last chunk is the start of a line this class writes."""
-        if entry.number == 1:
-            return self._header_bytes().startswith(entry.raw)
-        if self.format == "jsonl":
-            return entry.raw.startswith(b'{"path": ')
-        return True
-
-    def _kind(self) -> str:
-        return (
-            "JSON record" if self.format == "jsonl" else f"CSV row with {len(self.columns)} columns"
-        )
-
-    def _entries(self) -> Iterator[_Entry]:
-        with open(self.path, "rb") as fh:
-            first = fh.readline(MAX_HEADER_BYTES)
-            yield self._header_entry(first)
-            if self.format == "jsonl":
-                yield from self._json_entries(fh, len(first))
-            else:
-                yield from self._csv_entries(fh, len(first))
-
-    def _header_entry(self, raw: bytes) -> _Entry:
-        """The first line: this format's header, torn (None), or a refusal naming what the
-        file is instead (never quoting its content)."""
-        if not raw.endswith(b"\n"):
-            return _Entry(1, 0, raw, None)
-        other = "CSV" if raw.startswith(CSV_HEADER_PREFIX) else None
-        if raw.startswith(b'{"' + HEADER_KEY.encode()):
-            other = "JSON lines"
-        mine = "CSV" if self.format == "csv" else "JSON lines"
-        if other is None:
-            raise ResultsMismatch(
-                self.path,
-                "is not a scenecam-edge results file (its first line is not a results header); "
-                "not appending to it (choose another --out, or --restart to replace it)",
-            )
-        if other != mine:
-            raise ResultsMismatch(
-                self.path,
-                f"is a {other} results file; this run writes {mine} (the format follows "
-                "--out's extension, or --csv/--jsonl); choose another --out",
-            )
-        text = raw[len(CSV_HEADER_PREFIX) :] if self.format == "csv" else raw
-        header = _parse_json(text, HEADER_KEY)
-        if header is None:
-            raise ResultsMismatch(self.path, "has a damaged results header; not appending to it")
-        return _Entry(1, 0, raw, header, header=True)
-
-    @staticmethod
-    def _json_entries(fh: io.BufferedReader, offset: int) -> Iterator[_Entry]:
-        for number, raw in enumerate(fh, 2):
-            start, offset = offset, offset + len(raw)
-            if not raw.strip():
-                continue
-            yield _Entry(number, start, raw, _parse_json(raw) if raw.endswith(b"\n") else None)
-
-    def _csv_entries(self, fh: io.BufferedReader, offset: int) -> Iterator[_Entry]:
-        start, number = offset, 1
-        chunk = b""
-        for raw in fh:
-            if not chunk:
-                start = offset
-            chunk += raw
-            offset += len(raw)
-            # A record ends at a newline outside quotes (quotes inside fields are doubled).
-            if raw.endswith(b"\n") and chunk.count(b'"') % 2 == 0:
-                number += 1
-                yield self._csv_entry(number, start, chunk)
-                chunk = b""
-        if chunk:
-            yield _Entry(number + 1, start, chunk, None)
-
-    def _csv_entry(self, number: int, start: int, chunk: bytes) -> _Entry:
-        text = chunk.decode("utf-8", "surrogateescape")
-        row = next(csv.reader(io.StringIO(text, newline="")), [])
-        if number == 2:
-            if tuple(row) != self.columns:
-                raise ResultsMismatch(
-                    self.path,
-                    f"has {len(row)} columns of other names; this run writes "
-                    f"{len(self.columns)} (another model? choose another --out)",
-                )
-            return _Entry(number, start, chunk, {}, header=True)
-        if len(row) != len(self.columns):
-            return _Entry(number, start, chunk, None)
-        return _Entry(number, start, chunk, dict(zip(self.columns, row, strict=True)))
-
     # -- writing -------------------------------------------------------------------------
 
     def open(self) -> None:
@@ -322,8 +216,7 @@ class ResultsFile:
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Append whole lines for ``records`` with one write."""
         if records:
-            encode = self._json_line if self.format == "jsonl" else self._csv_record
-            self._write(b"".join(encode(r) for r in records))
+            self._write(b"".join(self.lines.record_bytes(r) for r in records))
 
     def close(self) -> None:
         if self._fd is not None:
@@ -334,10 +227,7 @@ class ResultsFile:
                 self._fd = None
 
     def _header_bytes(self) -> bytes:
-        header = {HEADER_KEY: 1, **self.identity, "base": self.base}
-        if self.format == "jsonl":
-            return self._json_line(header)
-        return CSV_HEADER_PREFIX + self._json_line(header) + self._csv_line(list(self.columns))
+        return self.lines.header_bytes({HEADER_KEY: 1, **self.identity, "base": self.base})
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:
@@ -353,43 +243,6 @@ class ResultsFile:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, size)
             raise OSError(exc.errno, exc.strerror, str(self.path)) from None
-
-    @staticmethod
-    def _json_line(record: Mapping[str, Any]) -> bytes:
-        return (json.dumps(record) + "\n").encode("utf-8", "surrogateescape")
-
-    def _csv_record(self, record: dict[str, Any]) -> bytes:
-        probabilities = record.get("probabilities") or {}
-        row = [
-            record["path"],
-            record.get("label", ""),
-            record.get("index", ""),
-            record.get("confidence", ""),
-            record.get("error") or "",
-            record.get("heatmap") or "",
-            *(probabilities.get(name, "") for name in self.class_names),
-        ]
-        return self._csv_line(row)
-
-    @staticmethod
-    def _csv_line(row: list[Any]) -> bytes:
-        buffer = io.StringIO()
-        # Every text field quoted: a name holding CR, LF, quotes or commas reads back whole
-        # (the minimal quoting of Python's csv leaves a lone CR unquoted).
-        csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC).writerow(row)
-        return buffer.getvalue().encode("utf-8", "surrogateescape")
-
-
-def _parse_json(raw: bytes, key: str = "path") -> dict[str, Any] | None:
-    try:
-        record = json.loads(raw.decode("utf-8", "surrogateescape"))
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(record, dict) or key not in record:
-        return None
-    if key == "path" and not isinstance(record["path"], str):
-        return None
-    return record
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

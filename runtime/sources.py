@@ -22,6 +22,15 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images under ``folder``, recursively, by suffix, in a stable (sorted) order: the
+    one folder scan behind every command's inputs and the class-per-folder data sets. Only
+    regular files (and links to them) count."""
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
 @dataclass(frozen=True)
 class SourceItem:
     """One input path, or the reason an argument gave no input."""
@@ -35,9 +44,7 @@ def iter_sources(arguments: Iterable[str | os.PathLike[str]]) -> Iterator[Source
         text = os.fsdecode(argument)
         path = Path(text)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+            found = image_files(path)
             if not found:
                 yield SourceItem(text, "folder holds no images")
             yield from (SourceItem(os.fsdecode(p)) for p in found)

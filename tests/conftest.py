@@ -23,20 +23,6 @@ needs_data = pytest.mark.skipif(
 )
 
 
-def wave_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
-    """Smooth sine patterns with noise, uint8 (n, size, size, channels): random models give
-    structured maps on them (pure noise gives flat maps)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    out = []
-    for _ in range(n):
-        f = rng.uniform(0.1, 0.6, size=2)
-        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
-        noise = rng.normal(0, 25, size=(size, size, channels))
-        out.append(np.clip(base[..., None] + noise, 0, 255).astype(np.uint8))
-    return np.stack(out)
-
-
 def model_folder(name: str) -> Path:
     """A model's bundle folder: installed with the package, or in the repository for the
     ones the wheel leaves out (REPOSITORY_ONLY), as a user with a clone loads them."""

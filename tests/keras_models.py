@@ -118,22 +118,54 @@ _TAPES: dict[tuple[int, str, str], tf.types.experimental.GenericFunction] = {}
 def _tape_function(model: keras.Model, conv_layer: str, space: str):
     key = (id(model), conv_layer, space)
     if key not in _TAPES:
-        last = model.outputs[0]._keras_history.operation
-        grad_model = keras.Model(model.inputs, [model.get_layer(conv_layer).output, last.input])
+        tape = _recipe_tape(model, conv_layer)
 
         @tf.function
         def run(x: tf.Tensor, target: tf.Tensor):
-            with tf.GradientTape() as tape:
-                features, penultimate = grad_model(x, training=False)
-                logits = _logits(last, penultimate)
-                predicted = tf.argmax(logits[0], output_type=tf.int32)
-                t = tf.where(target < 0, predicted, target)
-                scores = logits if space == "logit" else tf.nn.softmax(logits)
-                score = scores[:, t]
-            return features, tape.gradient(score, features), t
+            features, grads, _, explained = tape(x, target, space)
+            return features, grads, explained[0]
 
         _TAPES[key] = run
     return _TAPES[key]
+
+
+def _recipe_tape(model: keras.Model, conv_layer: str):
+    """The keras-io recipe's tape, batched: (features, d score / d features, logits, the class
+    explained per image) for ``x``, where the score is each image's ``target`` class (its
+    prediction where ``target`` is None or negative) in ``space``, logit or probability.
+    The one GradientTape Grad-CAM of the tests and the benchmarks."""
+    last = model.outputs[0]._keras_history.operation
+    grad_model = keras.Model(model.inputs, [model.get_layer(conv_layer).output, last.input])
+
+    def tape_run(x: tf.Tensor, target: tf.Tensor | None, space: str):
+        with tf.GradientTape() as tape:
+            features, penultimate = grad_model(x, training=False)
+            logits = _logits(last, penultimate)
+            explained = tf.argmax(logits, axis=1, output_type=tf.int32)
+            if target is not None:
+                explained = tf.where(target < 0, explained, target)
+            scores = logits if space == "logit" else tf.nn.softmax(logits)
+            score = tf.reduce_sum(tf.gather(scores, explained, axis=1, batch_dims=1))
+        return features, tape.gradient(score, features), logits, explained
+
+    return tape_run
+
+
+def keras_io_gradcam(model: keras.Model, conv_layer: str):
+    """Grad-CAM as a Keras user writes it (keras-io ``grad_cam.py``), batched: a float batch
+    -> (probabilities (N, C), maps (N, h, w) normalised to 1), each image explained at its
+    predicted class's logit. Plain Python: the benchmarks time it eagerly (the tutorial
+    style) and inside ``tf.function``."""
+    tape = _recipe_tape(model, conv_layer)
+
+    def gradcam(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        features, grads, logits, _ = tape(x, None, "logit")
+        pooled = tf.reduce_mean(grads, axis=(1, 2))
+        cam = tf.nn.relu(tf.einsum("nhwk,nk->nhw", features, pooled))
+        cam = cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + 1e-12)
+        return tf.nn.softmax(logits), cam
+
+    return gradcam
 
 
 def _logits(last: keras.layers.Layer, penultimate: tf.Tensor) -> tf.Tensor:

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from scenecam_edge import BundleError, SceneCam
-from scenecam_edge.bundle import sha256_file
+from scenecam_edge.bundle_files import sha256_file
 from scenecam_edge.cli import cli
 
 
@@ -420,3 +420,50 @@ def test_json_depth_is_counted_outside_strings():
 
     assert json_depth('{"a": [1, {"b": "[[[[{{{"}], "c": "\\"]]"}') == 3
     assert json_depth("[" * 5000 + "]" * 5000) == 5000
+
+
+def test_update_manifest_sets_fields_atomically_and_keeps_the_rest(bundle_copy: Path):
+    from scenecam_edge.bundle import update_manifest
+
+    before = _manifest(bundle_copy)
+    written = update_manifest(bundle_copy, evaluation={"on": "test", "accuracy": 0.5})
+    after = _manifest(bundle_copy)
+    assert written == after
+    assert list(after) == list(before)  # same fields, in the same order
+    assert after["evaluation"] == {"on": "test", "accuracy": 0.5}
+    assert {k: v for k, v in after.items() if k != "evaluation"} == {
+        k: v for k, v in before.items() if k != "evaluation"
+    }
+    assert (bundle_copy / "manifest.json").read_text().endswith("}\n")
+    # no temporary file left beside it
+    assert sorted(p.name for p in bundle_copy.iterdir()) == sorted(
+        [*before["files"], "manifest.json"]
+    )
+    assert SceneCam.load(bundle_copy).manifest.evaluation == {"on": "test", "accuracy": 0.5}
+
+
+def test_update_manifest_refuses_a_manifest_that_does_not_validate(bundle_copy: Path):
+    from scenecam_edge.bundle import update_manifest
+
+    (bundle_copy / "manifest.json").write_text("{ not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        update_manifest(bundle_copy, evaluation=None)
+    assert (bundle_copy / "manifest.json").read_text() == "{ not json"
+
+
+def test_write_manifest_checksums_the_named_files(bundle_copy: Path):
+    from scenecam_edge.bundle import write_manifest
+
+    manifest = _manifest(bundle_copy)
+    stale = {**manifest, "files": {name: "0" * 64 for name in manifest["files"]}}
+    write_manifest(bundle_copy, stale)
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        SceneCam.load(bundle_copy)
+    written = write_manifest(bundle_copy, stale, checksum=["model.onnx", "head.npz"])
+    assert written["files"] == {
+        name: sha256_file(bundle_copy / name) for name in ("model.onnx", "head.npz")
+    }
+    assert written["files"] == manifest["files"]
+    assert list(written) == list(manifest)  # files stays where it was
+    assert json.loads((bundle_copy / "manifest.json").read_text()) == written
+    assert SceneCam.load(bundle_copy).class_names

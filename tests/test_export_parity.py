@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import HAS_TF, wave_images
+from scenecam_edge.synthetic import wave_images
+
+from .conftest import HAS_TF
 
 pytestmark = [
     pytest.mark.tf,

@@ -10,8 +10,9 @@ import pytest
 
 from scenecam_edge import METHODS, SceneCam
 from scenecam_edge.cam import softmax
+from scenecam_edge.synthetic import wave_images
 
-from .conftest import HAS_TF, wave_images
+from .conftest import HAS_TF
 
 GRADIENT_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 TOLERANCE = 1e-4

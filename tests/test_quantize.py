@@ -16,9 +16,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecam_edge import SceneCam
-from scenecam_edge.bundle import read_manifest, sha256_file, verify_files
+from scenecam_edge.bundle import read_manifest, verify_files
+from scenecam_edge.bundle_files import sha256_file
 from scenecam_edge.cli import cli
 from scenecam_edge.registry import models_dir, shipped_models
+from scenecam_edge.synthetic import wave_image, wave_images
 
 from .conftest import HAS_TF, REPO, model_folder
 
@@ -36,29 +38,13 @@ PER_CLASS = 14
 def _write_folder(root: Path, classes: list[str] | None, count: int, seed: int = 0) -> Path:
     """Smooth textured images (so Grad-CAM maps have structure), in class folders or flat."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:40, 0:40]
     for c, name in enumerate(classes or [""]):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            f = rng.uniform(0.1, 0.6, size=2)
-            base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6) + c)
-            noise = rng.normal(0, 25, size=(40, 40, 3))
-            img = np.clip(base[..., None] + noise, 0, 255).astype(np.uint8)
+            img = wave_image(rng, 40, phase=c)
             Image.fromarray(img).save(folder / f"{name or 'img'}_{i}.png")
     return root
-
-
-def _images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    out = []
-    for _ in range(n):
-        f = rng.uniform(0.1, 0.6, size=2)
-        base = 128 + 100 * np.sin(f[0] * xx + f[1] * yy + rng.uniform(0, 6))
-        noise = rng.normal(0, 25, size=(size, size, 3))
-        out.append(np.clip(base[..., None] + noise, 0, 255).astype(np.uint8))
-    return np.stack(out)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +95,7 @@ class TestQuantizedBundle:
         assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 4
         # The head is float: the numpy head on the graph's own features gives its logits to
         # float rounding, far inside the self-check's tolerance.
-        images = _images(6, seed=3)
+        images = wave_images(6, seed=3)
         features, logits = cam.forward(images)
         assert features.dtype == np.float32 and logits.dtype == np.float32
         assert features.shape == (6, 16, 16, 16)
@@ -125,7 +111,7 @@ class TestQuantizedBundle:
 
         reference = SceneCam.load(float_bundle, threads=1)
         cam = SceneCam.load(quantized.path, threads=1)
-        images = list(_images(24, seed=11))
+        images = list(wave_images(24, seed=11))
         ref = reference.explain(images)
         ours = cam.explain(images)
         agree = np.mean([a.index == b.index for a, b in zip(ref, ours, strict=True)])
@@ -237,6 +223,46 @@ def test_cli_defaults_mirror_the_module():
     assert command.CALIBRATION_IMAGES == q.DEFAULT_CALIBRATION_IMAGES
     assert command.MAX_ACCURACY_DROP_POINTS == q.MAX_ACCURACY_DROP_POINTS
     assert command.MIN_CAM_CORRELATION == q.MIN_CAM_CORRELATION
+
+
+@needs_onnx
+def test_cli_model_option_takes_a_shipped_name(tmp_path: Path):
+    """``--model NAME`` as on every other command: the registry finds the shipped bundle."""
+    float_model = SceneCam.load("scenes-mini", threads=1)
+    folder = _write_folder(tmp_path / "data", list(float_model.class_names), 4)
+    out = tmp_path / "mini-q8"
+    result = CliRunner().invoke(
+        cli,
+        ["quantize", "--model", "scenes-mini", "--calibration", str(folder), "--out", str(out),
+         "--calibration-images", "16", "--no-cache", "--threads", "1",
+         "--max-accuracy-drop", "100", "--min-cam-correlation", "-1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    int8 = SceneCam.load(out, threads=1)
+    block = int8.manifest.raw["quantization"]
+    assert block["float_bundle"] == {
+        "name": "scenes-mini",
+        "model_sha256": float_model.manifest.files["model.onnx"],
+    }
+    assert block["calibration"]["images"] == 16
+    assert int8.class_names == float_model.class_names
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ([], "give the float model to quantise: --model NAME|DIR (or BUNDLE)"),
+        (["scenes-mini", "--model", "scenes-resnet18"], "two models given"),
+    ],
+)
+def test_cli_names_the_model_once(tmp_path: Path, models: list[str], message: str):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["quantize", *models, "--calibration", str(tmp_path), "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
 
 
 def test_quantize_without_onnx_names_the_extra(tmp_path: Path):

@@ -332,10 +332,10 @@ def test_notebook_resnet_is_the_notebook_network_and_explains(tmp_path: Path):
 
     from scenecam_edge import SceneCam
     from scenecam_edge.export import export_keras
+    from scenecam_edge.synthetic import wave_images
     from scenecam_edge.training.architectures import build, recipe
 
     from . import keras_models as km
-    from .conftest import wave_images
 
     assert (recipe("notebook-resnet").img_size, recipe("notebook-resnet").optimizer) == (
         256,

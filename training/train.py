@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from scenecam_edge import SceneCam
+from scenecam_edge.bundle import update_manifest
 from scenecam_edge.dataset import LabelledImages, label_conflicts, stratified_split
 from scenecam_edge.evaluation import evaluate
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
@@ -219,13 +220,14 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         training=training,
         overwrite=True,
     )
-    evaluation = evaluate(SceneCam.load(bundle), val_set).figures
+    cam = SceneCam.load(bundle)
+    evaluation = evaluate(cam, val_set).figures
     write_json_atomic(out / "evaluation.json", evaluation)
     write_bytes_atomic(out / "evaluation.md", figures_markdown(evaluation).encode())
-    set_manifest_fields(bundle, evaluation=_summary(evaluation, "validation split"))
+    fields: dict[str, Any] = {"evaluation": _summary(evaluation, "validation split")}
     if data.band_stretch is not None:  # tiles applies it: serving sees what training saw
-        inp = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["input"]
-        set_manifest_fields(bundle, input={**inp, "band_stretch": data.band_stretch})
+        fields["input"] = {**cam.manifest.raw["input"], "band_stretch": data.band_stretch}
+    update_manifest(bundle, **fields)
     if backup.exists():
         shutil.rmtree(backup)
     log.info("validation accuracy %.4f; bundle %s", evaluation["accuracy"], bundle)
@@ -252,8 +254,6 @@ def earlier_stages(init_from: str | Path, this_stage: dict[str, Any]) -> dict[st
     ``training`` record (read from the bundle beside the checkpoint, when there is one) under
     ``started_from``, and the time of all stages together, so that a chain of runs can be
     reproduced command by command."""
-    import json
-
     record: dict[str, Any] = {"checkpoint": str(init_from)}
     manifest = Path(init_from).parent / "bundle" / "manifest.json"
     earlier: dict[str, Any] = {}
@@ -265,15 +265,6 @@ def earlier_stages(init_from: str | Path, this_stage: dict[str, Any]) -> dict[st
     if all(isinstance(x, (int, float)) for x in seconds):
         fields["seconds_all_stages"] = round(sum(seconds), 1)  # type: ignore[arg-type]
     return fields
-
-
-def set_manifest_fields(bundle: Path, **fields: Any) -> None:
-    """Update unchecksummed manifest fields (training, evaluation) in place, atomically."""
-    import json
-
-    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    manifest.update(fields)
-    write_json_atomic(bundle / "manifest.json", manifest)
 
 
 def _read_log(path: Path) -> list[dict[str, float]]:

@@ -17,7 +17,7 @@ from ..cam import TargetSpace
 from ..errors import SceneCamError
 from ..filelock import ResultsBusy
 from ..heatmaps import HEATMAP_FORMATS, HeatmapFormat
-from ..model import DEFAULT_BATCH, SceneCam
+from ..model import DEFAULT_BATCH
 from ..results_file import OutputFormat, ResultsFile, format_for
 from ..sources import iter_sources
 from .common import (
@@ -26,8 +26,10 @@ from .common import (
     EXIT_USAGE,
     cam_options,
     error_line,
+    explain_options,
     fail,
     keep_going_past_file_size_limit,
+    load_model,
     max_pixels_option,
     model_options,
     shown,
@@ -144,15 +146,8 @@ def batch(
             "drop the flag or rename --out",
             EXIT_USAGE,
         )
-    try:
-        # No busy-waiting between runs: the cores go to decoding (reading) meanwhile.
-        scenecam = SceneCam.load(model, threads=threads, spin=False, max_pixels=max_pixels)
-    except SceneCamError as exc:
-        fail(exc)
-    try:
-        options = scenecam.explain_options(target, method, target_space, alpha)
-    except ValueError as exc:
-        fail(f"--target: {exc}", EXIT_USAGE)
+    scenecam = load_model(model, threads, spin=False, max_pixels=max_pixels)
+    options = explain_options(scenecam, target, method, target_space, alpha)
     explaining = heatmaps is not None or target is not None
     results = ResultsFile(out, fmt or named or "jsonl", scenecam.class_names)
     job = BatchJob(

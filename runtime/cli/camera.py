@@ -17,8 +17,16 @@ import click
 
 from ..cam import TargetSpace
 from ..errors import SceneCamError
-from ..model import SceneCam
-from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fail, model_options
+from .common import (
+    EXIT_FAILED_INPUTS,
+    EXIT_USAGE,
+    cam_options,
+    error_line,
+    explain_options,
+    fail,
+    load_model,
+    model_options,
+)
 
 if TYPE_CHECKING:
     from ..camera import CameraSummary, Display, LiveView, SourceSpec
@@ -154,14 +162,8 @@ def camera(
                 fail(exc, EXIT_USAGE)
     _quiet_opencv()
 
-    try:
-        scenecam = SceneCam.load(model, threads=threads, spin=False)
-    except SceneCamError as exc:
-        fail(exc)
-    try:
-        scenecam.explain_options(target, method, target_space, alpha)
-    except ValueError as exc:
-        _usage(f"--target: {exc}")
+    scenecam = load_model(model, threads, spin=False)
+    explain_options(scenecam, target, method, target_space, alpha)  # refused here, not mid-loop
     try:
         reader = cam.open_source(source, timeout=timeout)
     except SceneCamError as exc:

@@ -10,7 +10,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from ..cam import TargetSpace, get_method
-from ..errors import ImageError, SceneCamError
+from ..errors import ImageError
 from ..fileio import write_png_atomic
 from ..images import mismatch, resize_to
 from ..model import DEFAULT_BATCH, SceneCam
@@ -24,9 +24,11 @@ from .common import (
     EXIT_WRITE,
     cam_options,
     error_line,
+    explain_options,
     fail,
     is_storage_error,
     keep_going_past_file_size_limit,
+    load_model,
     max_pixels_option,
     model_options,
     shown,
@@ -86,14 +88,8 @@ def classify(
     more panels are tried, the other inputs are still classified, and the exit code is 5.
     """
     keep_going_past_file_size_limit()
-    try:
-        scenecam = SceneCam.load(model, threads=threads, max_pixels=max_pixels)
-    except SceneCamError as exc:
-        fail(exc)
-    try:
-        options = scenecam.explain_options(target, method, target_space, alpha, max_channels)
-    except ValueError as exc:
-        fail(f"--target: {exc}", EXIT_USAGE)
+    scenecam = load_model(model, threads, max_pixels=max_pixels)
+    options = explain_options(scenecam, target, method, target_space, alpha, max_channels)
     explaining = save_dir is not None or target is not None
     if not explaining:
         _refuse_unused_heatmap_options()

@@ -11,14 +11,16 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, overload
 
 import click
 
-from ..cam import METHODS, TARGET_SPACES
+from ..cam import DEFAULT_MAX_CHANNELS, METHODS, TARGET_SPACES, TargetSpace
 from ..errors import MissingExtraError, SceneCamError
 from ..fileio import STORAGE_ERRNOS
 from ..images import DEFAULT_MAX_PIXELS
+from ..model import SceneCam
+from ..options import ExplainOptions
 from ..visual import DEFAULT_ALPHA
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
@@ -31,22 +33,65 @@ EXIT_WRITE = 5
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def model_options(fn: F) -> F:
-    """--model and --threads, the same on every command that runs a model."""
-    fn = click.option(
-        "--threads",
-        type=click.IntRange(min=1),
-        default=None,
-        help="onnxruntime threads (default: every CPU this process may use).",
-    )(fn)
-    fn = click.option(
-        "--model",
-        "model",
-        default=None,
-        metavar="NAME|DIR",
-        help="A shipped model's name or a bundle folder (default: the shipped default).",
-    )(fn)
-    return fn
+@overload
+def model_options(fn: F, *, default: str = ...) -> F: ...
+@overload
+def model_options(fn: None = None, *, default: str = ...) -> Callable[[F], F]: ...
+def model_options(
+    fn: F | None = None, *, default: str = "the shipped default"
+) -> F | Callable[[F], F]:
+    """--model and --threads, the same on every command that runs a model. ``default`` says
+    in --help what runs without --model (``@model_options(default=...)``)."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="onnxruntime threads (default: every CPU this process may use).",
+        )(fn)
+        fn = click.option(
+            "--model",
+            "model",
+            default=None,
+            metavar="NAME|DIR",
+            help=f"A shipped model's name or a bundle folder (default: {default}).",
+        )(fn)
+        return fn
+
+    return decorate if fn is None else decorate(fn)
+
+
+def load_model(
+    model: str | None,
+    threads: int | None,
+    *,
+    spin: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> SceneCam:
+    """The model --model and --threads name, loaded; a model that cannot be loaded is one
+    line on stderr and exit :data:`EXIT_MODEL`. ``spin=False`` for commands that decode
+    while the model runs (no busy-waiting between runs: the cores go to decoding)."""
+    try:
+        return SceneCam.load(model, threads=threads, spin=spin, max_pixels=max_pixels)
+    except SceneCamError as exc:
+        fail(exc)
+
+
+def explain_options(
+    scenecam: SceneCam,
+    target: str | None,
+    method: str,
+    target_space: TargetSpace,
+    alpha: float = DEFAULT_ALPHA,
+    max_channels: int = DEFAULT_MAX_CHANNELS,
+) -> ExplainOptions:
+    """The --target, --method, --target-space (--alpha, --max-channels) options as one
+    record for ``scenecam``; a target it does not know is a usage error naming --target."""
+    try:
+        return scenecam.explain_options(target, method, target_space, alpha, max_channels)
+    except ValueError as exc:
+        fail(f"--target: {exc}", EXIT_USAGE)
 
 
 def split_options(fn: F) -> F:

@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from ..cam import METHODS
 from ..dataset import LabelledImages, align_classes, load_dataset, stratified_split
-from ..errors import SceneCamError
 from ..evaluation import estimate_faithfulness_seconds, faithfulness_table
 from ..evaluation import evaluate as run_evaluation
 from ..faithfulness import Faithfulness
@@ -25,6 +24,7 @@ from .common import (
     EXIT_USAGE,
     error_line,
     fail,
+    load_model,
     model_options,
     split_options,
 )
@@ -86,10 +86,7 @@ def evaluate(
     Folders are matched to the model's classes ignoring case, and may cover only some of
     them. Writes metrics.json, metrics.md and a self-contained report.html.
     """
-    try:
-        scenecam = SceneCam.load(model, threads=threads)
-    except SceneCamError as exc:
-        fail(exc)
+    scenecam = load_model(model, threads)
     spec = scenecam.manifest.input
     try:
         data = align_classes(

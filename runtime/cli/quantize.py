@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from ..errors import MissingExtraError, SceneCamError
-from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, fail, quiet_tensorflow
+from .common import (
+    EXIT_FAILED_INPUTS,
+    EXIT_USAGE,
+    fail,
+    load_model,
+    model_options,
+    quiet_tensorflow,
+)
 
 # The defaults live in scenecam_edge.export.quantize, which needs onnx; these mirror them so
 # that --help works without it (a test keeps them equal).
@@ -19,7 +26,8 @@ MIN_CAM_CORRELATION = 0.9
 
 
 @click.command()
-@click.argument("bundle", metavar="BUNDLE")
+@click.argument("bundle", metavar="[BUNDLE]", required=False)
+@model_options(default="none; it may also come first, as BUNDLE")
 @click.option(
     "--calibration",
     "calibration_dir",
@@ -101,10 +109,11 @@ MIN_CAM_CORRELATION = 0.9
 )
 @click.option("--no-cache", is_flag=True, help="Decode the images without a cache.")
 @click.option("--name", default=None, help="Bundle name (default: the folder name).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 def quantize(
-    bundle: str,
+    bundle: str | None,
+    model: str | None,
+    threads: int | None,
     calibration_dir: Path,
     out_dir: Path,
     calibration_images: int,
@@ -119,10 +128,10 @@ def quantize(
     cache_dir: Path | None,
     no_cache: bool,
     name: str | None,
-    threads: int | None,
     force: bool,
 ) -> None:
-    """Write an int8 copy of BUNDLE (a folder or a shipped model's name) into --out.
+    """Write an int8 copy of the float model --model (a shipped model's name or a bundle
+    folder; BUNDLE, the first argument, names it the same way) into --out.
 
     onnxruntime static quantisation in QDQ form (per-channel weights), calibrated on
     --calibration-images training images. The classifier head stays float, so the logits
@@ -131,9 +140,14 @@ def quantize(
     their Grad-CAM maps correlate. It exits 1 and writes nothing when a target is missed.
 
     \b
-    scenecam-edge quantize scenes-mini --calibration ../shared/data/intel-scenes/train \\
+    scenecam-edge quantize --model scenes-mini --calibration ../shared/data/intel-scenes/train \\
         --out models/scenes-mini-int8 --force
     """
+    if bundle is not None and model is not None and bundle != model:
+        fail(f"two models given: BUNDLE {bundle} and --model {model}; give one", EXIT_USAGE)
+    chosen = model if model is not None else bundle
+    if chosen is None:
+        fail("give the float model to quantise: --model NAME|DIR (or BUNDLE)", EXIT_USAGE)
     with quiet_tensorflow():  # TensorFlow's native start-up lines, unless -v
         try:
             from scenecam_edge.export import quantize as q
@@ -141,18 +155,13 @@ def quantize(
             missing = (exc.name or "onnx").split(".")[0]
             fail(MissingExtraError(missing, "quantize", "quantize"))
 
-        from ..model import SceneCam
-
-        try:
-            settings = q.QuantSettings(
-                activation_type=activation_type,
-                weight_type=weight_type,
-                reduce_range=reduce_range,
-                calibration_method=calibration_method,
-            )
-            reference = SceneCam.load(bundle, threads=threads)
-        except SceneCamError as exc:
-            fail(exc)
+        settings = q.QuantSettings(
+            activation_type=activation_type,
+            weight_type=weight_type,
+            reduce_range=reduce_range,
+            calibration_method=calibration_method,
+        )
+        reference = load_model(chosen, threads)
         try:
             data = q.calibration_data(
                 calibration_dir,

@@ -11,7 +11,7 @@ import click
 
 from ..cam import TargetSpace
 from ..errors import SceneCamError
-from ..model import DEFAULT_BATCH, SceneCam
+from ..model import DEFAULT_BATCH
 
 if TYPE_CHECKING:
     from ..tiles import OutputSet, StretchChoice
@@ -21,7 +21,9 @@ from .common import (
     EXIT_MODEL,
     EXIT_USAGE,
     cam_options,
+    explain_options,
     fail,
+    load_model,
     model_options,
 )
 
@@ -152,11 +154,7 @@ def tiles(
         choice = _parse_stretch(stretch)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    try:
-        # No busy-waiting between runs: the cores go to decoding (reading) meanwhile.
-        scenecam = SceneCam.load(model, threads=threads, spin=False)
-    except SceneCamError as exc:
-        fail(exc)
+    scenecam = load_model(model, threads, spin=False)
     channels = scenecam.manifest.input.channels
     if band_list is not None and len(band_list) not in ({1, 3} if channels == 3 else {channels}):
         fail(f"--bands: the model takes {channels} bands, not {len(band_list)}", EXIT_USAGE)
@@ -168,10 +166,7 @@ def tiles(
     size = tile if tile is not None else scenecam.input_size[0]
     if stride is not None and stride > size:
         fail(f"--stride {stride} is larger than the tile ({size} px)", EXIT_USAGE)
-    try:
-        explain = scenecam.explain_options(target, method, target_space)
-    except ValueError as exc:
-        fail(f"--target: {exc}", EXIT_USAGE)
+    explain = explain_options(scenecam, target, method, target_space)
     options = TileOptions(
         tile=tile,
         stride=stride,

@@ -1,0 +1,205 @@
+"""How a results file's lines are written as bytes and read back: JSON lines or CSV, the
+header line(s) that say what wrote the file, and the file split into numbered entries (a
+record, the header, or an unfinished chunk). :mod:`scenecam_edge.results_file` owns the file
+itself (the lock, resuming, appending whole lines)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+from .errors import SceneCamError
+
+#: Results file formats.
+OutputFormat: TypeAlias = Literal["jsonl", "csv"]
+#: The CSV columns before the one probability column per class (named ``p_<class>``).
+CSV_COLUMNS = ("path", "label", "index", "confidence", "error", "heatmap")
+HEADER_KEY = "scenecam_edge_results"
+CSV_HEADER_PREFIX = b"# scenecam-edge results "
+#: Longest header line read (a manifest's identity is a few hundred bytes).
+MAX_HEADER_BYTES = 1 << 20
+
+
+class ResultsMismatch(SceneCamError):
+    """The results file is not one this run may append to (another format, model or options,
+    or not a results file at all)."""
+
+
+def format_for(path: Path) -> OutputFormat | None:
+    """The format a file name asks for: ``.csv`` or ``.jsonl``/``.ndjson``/``.json``; None
+    for any other name."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    number: int  # 1-based record number in the file
+    start: int  # byte offset
+    raw: bytes
+    record: dict[str, Any] | None  # None: unparseable
+    header: bool = False
+
+
+class LineFormat:
+    """One format's lines for a model's classes: encoding records and the header, and
+    reading a file back as :class:`Entry` items."""
+
+    def __init__(self, fmt: OutputFormat, class_names: Sequence[str]) -> None:
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"format must be 'jsonl' or 'csv', not {fmt!r}")
+        self.format = fmt
+        self.class_names = tuple(class_names)
+        self.columns = (*CSV_COLUMNS, *(f"p_{name}" for name in self.class_names))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def header_bytes(self, header: Mapping[str, Any]) -> bytes:
+        """The header line (CSV: the JSON header line, then the column names)."""
+        if self.format == "jsonl":
+            return json_line(header)
+        return CSV_HEADER_PREFIX + json_line(header) + csv_line(list(self.columns))
+
+    def record_bytes(self, record: dict[str, Any]) -> bytes:
+        """One record as one whole line (CSV: one row, text fields quoted)."""
+        if self.format == "jsonl":
+            return json_line(record)
+        probabilities = record.get("probabilities") or {}
+        row = [
+            record["path"],
+            record.get("label", ""),
+            record.get("index", ""),
+            record.get("confidence", ""),
+            record.get("error") or "",
+            record.get("heatmap") or "",
+            *(probabilities.get(name, "") for name in self.class_names),
+        ]
+        return csv_line(row)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def kind(self) -> str:
+        """What one record of this format is, for messages."""
+        return (
+            "JSON record" if self.format == "jsonl" else f"CSV row with {len(self.columns)} columns"
+        )
+
+    def looks_torn(self, entry: Entry, header: bytes) -> bool:
+        """Whether an unfinished last chunk is the start of a line this format writes
+        (``header``: the header bytes this run would write)."""
+        if entry.number == 1:
+            return header.startswith(entry.raw)
+        if self.format == "jsonl":
+            return entry.raw.startswith(b'{"path": ')
+        return True
+
+    def entries(self, path: Path) -> Iterator[Entry]:
+        """The file's entries in order; :class:`ResultsMismatch` for a file of another
+        format or none at all."""
+        with open(path, "rb") as fh:
+            first = fh.readline(MAX_HEADER_BYTES)
+            yield self._header_entry(path, first)
+            if self.format == "jsonl":
+                yield from self._json_entries(fh, len(first))
+            else:
+                yield from self._csv_entries(path, fh, len(first))
+
+    def _header_entry(self, path: Path, raw: bytes) -> Entry:
+        """The first line: this format's header, torn (None), or a refusal naming what the
+        file is instead (never quoting its content)."""
+        if not raw.endswith(b"\n"):
+            return Entry(1, 0, raw, None)
+        other = "CSV" if raw.startswith(CSV_HEADER_PREFIX) else None
+        if raw.startswith(b'{"' + HEADER_KEY.encode()):
+            other = "JSON lines"
+        mine = "CSV" if self.format == "csv" else "JSON lines"
+        if other is None:
+            raise ResultsMismatch(
+                path,
+                "is not a scenecam-edge results file (its first line is not a results header); "
+                "not appending to it (choose another --out, or --restart to replace it)",
+            )
+        if other != mine:
+            raise ResultsMismatch(
+                path,
+                f"is a {other} results file; this run writes {mine} (the format follows "
+                "--out's extension, or --csv/--jsonl); choose another --out",
+            )
+        text = raw[len(CSV_HEADER_PREFIX) :] if self.format == "csv" else raw
+        header = parse_json(text, HEADER_KEY)
+        if header is None:
+            raise ResultsMismatch(path, "has a damaged results header; not appending to it")
+        return Entry(1, 0, raw, header, header=True)
+
+    @staticmethod
+    def _json_entries(fh: io.BufferedReader, offset: int) -> Iterator[Entry]:
+        for number, raw in enumerate(fh, 2):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            yield Entry(number, start, raw, parse_json(raw) if raw.endswith(b"\n") else None)
+
+    def _csv_entries(self, path: Path, fh: io.BufferedReader, offset: int) -> Iterator[Entry]:
+        start, number = offset, 1
+        chunk = b""
+        for raw in fh:
+            if not chunk:
+                start = offset
+            chunk += raw
+            offset += len(raw)
+            # A record ends at a newline outside quotes (quotes inside fields are doubled).
+            if raw.endswith(b"\n") and chunk.count(b'"') % 2 == 0:
+                number += 1
+                yield self._csv_entry(path, number, start, chunk)
+                chunk = b""
+        if chunk:
+            yield Entry(number + 1, start, chunk, None)
+
+    def _csv_entry(self, path: Path, number: int, start: int, chunk: bytes) -> Entry:
+        text = chunk.decode("utf-8", "surrogateescape")
+        row = next(csv.reader(io.StringIO(text, newline="")), [])
+        if number == 2:
+            if tuple(row) != self.columns:
+                raise ResultsMismatch(
+                    path,
+                    f"has {len(row)} columns of other names; this run writes "
+                    f"{len(self.columns)} (another model? choose another --out)",
+                )
+            return Entry(number, start, chunk, {}, header=True)
+        if len(row) != len(self.columns):
+            return Entry(number, start, chunk, None)
+        return Entry(number, start, chunk, dict(zip(self.columns, row, strict=True)))
+
+
+def json_line(record: Mapping[str, Any]) -> bytes:
+    return (json.dumps(record) + "\n").encode("utf-8", "surrogateescape")
+
+
+def csv_line(row: list[Any]) -> bytes:
+    buffer = io.StringIO()
+    # Every text field quoted: a name holding CR, LF, quotes or commas reads back whole
+    # (the minimal quoting of Python's csv leaves a lone CR unquoted).
+    csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC).writerow(row)
+    return buffer.getvalue().encode("utf-8", "surrogateescape")
+
+
+def parse_json(raw: bytes, key: str = "path") -> dict[str, Any] | None:
+    """A JSON object holding ``key`` (a string path for records), else None."""
+    try:
+        record = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or key not in record:
+        return None
+    if key == "path" and not isinstance(record["path"], str):
+        return None
+    return record
