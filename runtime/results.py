@@ -43,8 +43,8 @@ class Explanation(Classification):
     """A classification plus the map that explains ``target`` (by default the predicted class).
 
     ``cam`` is the raw (h, w) map after ReLU at the features' resolution; ``heatmap`` is it
-    normalised to [0, 1] and resized to ``image``, the decoded input (uint8, H x W x 1 or 3,
-    at its own size); ``overlay`` is the heatmap in JET
+    normalised to [0, 1] and resized to ``image``, the decoded input (uint8, H x W x channels,
+    at its own size; ``picture`` is it as RGB); ``overlay`` is the heatmap in JET
     colours blended over the image (RGB uint8) with weight ``alpha``. The overlay is made the
     first time it is read and then kept: jobs that store only maps (batch ``--heatmaps npy``,
     tiles, evaluation) never pay for the colour map and the blend.
@@ -58,10 +58,16 @@ class Explanation(Classification):
     heatmap: np.ndarray = field(repr=False, compare=False)
     image: np.ndarray = field(repr=False, compare=False)
     alpha: float = field(default=visual.DEFAULT_ALPHA, repr=False, compare=False)
+    rgb_bands: tuple[int, int, int] = field(default=(0, 1, 2), repr=False, compare=False)
+
+    @property
+    def picture(self) -> np.ndarray:
+        """``image`` as RGB: its channels ``rgb_bands`` (the model's, from its manifest)."""
+        return visual.rgb_view(self.image, self.rgb_bands)
 
     @cached_property
     def overlay(self) -> np.ndarray:
-        return visual.overlay(self.image, self.heatmap, self.alpha)
+        return visual.overlay(self.picture, self.heatmap, self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
         record = super().to_dict()

@@ -23,7 +23,7 @@ from typing import Protocol, TypeAlias, overload
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, MissingExtraError
 from .images import ImageInput, describe
 from .options import ExplainOptions
 from .results import Classification, Explanation
@@ -216,6 +216,8 @@ class _Window:
             return self.model.to_input(image) if self.resize else image
         except ImageError as exc:
             return exc
+        except MissingExtraError:
+            raise  # not this input's fault: every input like it would fail alike
         except Exception as exc:
             # A decoder failing in a way load_image does not foresee must not end a long job:
             # the input gets an error record naming the exception, and the stream goes on.
