@@ -336,7 +336,7 @@ def read_still(
                 count, height, width = dataset.count, dataset.height, dataset.width
     except _read_errors(rio) as exc:
         raise ImageError(name, first_line(exc)) from None
-    _check_count(name, count, channels)
+    check_count(name, count, channels)
     if width * height > max_pixels:
         raise ImageError(
             name, f"image declares {width}x{height} pixels, over the limit of {max_pixels}"
@@ -361,7 +361,7 @@ def still_from_values(
         )
     if values.dtype.kind not in "uif":
         raise ImageError(name, f"arrays must hold numbers, not {values.dtype}")
-    _check_count(name, values.shape[2], channels)
+    check_count(name, values.shape[2], channels)
     valid = np.isfinite(values).all(axis=2) if values.dtype.kind == "f" else None
     if scaling is not None:
         stretch: Stretch | None = scaling.first(values.shape[2])
@@ -376,9 +376,13 @@ def still_from_values(
     return _filled(name, pixels, valid)
 
 
-def _check_count(name: str, count: int, channels: int) -> None:
+def check_count(name: str, count: int, channels: int) -> None:
+    """Refuse an input of ``count`` bands for a model of ``channels`` (one band is repeated
+    for a 3-channel model, as ``tiles`` does)."""
     if count != channels and not (count == 1 and channels == 3):
-        raise ImageError(name, f"has {count} band(s), the model takes {channels}")
+        raise ImageError(
+            name, f"has {count} band{'s' if count != 1 else ''}, the model takes {channels}"
+        )
 
 
 def _filled(name: str, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:

@@ -156,8 +156,8 @@ def _from_pil(
     if img.width < 1 or img.height < 1:
         raise ImageError(name, "image is empty")
     raster = is_raster_model(channels, stretch)
-    if not raster and (count := _tiff_bands(img)) > 3:  # Pillow would drop the extra bands
-        raise ImageError(name, f"has {count} bands, the model takes {channels}")
+    if not raster and _tiff_bands(img) > 3:  # Pillow would drop the extra bands
+        bands.check_count(name, _tiff_bands(img), channels)
     try:
         img.load()
         img = ImageOps.exif_transpose(img) or img
