@@ -334,9 +334,12 @@ def read_still(
             warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
             with rio.open(name) as dataset:
                 count, height, width = dataset.count, dataset.height, dataset.width
+                dtypes = tuple(dataset.dtypes)
     except _read_errors(rio) as exc:
         raise ImageError(name, first_line(exc)) from None
     check_count(name, count, channels)
+    if any(kind.startswith("complex") for kind in dtypes):
+        raise ImageError(name, f"complex bands ({dtypes[0]}) are not pixel values")
     if width * height > max_pixels:
         raise ImageError(
             name, f"image declares {width}x{height} pixels, over the limit of {max_pixels}"

@@ -85,6 +85,7 @@ def load_still(
     *,
     channels: int = 3,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    stretch: Stretch | None = None,
 ) -> np.ndarray:
     """A still picture as the model sees it: :func:`load_image` then :func:`resize_to`.
 
@@ -92,7 +93,8 @@ def load_still(
     :meth:`scenecam_edge.SceneCam.load_image` plus ``predict`` do the same in two steps (the
     full-size image is kept there for its heatmap).
     """
-    return resize_to(load_image(source, channels=channels, max_pixels=max_pixels), height, width)
+    image = load_image(source, channels=channels, max_pixels=max_pixels, stretch=stretch)
+    return resize_to(image, height, width)
 
 
 def _from_path(

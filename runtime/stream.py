@@ -7,7 +7,9 @@ and give one result per input, in input order. A pool of threads decodes ahead o
 inputs, and at most ``window_bytes`` of decoded pixels (an input not decoded yet counts as the
 largest seen so far), so memory holds a few batches of pixels however long the stream is and
 however large its photos. An input that cannot be read gives an :class:`ImageError` (yielded,
-not raised) naming it and the reason, and the stream goes on.
+not raised) naming it and the reason, and the stream goes on. A missing optional extra
+(:class:`~scenecam_edge.errors.MissingExtraError`: rasterio for a band model's TIFF) is raised:
+every input like it would fail alike.
 
 This module sits below :mod:`scenecam_edge.model`: it needs only what :class:`StreamModel`
 names, and ``SceneCam`` is one.

@@ -255,3 +255,55 @@ cli(['classify', {str(chip)!r}, '--model', {str(bundles["uint16"])!r}])
         "error: reading and writing rasters needs rasterio; "
         "install it with: pip install 'scenecam-edge[geo]'"
     )
+
+
+def test_evaluate_and_batch_read_chip_folders_with_the_model_stretch(tmp_path: Path, bundles):
+    from scenecam_edge import SceneCam
+
+    model = SceneCam.load(bundles["uint16"], threads=1)
+    data = tmp_path / "chips"
+    truth = {}
+    for label, name in enumerate(("water", "crop")):
+        (data / name).mkdir(parents=True)
+        for i in range(3):
+            chip = write_chip(
+                data / name / f"{i}.tif", band_values("uint16", seed=10 + 3 * label + i)
+            )
+            truth[str(chip)] = model.class_names.index(name)
+    expected = {path: model.classify(path) for path in truth}
+
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        ["evaluate", str(data), "--model", str(bundles["uint16"]), "--report", str(tmp_path / "r")],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    confusion = np.zeros((3, 3), np.int64)
+    for path, label in truth.items():
+        confusion[label, expected[path].index] += 1
+    assert metrics["confusion_matrix"] == confusion.tolist()
+
+    out = tmp_path / "results.jsonl"
+    result = runner.invoke(
+        cli,
+        [
+            "batch",
+            str(data),
+            "--model",
+            str(bundles["uint16"]),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    records = [r for r in lines if "path" in r]  # after the file's header record
+    assert len(records) == len(truth)
+    for record in records:
+        want = expected[record["path"]]
+        assert record["label"] == want.label
+        for name, p in want.probabilities.items():
+            assert record["probabilities"][name] == pytest.approx(p, abs=1e-5)
