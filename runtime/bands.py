@@ -1,12 +1,14 @@
-"""Bands: reading rasters with any number of bands, their validity and the stretch to uint8.
+"""Bands: the rules that turn any number of band values into a model's uint8 pixels.
 
 One code path turns band values into the uint8 pixels a model takes, for ``tiles`` (a scene,
 window by window: :mod:`scenecam_edge.tiles.raster`) and for stills (the API, ``classify``,
-``batch``, ``evaluate``: :func:`read_still` and :func:`still_from_values`), so the same pixels
-give the same answer in both.
+``batch``, ``evaluate``: :func:`scenecam_edge.rasters.read_still` for files and
+:func:`still_from_values` for arrays), so the same pixels give the same answer in both. Files
+are read in :mod:`scenecam_edge.rasters`; this module holds the rules and needs no rasterio.
 
-**Validity.** A pixel is valid when GDAL's mask says so in every chosen band (the nodata
-value, an alpha band or an internal/external mask: ``read_masks``) and its values are finite
+**Validity.** A pixel is valid when GDAL's mask says so in any chosen band (the nodata
+value, an alpha band or an internal/external mask: ``read_masks``; GDAL's dataset-mask rule)
+and its values are finite in every band
 (NaN in a float raster is invalid even without a nodata value).
 
 **Stretch.** The model takes uint8 pixels. How a band's values become 0..255:
@@ -18,20 +20,13 @@ value, an alpha band or an internal/external mask: ``read_masks``) and its value
 - ``(low, high)`` percentiles: per band, per raster, from a decimated read of the valid
   pixels (the raster's overviews when it has them).
 - ``None``: values clipped to 0..255.
-
-Needs rasterio (``pip install 'scenecam-edge[geo]'``) for files, imported when one is opened.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import warnings
-from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -43,10 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Default percentiles of the per-raster stretch of non-8-bit data.
 DEFAULT_PERCENTILES = (2.0, 98.0)
-#: The longest side of the decimated read the stretch's percentiles come from.
-STATS_SIDE = 1024
-#: GDAL's block cache while reading, in MB: reads and writes stream through it.
-GDAL_CACHE_MB = 64
 #: File names read with rasterio when the model takes bands rather than photos.
 RASTER_SUFFIXES = frozenset({".tif", ".tiff"})
 
@@ -189,164 +180,7 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class Raster:
-    """An open raster, its chosen bands and stretch: reads windows as uint8 pixels and masks.
-
-    ``channels`` is what the model takes; ``bands`` (1-based, in the model's channel order)
-    default to the first ``channels`` bands (band 1 repeated for a 3-channel model on a
-    single-band raster).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        channels: int,
-        bands: Sequence[int] | None = None,
-        stretch: StretchChoice = "model",
-        scaling: Stretch | None = None,
-    ) -> None:
-        rio = require_rasterio()
-        self.path = os.fspath(path)
-        self.channels = channels
-        self._env = ExitStack()
-        self._env.enter_context(rio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
-                self.dataset = self._env.enter_context(rio.open(self.path))
-            self.bands = self._check_bands(bands)
-            self.stretch = self._plan_stretch(stretch, scaling)
-            flags = [self.dataset.mask_flag_enums[b - 1] for b in self.bands]
-            self.masked = any(rio.enums.MaskFlags.all_valid not in f for f in flags)
-            self.floating = any(self.dataset.dtypes[b - 1].startswith("float") for b in self.bands)
-        except _read_errors(rio) as exc:
-            self._env.close()
-            raise ImageError(self.path, first_line(exc)) from None
-        except BaseException:
-            self._env.close()
-            raise
-
-    def __enter__(self) -> Raster:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._env.close()
-
-    @property
-    def height(self) -> int:
-        return int(self.dataset.height)
-
-    @property
-    def width(self) -> int:
-        return int(self.dataset.width)
-
-    def _check_bands(self, bands: Sequence[int] | None) -> tuple[int, ...]:
-        count, channels = self.dataset.count, self.channels
-        if bands is None:
-            if count >= channels:
-                return tuple(range(1, channels + 1))
-            if channels == 3:
-                return (1,)
-            raise ValueError(
-                f"the model takes {channels} bands and the scene has {count}: choose --bands"
-            )
-        chosen = tuple(bands)
-        bad = [b for b in chosen if not 1 <= b <= count]
-        if bad:
-            raise ValueError(f"the scene has bands 1..{count}; no band {bad[0]}")
-        allowed = {1, 3} if channels == 3 else {channels}
-        if len(chosen) not in allowed:
-            raise ValueError(
-                f"the model takes {channels} channel(s): choose "
-                f"{' or '.join(str(n) for n in sorted(allowed))} bands, not {len(chosen)}"
-            )
-        return chosen
-
-    def _plan_stretch(self, choice: StretchChoice, scaling: Stretch | None) -> Stretch | None:
-        if choice == "model":
-            if scaling is not None:
-                return scaling.first(len(self.bands))
-            dtypes = {self.dataset.dtypes[b - 1] for b in self.bands}
-            return None if dtypes == {"uint8"} else self._percentiles(DEFAULT_PERCENTILES)
-        if choice is None:
-            return None
-        return self._percentiles(choice)
-
-    def _percentiles(self, percentiles: tuple[float, float]) -> Stretch:
-        check_percentiles(percentiles)
-        from rasterio.enums import Resampling
-
-        factor = max(1, math.ceil(max(self.height, self.width) / STATS_SIDE))
-        shape = (len(self.bands), max(1, self.height // factor), max(1, self.width // factor))
-        sample = self.dataset.read(
-            list(self.bands), out_shape=shape, masked=True, resampling=Resampling.nearest
-        )
-        stretch = percentile_stretch((np.ma.compressed(band) for band in sample), percentiles)
-        log.info("%s: stretch %s -> 0..255 (every %d px)", self.path, stretch, factor)
-        return stretch
-
-    def read(self, window: Any = None, where: str = "") -> tuple[np.ndarray, np.ndarray]:
-        """A window (rasterio's; None: everything) as uint8 pixels (h, w, channels) and its
-        valid mask (h, w). ``where`` names the window in a read error."""
-        rio = require_rasterio()
-        try:
-            raw = self.dataset.read(list(self.bands), window=window)
-            masks = (
-                self.dataset.read_masks(list(self.bands), window=window) if self.masked else None
-            )
-        except _read_errors(rio) as exc:
-            raise ImageError(self.path, f"cannot read{where}: {first_line(exc)}") from None
-        data = np.moveaxis(raw, 0, -1)
-        valid = np.ones(data.shape[:2], bool) if masks is None else (masks > 0).any(axis=0)
-        if self.floating:
-            valid &= np.isfinite(data).all(axis=2)
-        if self.stretch is not None:
-            pixels = self.stretch.apply(data)
-        else:
-            pixels = np.clip(np.nan_to_num(data), 0, 255).astype(np.uint8, copy=False)
-        if pixels.shape[2] == 1 and self.channels == 3:
-            pixels = np.repeat(pixels, 3, axis=2)
-        return pixels, valid
-
-
 # -- stills: one picture's bands, for the API and classify ------------------------------------
-
-
-def read_still(
-    path: str | os.PathLike[str], channels: int, scaling: Stretch | None, max_pixels: int
-) -> np.ndarray:
-    """A raster file as one picture of uint8 (H, W, channels): its bands must be the model's
-    (one band for a 3-channel model is repeated, as ``tiles`` does); the stretch, masks and
-    fill of invalid pixels are those of ``tiles``."""
-    name = os.fspath(path)
-    rio = require_rasterio()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
-            with rio.open(name) as dataset:
-                count, height, width = dataset.count, dataset.height, dataset.width
-                dtypes = tuple(dataset.dtypes)
-    except _read_errors(rio) as exc:
-        raise ImageError(name, first_line(exc)) from None
-    check_count(name, count, channels)
-    if any(kind.startswith("complex") for kind in dtypes):
-        raise ImageError(name, f"complex bands ({dtypes[0]}) are not pixel values")
-    if width * height > max_pixels:
-        raise ImageError(
-            name, f"image declares {width}x{height} pixels, over the limit of {max_pixels}"
-        )
-    with Raster(name, channels=channels, scaling=scaling) as raster:
-        pixels, valid = raster.read()
-    return _filled(name, pixels, valid)
 
 
 def still_from_values(
@@ -376,7 +210,7 @@ def still_from_values(
     pixels = values if stretch is None else stretch.apply(values)
     if pixels.shape[2] == 1 and channels == 3:
         pixels = np.repeat(pixels, 3, axis=2)
-    return _filled(name, pixels, valid)
+    return filled(name, pixels, valid)
 
 
 def check_count(name: str, count: int, channels: int) -> None:
@@ -388,16 +222,9 @@ def check_count(name: str, count: int, channels: int) -> None:
         )
 
 
-def _filled(name: str, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+def filled(name: str, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     if valid is None or valid.all():
         return np.ascontiguousarray(pixels)
     if not valid.any():
         raise ImageError(name, "no valid pixels (all nodata, masked or NaN)")
     return fill_invalid(pixels, valid)
-
-
-def _read_errors(rio: Any) -> tuple[type[BaseException], ...]:
-    """What GDAL raises for a file it cannot open or read (truncated, corrupt, missing)."""
-    from rasterio._err import CPLE_BaseError
-
-    return (rio.errors.RasterioError, CPLE_BaseError)

@@ -24,7 +24,7 @@ from typing import TypeAlias
 import numpy as np
 from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
-from . import bands
+from . import bands, rasters
 from .bands import RASTER_SUFFIXES, Stretch, is_raster_model
 from .errors import ImageError, MissingExtraError
 from .resize import resize_map as resize_map
@@ -109,7 +109,7 @@ def _from_path(
     if suffix == ".npy":
         return _from_npy(path, channels, name, max_pixels, stretch)
     if suffix in RASTER_SUFFIXES and is_raster_model(channels, stretch):
-        return bands.read_still(path, channels, stretch, max_pixels)
+        return rasters.read_still(path, channels, stretch, max_pixels)
     try:
         with Image.open(path) as img:
             return _from_pil(img, channels, name, max_pixels, stretch)
@@ -158,8 +158,8 @@ def _from_pil(
     if img.width < 1 or img.height < 1:
         raise ImageError(name, "image is empty")
     raster = is_raster_model(channels, stretch)
-    if not raster and _tiff_bands(img) > 3:  # Pillow would drop the extra bands
-        bands.check_count(name, _tiff_bands(img), channels)
+    if not raster and (count := _tiff_bands(img)) > 3:  # Pillow would drop the extra bands
+        bands.check_count(name, count, channels)
     try:
         img.load()
         img = ImageOps.exif_transpose(img) or img
@@ -219,7 +219,7 @@ def _raster_for_photo_model(path: Path, channels: int, name: str, max_pixels: in
     """A TIFF Pillow cannot decode (16-bit colour, many bands) for a photo model: read with
     rasterio when installed, as ``tiles`` reads a scene; else an error naming the extra."""
     try:
-        return bands.read_still(path, channels, None, max_pixels)
+        return rasters.read_still(path, channels, None, max_pixels)
     except MissingExtraError as exc:
         raise ImageError(
             name, f"not an image Pillow reads; if it is a multi-band or 16-bit raster, {exc.reason}"

@@ -1,9 +1,9 @@
 """Reading a scene: the rows of tiles of a raster, with their validity masks.
 
-Bands, masks and the stretch to the model's uint8 pixels are :mod:`scenecam_edge.bands`'s,
-shared with the stills the API and ``classify`` read, so a chip gives the same pixels through
-either. Pixels beyond the scene's right and bottom edges (padding of the edge tiles) are
-invalid.
+Bands, masks and the stretch to the model's uint8 pixels come from
+:class:`scenecam_edge.rasters.Raster` (by the rules of :mod:`scenecam_edge.bands`), which the
+API and ``classify`` read chips with too, so a chip gives the same pixels through either.
+Pixels beyond the scene's right and bottom edges (padding of the edge tiles) are invalid.
 
 Needs rasterio (``pip install 'scenecam-edge[geo]'``), imported when a scene is opened.
 """
@@ -14,9 +14,6 @@ import numpy as np
 
 from ..bands import (
     DEFAULT_PERCENTILES,
-    GDAL_CACHE_MB,
-    STATS_SIDE,
-    Raster,
     Stretch,
     StretchChoice,
     fill_invalid,
@@ -25,6 +22,7 @@ from ..bands import (
     parse_bands,
     require_rasterio,
 )
+from ..rasters import GDAL_CACHE_MB, STATS_SIDE, Raster
 from .grid import TileGrid
 
 __all__ = [
