@@ -41,8 +41,9 @@ DEFAULT_PERCENTILES = (2.0, 98.0)
 #: File names read with rasterio when the model takes bands rather than photos.
 RASTER_SUFFIXES = frozenset({".tif", ".tiff"})
 
-#: "model", (low, high) percentiles, or None (clip): see the module's documentation.
-StretchChoice: TypeAlias = Literal["model"] | tuple[float, float] | None
+#: "model", (low, high) percentiles, None (clip), or a fixed :class:`Stretch` (one scene's,
+#: given to every worker that reads a block of it): see the module's documentation.
+StretchChoice: TypeAlias = "Literal['model'] | tuple[float, float] | Stretch | None"
 
 
 def require_rasterio() -> Any:

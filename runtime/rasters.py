@@ -125,6 +125,8 @@ class Raster:
         return chosen
 
     def _plan_stretch(self, choice: StretchChoice, scaling: Stretch | None) -> Stretch | None:
+        if isinstance(choice, Stretch):
+            return choice
         if choice == "model":
             if scaling is not None:
                 return scaling.first(len(self.bands))
