@@ -188,9 +188,9 @@ def still_from_values(
     values: np.ndarray, channels: int, scaling: Stretch | None, name: str
 ) -> np.ndarray:
     """Band values (H, W) or (H, W, B) of any number type as uint8 (H, W, channels), by the
-    rules of :class:`Raster`: the model's stretch when it records one, else 8-bit values as
-    they are and others between their own 2nd and 98th percentiles; non-finite values are
-    invalid and filled as ``tiles`` fills them."""
+    rules :class:`~scenecam_edge.rasters.Raster` follows for files: the model's stretch when
+    it records one, else 8-bit values as they are and others between their own 2nd and 98th
+    percentiles; non-finite values are invalid and filled as ``tiles`` fills them."""
     if values.ndim == 2:
         values = values[:, :, None]
     if values.ndim != 3 or values.shape[0] < 1 or values.shape[1] < 1:
