@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bands import Stretch
 from .errors import ImageError
 from .images import load_image, resize_to
 from .sources import image_files
@@ -73,11 +74,13 @@ def load_dataset(
     channels: int = 3,
     cache_dir: Path | None = None,
     workers: int = 4,
+    stretch: Stretch | None = None,
 ) -> LabelledImages:
     """Load a folder tree or an ``.npz`` at ``size`` (height, width), decoding each image once.
 
     A folder is decoded in parallel and cached (keyed by its file list and the size) under
-    ``cache_dir``; corrupt files are skipped and listed in ``.skipped``.
+    ``cache_dir``; corrupt files are skipped and listed in ``.skipped``. ``stretch`` is a band
+    model's ``band_stretch`` (:func:`scenecam_edge.images.load_image`).
     """
     path = Path(source)
     if path.suffix == ".npz":
@@ -88,7 +91,9 @@ def load_dataset(
     if not items:
         raise ValueError(f"{path}: no images in the class folders")
     key = hashlib.sha256(
-        repr((str(path.resolve()), size, channels, [(str(p), y) for p, y in items])).encode()
+        repr(
+            (str(path.resolve()), size, channels, stretch, [(str(p), y) for p, y in items])
+        ).encode()
     ).hexdigest()[:16]
     cache = (
         cache_dir / f"{path.name}-{size[0]}x{size[1]}x{channels}-{key}.npz" if cache_dir else None
@@ -106,7 +111,7 @@ def load_dataset(
 
     def decode(item: tuple[Path, int]) -> np.ndarray | str:
         try:
-            return resize_to(load_image(item[0], channels=channels), *size)
+            return resize_to(load_image(item[0], channels=channels, stretch=stretch), *size)
         except ImageError as exc:
             return exc.reason
 

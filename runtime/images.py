@@ -6,6 +6,11 @@ entry point that takes a still picture (the API, ``classify``, ``batch``, ``eval
 camera and ``tiles`` when given a photo) decodes and resizes it here, so the same photo gets
 the same confidence everywhere. Scaling and normalisation are inside the ONNX graph, so this
 module only produces uint8 pixels. No OpenCV: the base install has none.
+
+Models that take bands rather than photos (other than 1 or 3 channels, or trained on raster
+chips: see :func:`scenecam_edge.bands.is_raster_model`) get their inputs' band values through
+:mod:`scenecam_edge.bands`, stretched exactly as ``tiles`` stretches a scene: TIFFs read with
+rasterio, ``.npy`` arrays, and other files' bands as Pillow decodes them (RGBA: 4 bands).
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ from __future__ import annotations
 import os
 import re
 import struct
-from functools import lru_cache
 from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
-from .errors import ImageError
+from . import bands, rasters
+from .bands import RASTER_SUFFIXES, Stretch, is_raster_model
+from .errors import ImageError, MissingExtraError
+from .resize import resize_map as resize_map
+from .resize import resize_to as resize_to
 
 #: What the API accepts as one image.
 ImageInput: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray"
@@ -41,199 +49,33 @@ def describe(source: object) -> str:
 
 
 def load_image(
-    source: ImageInput, *, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: ImageInput,
+    *,
+    channels: int = 3,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    stretch: Stretch | None = None,
 ) -> np.ndarray:
-    """Return ``source`` as a uint8 array of shape (H, W, channels), RGB or grayscale.
+    """Return ``source`` as a uint8 array of shape (H, W, channels).
 
-    ``source`` is a path, a PIL image or a uint8 array (H x W, H x W x 1, 3 or 4). Photos are
-    turned upright from their EXIF orientation. Raises :class:`ImageError` naming the input
-    and the reason when it cannot be used.
+    ``source`` is a path (an image, a TIFF/GeoTIFF or a ``.npy`` array), a PIL image or an
+    array. For photo models (1 or 3 channels, no ``stretch``) arrays are uint8 pixels (H x W,
+    H x W x 1, 3 or 4), photos are turned upright from their EXIF orientation and made grey or
+    RGB. For band models (see :func:`~scenecam_edge.bands.is_raster_model`) the input's bands
+    must be the model's; their values are stretched with ``stretch`` (the manifest's
+    ``band_stretch``) as ``tiles`` does. Raises :class:`ImageError` naming the input and the
+    reason when it cannot be used; :class:`MissingExtraError` when a band model's TIFF needs
+    rasterio and it is not installed.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, not {channels}")
+    if channels < 1:
+        raise ValueError(f"channels must be at least 1, not {channels}")
     name = describe(source)
     if isinstance(source, np.ndarray):
-        return _from_array(source, channels, name)
+        return _from_values(source, channels, name, stretch)
     if isinstance(source, Image.Image):
-        return _from_pil(source, channels, name, max_pixels)
+        return _from_pil(source, channels, name, max_pixels, stretch)
     if isinstance(source, str | os.PathLike):
-        return _from_path(Path(source), channels, name, max_pixels)
+        return _from_path(Path(source), channels, name, max_pixels, stretch)
     raise ImageError(name, f"unsupported input type {type(source).__name__}")
-
-
-def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a uint8 (H, W, C) image to (height, width, C), as OpenCV did before.
-
-    Where the image shrinks, pixel-area averaging in numpy (OpenCV's INTER_AREA, which the
-    shipped models were trained with: equal but for rare ties); where it grows, Pillow's
-    bilinear filter (OpenCV's INTER_LINEAR within one level). tests/test_images.py compares.
-    """
-    h, w = image.shape[:2]
-    if (h, w) == (height, width):
-        return image
-    if height <= h and width <= w:
-        rows = _area_axis0(image, height)  # (height, w, C)
-        out = _area_axis0(np.ascontiguousarray(rows.transpose(1, 0, 2)), width)
-        return np.floor(out.transpose(1, 0, 2) + 0.5).astype(np.uint8)  # half up, as OpenCV
-    if height >= h and width >= w:
-        return _bilinear(image, height, width)
-    # One axis shrinks, the other grows: each axis with its own filter.
-    if height < h:
-        return resize_to(resize_to(image, h, width), height, width)
-    return resize_to(resize_to(image, height, w), height, width)
-
-
-# Area averaging (OpenCV's INTER_AREA): output pixel j of ``size`` covers the input interval
-# [j * scale, (j + 1) * scale), scale = n / size; each input pixel counts by the share of it
-# inside. Along axis 0 of a contiguous array, so every step reads whole rows; the columns
-# are done the same way on the transposed (already shrunk) array.
-
-#: Up to this many input rows per output row, one vectorised multiply-add per row offset;
-#: beyond, one integer sum per output row (fewer passes over a large image).
-_MAX_TAPS = 8
-
-
-def _area_axis0(a: np.ndarray, size: int) -> np.ndarray:
-    """``a`` (n, ...) uint8 or float32 shrunk to ``size`` along axis 0: float32."""
-    n = a.shape[0]
-    flat = a.reshape(n, -1)  # 2-D: numpy broadcasts a weight column over long rows fastest
-    if n % size == 0:  # whole blocks of k rows
-        k = n // size
-        block = np.uint32 if a.dtype == np.uint8 else np.float32
-        out = flat.reshape(size, k, -1).sum(axis=1, dtype=block).astype(np.float32) / np.float32(k)
-        return out.reshape(size, *a.shape[1:])
-    index, weights = _area_taps(n, size)
-    if index.shape[1] <= _MAX_TAPS:
-        out = np.zeros((size, flat.shape[1]), np.float32)
-        for tap in range(index.shape[1]):
-            out += weights[:, tap, None] * flat[index[:, tap]]
-        return out.reshape(size, *a.shape[1:])
-    scale = n / size
-    edges = np.arange(size + 1) * scale
-    edges[-1] = n
-    lo = np.ceil(edges[:-1]).astype(np.int64)  # first whole row of each footprint
-    hi = np.floor(edges[1:]).astype(np.int64)  # one past its last whole row
-    acc = np.float32 if a.dtype != np.uint8 else np.uint16 if scale < 250 else np.uint32
-    out = np.stack(
-        [np.add.reduce(flat[i:j], axis=0, dtype=acc) for i, j in zip(lo, hi, strict=True)]
-    )
-    out = out.astype(np.float32)
-    left = (lo - edges[:-1]).astype(np.float32)  # share of the row before the first whole one
-    (at,) = np.nonzero(left > 0)
-    out[at] += left[at, None] * flat[lo[at] - 1]
-    right = (edges[1:] - hi).astype(np.float32)  # share of the row after the last whole one
-    (at,) = np.nonzero((right > 0) & (hi < n))
-    out[at] += right[at, None] * flat[hi[at]]
-    out /= np.float32(scale)
-    return out.reshape(size, *a.shape[1:])
-
-
-@lru_cache(maxsize=64)
-def _area_taps(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The input pixels each output pixel's footprint touches and their shares of it, as
-    (size, taps) arrays (unused taps repeat a covered pixel with weight 0)."""
-    scale = n / size
-    edges = np.arange(size + 1) * scale
-    edges[-1] = n
-    spans = []
-    for j in range(size):
-        pixels = np.arange(int(np.floor(edges[j])), min(int(np.ceil(edges[j + 1])), n))
-        overlap = np.minimum(pixels + 1, edges[j + 1]) - np.maximum(pixels, edges[j])
-        spans.append((pixels, overlap / scale))
-    taps = max(len(p) for p, _ in spans)
-    index = np.zeros((size, taps), np.int64)
-    weights = np.zeros((size, taps), np.float32)
-    for j, (pixels, share) in enumerate(spans):
-        index[j] = pixels[0]
-        index[j, : len(pixels)] = pixels
-        weights[j, : len(pixels)] = share
-    index.setflags(write=False)
-    weights.setflags(write=False)
-    return index, weights
-
-
-def _bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Enlarge with Pillow's bilinear filter, band by band where Pillow has no mode."""
-    channels = image.shape[2]
-    if channels not in (1, 3):  # multispectral: Pillow's 8-bit modes hold 1 or 3 bands
-        return np.concatenate(
-            [_bilinear(image[:, :, b : b + 1], height, width) for b in range(channels)], axis=2
-        )
-    picture = Image.fromarray(np.ascontiguousarray(image[:, :, 0] if channels == 1 else image))
-    resized = picture.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(resized).reshape(height, width, channels)
-
-
-@lru_cache(maxsize=64)
-def _linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV's INTER_LINEAR along one axis: for each output pixel, its left and right input
-    pixels and the right one's weight. Pixel centres aligned (x = (i + 0.5) * in / out - 0.5),
-    edges clamped, all in float32 as OpenCV computes them."""
-    scale = 1.0 / (size_out / size_in)  # as OpenCV computes it
-    x = ((np.arange(size_out) + 0.5) * scale - 0.5).astype(np.float32)
-    left = np.floor(x).astype(np.int64)
-    frac = x - left
-    outside = (left < 0) | (left >= size_in - 1)
-    left = np.clip(left, 0, size_in - 1)
-    frac = np.where(outside, np.float32(0.0), frac).astype(np.float32)
-    right = np.minimum(left + 1, size_in - 1)
-    for arr in (left, right, frac):
-        arr.setflags(write=False)
-    return left, right, frac
-
-
-@lru_cache(maxsize=64)
-def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
-    """The same as a (size_out, size_in) matrix (read-only: it is cached)."""
-    left, right, frac = _linear_taps(size_in, size_out)
-    weights = np.zeros((size_out, size_in), np.float32)
-    rows = np.arange(size_out)
-    np.add.at(weights, (rows, left), 1.0 - frac)
-    np.add.at(weights, (rows, right), frac)
-    weights.setflags(write=False)
-    return weights
-
-
-@lru_cache(maxsize=64)
-def _column_weights(size_in: int, size_out: int) -> np.ndarray:
-    """:func:`_linear_weights` transposed, contiguous: einsum's loop is ten times slower on
-    the strided transpose."""
-    weights = np.ascontiguousarray(_linear_weights(size_in, size_out).T)
-    weights.setflags(write=False)
-    return weights
-
-
-def resize_map(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of float maps, (h, w) or a stack (..., h, w), to (..., height, width).
-
-    OpenCV's INTER_LINEAR (``cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)``):
-    the rows by a small matrix product (the maps have a few rows), then the columns. A CAM has
-    a few columns too (5 or 10), so that is a product with a (w, width) matrix of weights, in
-    numpy's own einsum loop (one pass over the output, at OpenCV's speed for a full-size
-    heatmap of a large photo). Wider maps take each output pixel as its left neighbour plus
-    the weighted step to its right one. No BLAS: its threads cost more than they save on one
-    large thin product, and far more when the machine is busy.
-    """
-    if height < 1 or width < 1:
-        raise ValueError(f"size must be positive, not {height} x {width}")
-    arr = np.asarray(maps, dtype=np.float32)
-    h, w = arr.shape[-2:]
-    if (h, w) == (height, width):
-        return arr.copy()
-    rows = np.matmul(_linear_weights(h, height), arr)  # (..., height, w)
-    if w <= _NARROW:
-        return np.einsum("...hk,kw->...hw", rows, _column_weights(w, width))
-    left, _, frac = _linear_taps(w, width)
-    step = np.zeros_like(rows)  # to the right neighbour; 0 at the clamped right edge
-    step[..., :-1] = rows[..., 1:] - rows[..., :-1]
-    out = rows[..., left]
-    out += step[..., left] * frac
-    return out
-
-
-#: Maps at most this wide are resized by a product with the weights (see :func:`resize_map`):
-#: it costs ``w`` multiply-adds per output pixel against a fixed cost of the other way.
-_NARROW = 16
 
 
 def load_still(
@@ -243,6 +85,7 @@ def load_still(
     *,
     channels: int = 3,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    stretch: Stretch | None = None,
 ) -> np.ndarray:
     """A still picture as the model sees it: :func:`load_image` then :func:`resize_to`.
 
@@ -250,24 +93,34 @@ def load_still(
     :meth:`scenecam_edge.SceneCam.load_image` plus ``predict`` do the same in two steps (the
     full-size image is kept there for its heatmap).
     """
-    return resize_to(load_image(source, channels=channels, max_pixels=max_pixels), height, width)
+    image = load_image(source, channels=channels, max_pixels=max_pixels, stretch=stretch)
+    return resize_to(image, height, width)
 
 
-def _from_path(path: Path, channels: int, name: str, max_pixels: int) -> np.ndarray:
+def _from_path(
+    path: Path, channels: int, name: str, max_pixels: int, stretch: Stretch | None
+) -> np.ndarray:
     if not path.exists():
         reason = "broken symbolic link" if path.is_symlink() else "no such file"
         raise ImageError(name, reason)
     if path.is_dir():
         raise ImageError(name, "is a directory, not an image")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _from_npy(path, channels, name, max_pixels, stretch)
+    if suffix in RASTER_SUFFIXES and is_raster_model(channels, stretch):
+        return rasters.read_still(path, channels, stretch, max_pixels)
     try:
         with Image.open(path) as img:
-            return _from_pil(img, channels, name, max_pixels)
+            return _from_pil(img, channels, name, max_pixels, stretch)
     except Image.DecompressionBombError as exc:
         # Pillow's own guard, at a higher limit than ours, fired while reading the header.
         declared = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{declared.group(1)} pixels" if declared else "too many pixels"
         raise ImageError(name, f"image declares {size}, over the limit of {max_pixels}") from None
     except UnidentifiedImageError:
+        if suffix in RASTER_SUFFIXES:  # 16-bit colour, 5+ bands: Pillow has no mode for them
+            return _raster_for_photo_model(path, channels, name, max_pixels)
         raise ImageError(name, "not an image (unrecognised format)") from None
     except PermissionError:
         raise ImageError(name, "permission denied") from None
@@ -294,7 +147,9 @@ _DECODER_ERRORS = (
 )
 
 
-def _from_pil(img: Image.Image, channels: int, name: str, max_pixels: int) -> np.ndarray:
+def _from_pil(
+    img: Image.Image, channels: int, name: str, max_pixels: int, stretch: Stretch | None
+) -> np.ndarray:
     if img.width * img.height > max_pixels:
         raise ImageError(
             name,
@@ -302,29 +157,94 @@ def _from_pil(img: Image.Image, channels: int, name: str, max_pixels: int) -> np
         )
     if img.width < 1 or img.height < 1:
         raise ImageError(name, "image is empty")
+    raster = is_raster_model(channels, stretch)
+    if not raster and (count := _tiff_bands(img)) > 3:  # Pillow would drop the extra bands
+        bands.check_count(name, count, channels)
     try:
         img.load()
         img = ImageOps.exif_transpose(img) or img
-        if img.mode.startswith("I;16") or img.mode == "I":
-            # 16/32-bit grayscale: scale to 8 bits rather than letting PIL clip at 255.
-            arr16 = np.asarray(img, dtype=np.float64)
-            top = arr16.max()
-            arr8 = (arr16 * (255.0 / top) if top > 0 else arr16).round().astype(np.uint8)
-            img = Image.fromarray(arr8)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            # Composite transparency onto white instead of exposing undefined colour values.
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, rgba)
-        converted = img.convert("L" if channels == 1 else "RGB")
+        if raster:
+            if img.mode not in _BAND_MODES:  # palette, bilevel, CMYK...: as a photo's colours
+                img = img.convert(
+                    "L" if img.mode == "1" else "RGBA" if img.has_transparency_data else "RGB"
+                )
+            values = np.asarray(img)
+        else:
+            converted = _photo_pixels(img, channels)
     except Image.DecompressionBombError as exc:
         raise ImageError(name, f"refused as a decompression bomb: {exc}") from None
     except OSError as exc:
         raise ImageError(name, f"truncated or corrupt image ({exc})") from None
     except _DECODER_ERRORS as exc:
         raise ImageError(name, f"corrupt image ({type(exc).__name__}: {exc})") from None
+    if raster:
+        return bands.still_from_values(values, channels, stretch, name)
     arr = np.asarray(converted, dtype=np.uint8)
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
+
+
+#: Pillow modes whose values are a band model's band values as they are (RGBA: 4 bands).
+_BAND_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+def _photo_pixels(img: Image.Image, channels: int) -> Image.Image:
+    """A decoded photo as grey or RGB: 16/32-bit grey scaled to 8 bits by its maximum,
+    transparency composited onto white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16/32-bit grayscale: scale to 8 bits rather than letting PIL clip at 255.
+        arr16 = np.asarray(img, dtype=np.float64)
+        top = arr16.max()
+        arr8 = (arr16 * (255.0 / top) if top > 0 else arr16).round().astype(np.uint8)
+        img = Image.fromarray(arr8)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparency onto white instead of exposing undefined colour values.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def _tiff_bands(img: Image.Image) -> int:
+    """A TIFF's bands other than alpha, from its header (Pillow opens a TIFF of RGB and an
+    unspecified fourth band as RGB, silently); 0 for other images."""
+    if not isinstance(img, TiffImagePlugin.TiffImageFile):
+        return 0
+    samples = img.tag_v2.get(TiffImagePlugin.SAMPLESPERPIXEL, 1)
+    extra = img.tag_v2.get(TiffImagePlugin.EXTRASAMPLES, ())
+    extra = extra if isinstance(extra, tuple) else (extra,)
+    return int(samples) - sum(1 for kind in extra if kind in (1, 2))  # 1, 2: alpha
+
+
+def _raster_for_photo_model(path: Path, channels: int, name: str, max_pixels: int) -> np.ndarray:
+    """A TIFF Pillow cannot decode (16-bit colour, many bands) for a photo model: read with
+    rasterio when installed, as ``tiles`` reads a scene; else an error naming the extra."""
+    try:
+        return rasters.read_still(path, channels, None, max_pixels)
+    except MissingExtraError as exc:
+        raise ImageError(
+            name, f"not an image Pillow reads; if it is a multi-band or 16-bit raster, {exc.reason}"
+        ) from None
+
+
+def _from_npy(
+    path: Path, channels: int, name: str, max_pixels: int, stretch: Stretch | None
+) -> np.ndarray:
+    """A ``.npy`` array, (H, W) or (H, W, bands), read as the same array given to the API."""
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        if mapped.ndim >= 2 and mapped.shape[0] * mapped.shape[1] > max_pixels:
+            h, w = mapped.shape[:2]
+            raise ImageError(name, f"array of {w}x{h} pixels, over the limit of {max_pixels}")
+        arr = np.array(mapped)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ImageError(name, f"not a readable .npy array ({bands.first_line(exc)})") from None
+    return _from_values(arr, channels, name, stretch)
+
+
+def _from_values(arr: np.ndarray, channels: int, name: str, stretch: Stretch | None) -> np.ndarray:
+    if is_raster_model(channels, stretch):
+        return bands.still_from_values(arr, channels, stretch, name)
+    return _from_array(arr, channels, name)
 
 
 def _from_array(arr: np.ndarray, channels: int, name: str) -> np.ndarray:

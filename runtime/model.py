@@ -11,6 +11,7 @@ from typing import Any, overload
 import numpy as np
 
 from . import visual
+from .bands import model_stretch, rgb_bands
 from .bundle import (
     FEATURES,
     LOGITS,
@@ -65,6 +66,8 @@ class SceneCam:
         self.head = head
         self.config = config
         self.max_pixels = max_pixels
+        self.band_stretch = model_stretch(manifest)  # trained on raster chips: their stretch
+        self.rgb_bands = rgb_bands(manifest)  # the channels an overlay shows as red, green, blue
         self.tta = tta
         self._session = create_session(path / "model.onnx", config)
         check_graph(path, self._session, manifest, head)
@@ -134,7 +137,8 @@ class SceneCam:
         A path to a FIFO, a device or a socket is refused by type before it is opened."""
         if isinstance(image, str | os.PathLike) and (reason := not_regular_reason(image)):
             raise ImageError(describe(image), reason)
-        return load_image(image, channels=self.manifest.input.channels, max_pixels=self.max_pixels)
+        channels, stretch = self.manifest.input.channels, self.band_stretch
+        return load_image(image, channels=channels, max_pixels=self.max_pixels, stretch=stretch)
 
     def to_input(self, image: np.ndarray) -> np.ndarray:
         """A decoded image resized to the graph's input (H, W, C)."""
@@ -317,6 +321,7 @@ class SceneCam:
                     cam=cam,
                     image=img,
                     alpha=explain.alpha,
+                    rgb_bands=self.rgb_bands,
                 )
             )
         return results

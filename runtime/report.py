@@ -182,7 +182,7 @@ def _card(data: LabelledImages, i: int, true: int, e: Any) -> str:
     return (
         f'<figure class="{"ok" if ok else "bad"}" tabindex=0 '
         "onclick=\"this.classList.toggle('big')\">"
-        f'<img src="data:image/jpeg;base64,{_jpeg(e.image)}" alt="{name}">'
+        f'<img src="data:image/jpeg;base64,{_jpeg(e.picture)}" alt="{name}">'
         f'<img src="data:image/jpeg;base64,{_jpeg(e.overlay)}" alt="Grad-CAM of {name}">'
         f"<figcaption>{verdict}<br><small>map explains: {html.escape(e.target_label)}"
         f"</small><br><small>{name}</small></figcaption></figure>"

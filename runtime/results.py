@@ -43,13 +43,13 @@ class Explanation(Classification):
     """A classification plus the map that explains ``target`` (by default the predicted class).
 
     ``cam`` is the raw (h, w) map after ReLU at the features' resolution; ``heatmap`` is it
-    normalised to [0, 1] and resized to ``image``, the decoded input (uint8, H x W x 1 or 3,
-    at its own size); ``colours`` is the heatmap in JET colours (RGB uint8) and ``overlay``
-    those colours blended over the image with weight ``alpha``. Each is made from ``cam`` the
-    first time it is read and then kept: a job that prints answers never pays for a picture
-    of the photo's size (a float map of a 12 MP photo is 48 MB), one that stores only maps
-    never pays for the colours, and the overlay is made straight from ``cam``
-    (:func:`scenecam_edge.visual.levels_at`), not through the float heatmap.
+    normalised to [0, 1] and resized to ``image``, the decoded input (uint8, H x W x channels,
+    at its own size; ``picture`` is it as RGB); ``colours`` is the heatmap in JET colours (RGB
+    uint8) and ``overlay`` those colours blended over the picture with weight ``alpha``. Each
+    is made from ``cam`` the first time it is read and then kept: a job that prints answers
+    never pays for a picture of the photo's size (a float map of a 12 MP photo is 48 MB), one
+    that stores only maps never pays for the colours, and the overlay is made straight from
+    ``cam`` (:func:`scenecam_edge.visual.levels_at`), not through the float heatmap.
     """
 
     target_index: int
@@ -59,6 +59,12 @@ class Explanation(Classification):
     cam: np.ndarray = field(repr=False, compare=False)
     image: np.ndarray = field(repr=False, compare=False)
     alpha: float = field(default=visual.DEFAULT_ALPHA, repr=False, compare=False)
+    rgb_bands: tuple[int, int, int] = field(default=(0, 1, 2), repr=False, compare=False)
+
+    @property
+    def picture(self) -> np.ndarray:
+        """``image`` as RGB: its channels ``rgb_bands`` (the model's, from its manifest)."""
+        return visual.rgb_view(self.image, self.rgb_bands)
 
     @cached_property
     def heatmap(self) -> np.ndarray:
@@ -75,7 +81,7 @@ class Explanation(Classification):
 
     @cached_property
     def overlay(self) -> np.ndarray:
-        return visual.blend(self.image, self.levels, self.alpha)
+        return visual.blend(self.picture, self.levels, self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
         record = super().to_dict()

@@ -7,7 +7,9 @@ and give one result per input, in input order. A pool of threads decodes ahead o
 inputs, and at most ``window_bytes`` of decoded pixels (an input not decoded yet counts as the
 largest seen so far), so memory holds a few batches of pixels however long the stream is and
 however large its photos. An input that cannot be read gives an :class:`ImageError` (yielded,
-not raised) naming it and the reason, and the stream goes on.
+not raised) naming it and the reason, and the stream goes on. A missing optional extra
+(:class:`~scenecam_edge.errors.MissingExtraError`: rasterio for a band model's TIFF) is raised:
+every input like it would fail alike.
 
 This module sits below :mod:`scenecam_edge.model`: it needs only what :class:`StreamModel`
 names, and ``SceneCam`` is one.
@@ -23,7 +25,7 @@ from typing import Protocol, TypeAlias, overload
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, MissingExtraError
 from .images import ImageInput, describe
 from .options import ExplainOptions
 from .results import Classification, Explanation
@@ -216,6 +218,8 @@ class _Window:
             return self.model.to_input(image) if self.resize else image
         except ImageError as exc:
             return exc
+        except MissingExtraError:
+            raise  # not this input's fault: every input like it would fail alike
         except Exception as exc:
             # A decoder failing in a way load_image does not foresee must not end a long job:
             # the input gets an error record naming the exception, and the stream goes on.

@@ -85,13 +85,25 @@ def _jet_picture(lv: np.ndarray) -> Image.Image:
     return picture.convert("RGB")
 
 
+def rgb_view(image: np.ndarray, bands: tuple[int, int, int] = (0, 1, 2)) -> np.ndarray:
+    """An image (uint8, H x W x C) as an RGB picture: the channels ``bands`` (0-based) as red,
+    green and blue; an image of one or two channels shows its first as grey."""
+    if image.shape[2] < 3:
+        return np.repeat(image[:, :, :1], 3, axis=2)
+    if image.shape[2] == 3 and bands == (0, 1, 2):
+        return image
+    return np.ascontiguousarray(image[:, :, list(bands)])
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """Blend the coloured heatmap over ``image`` (uint8, H x W x 1 or 3): alpha * heat + rest."""
+    """Blend the coloured heatmap over ``image`` (uint8, H x W x C; more than three channels:
+    the first three, see :func:`rgb_view`): alpha * heat + rest."""
     return blend(image, levels(heatmap), alpha)
 
 
 def blend(image: np.ndarray, lv: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """The JET colours of levels ``lv`` blended over ``image``: alpha * colour + rest.
+    """The JET colours of levels ``lv`` blended over ``image`` (as :func:`overlay` takes it):
+    alpha * colour + rest.
 
     Pillow's masked composite: integer arithmetic with exact rounding, so equal to OpenCV's
     ``addWeighted`` (which the runtime used before) wherever ``alpha`` * 255 is a whole number,
@@ -99,7 +111,7 @@ def blend(image: np.ndarray, lv: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
-    rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+    rgb = rgb_view(image)
     colour = _jet_picture(lv)
     weight = Image.new("L", colour.size, round(alpha * 255))
     return np.asarray(Image.composite(colour, Image.fromarray(np.ascontiguousarray(rgb)), weight))
@@ -123,7 +135,7 @@ def panel(image: np.ndarray, colours: np.ndarray, blended: np.ndarray, title: st
 
     ``title`` may have several lines; the type grows with the panel, so a title stays
     readable at any ``--display-size``."""
-    rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+    rgb = rgb_view(image)
     h = max(rgb.shape[0], PANEL_MIN_HEIGHT)
     scale = h / rgb.shape[0]
     w = max(1, round(rgb.shape[1] * scale))

@@ -46,6 +46,38 @@ def scenecam():
     return SceneCam.load(threads=1)
 
 
+@pytest.fixture(scope="session")
+def four_band_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 4-band model (red, green, blue, near infrared; 32 x 32) exported from Keras,
+    with no band_stretch: copy it to add one. Needs TensorFlow (mark the test needs_tf)."""
+    import keras
+    from keras import layers
+
+    from scenecam_edge.export import export_keras
+
+    from .keras_models import resnet_trunk, with_random_bn
+
+    inp, x = resnet_trunk(size=32, channels=4, seed=3)
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Dense(3, activation="softmax")(x)
+    model = with_random_bn(keras.Model(inp, out), seed=3)
+    return export_keras(
+        model, tmp_path_factory.mktemp("b4") / "bundle", class_names=["water", "crop", "urban"]
+    )
+
+
+def with_manifest(bundle: Path, dest: Path, **fields: object) -> Path:
+    """A copy of ``bundle`` at ``dest`` with ``fields`` set in its manifest's ``input``
+    (the manifest itself is not checksummed)."""
+    import json
+
+    shutil.copytree(bundle, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["input"].update(fields)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
 @pytest.fixture
 def bundle_copy(tmp_path: Path, default_bundle: Path) -> Path:
     """A writable copy of the shipped default bundle, to tamper with."""

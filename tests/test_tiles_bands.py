@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import needs_tf
+from .conftest import needs_tf, with_manifest
 from .test_tiles import needs_geo, read, run_tiles, write_scene
 
 pytestmark = [needs_geo, needs_tf, pytest.mark.tf]
@@ -20,28 +20,12 @@ HIGH = (3000.0, 3200.0, 3400.0, 6000.0)
 
 
 @pytest.fixture(scope="module")
-def four_band_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
-    from keras import layers
-
-    from scenecam_edge.export import export_keras
-
-    from .keras_models import resnet_trunk, with_random_bn
-
-    inp, x = resnet_trunk(size=SIZE, channels=4, seed=3)
-    x = layers.GlobalAveragePooling2D()(x)
-    out = layers.Dense(3, activation="softmax")(x)
-    model = with_random_bn(keras.Model(inp, out), seed=3)
-    bundle = export_keras(
-        model, tmp_path_factory.mktemp("b4") / "bundle", class_names=["water", "crop", "urban"]
+def four_band_bundle(tmp_path_factory: pytest.TempPathFactory, four_band_export: Path) -> Path:
+    # what training on 16-bit chips recorded
+    stretch = {"low": list(LOW), "high": list(HIGH)}
+    return with_manifest(
+        four_band_export, tmp_path_factory.mktemp("b4s") / "b", band_stretch=stretch
     )
-    manifest_path = bundle / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    assert manifest["input"]["channels"] == 4
-    # what training on 16-bit chips recorded (the manifest itself is not checksummed)
-    manifest["input"]["band_stretch"] = {"low": list(LOW), "high": list(HIGH)}
-    manifest_path.write_text(json.dumps(manifest))
-    return bundle
 
 
 def test_four_band_uint16_scene_through_a_four_band_model(tmp_path: Path, four_band_bundle):

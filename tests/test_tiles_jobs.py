@@ -179,6 +179,66 @@ def test_ray_tasks_per_scene_give_the_command_s_outputs(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_RAY, reason="needs Ray: pip install '.[ray]'")
+def test_ray_blocks_of_one_scene_give_the_command_s_outputs(tmp_path: Path):
+    import ray
+
+    from scenecam_edge.integrations.ray import classify_scene_blocks
+    from scenecam_edge.tiles import TileOptions
+
+    # 16-bit (a per-scene stretch the driver fixes for every block), not a multiple of the
+    # tile, with a nodata block: 4 rows of 4 tiles, 75 px overlap
+    (scene,) = make_scenes(tmp_path / "in", 1, size=(400, 420))
+    import rasterio
+
+    with rasterio.open(scene) as src:
+        values = src.read().astype(np.uint16) * 37 + 500
+    values[:, 160:330, 40:230] = 0
+    scene = write_scene_nodata(tmp_path / "in" / "s16.tif", values)
+    local = tmp_path / "local" / "s16.tif"
+    args = ("--stride", "75", "--heatmap", "--batch-size", "5")
+    assert run_tiles(str(scene), "--out", str(local), *args).exit_code == 0
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 1024**2,
+        log_to_driver=False,
+    )
+    try:
+        summary = classify_scene_blocks(
+            scene,
+            tmp_path / "ray" / "s16.tif",
+            options=TileOptions(stride=75, heatmap=True, batch_size=5),
+            rows_per_block=2,
+            in_flight=2,
+        )
+    finally:
+        ray.shutdown()
+    assert summary["grid"]["rows"] == 5 and summary["tiles"]["nodata"] > 0
+    for suffix in (".tif", ".probs.tif", ".cam.tif"):
+        ours, theirs = (
+            read(tmp_path / "ray" / f"s16{suffix}"),
+            read(local.with_name(f"s16{suffix}")),
+        )
+        assert np.array_equal(ours[0], theirs[0], equal_nan=suffix != ".tif"), suffix
+        assert ours[2] == theirs[2] and ours[4] == theirs[4]
+    local_summary = json.loads(local.with_suffix(".json").read_text())
+    ray_summary = json.loads((tmp_path / "ray" / "s16.json").read_text())
+    for key in ("class_areas", "tiles", "valid_fraction", "grid", "stretch", "bands"):
+        assert ray_summary[key] == local_summary[key]
+    assert local_summary["stretch"]["source"] == "percentiles"
+
+
+def write_scene_nodata(path: Path, bands: np.ndarray) -> Path:
+    write_scene(path, bands)
+    import rasterio
+
+    with rasterio.open(path, "r+") as dst:
+        dst.nodata = 0
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_RAY, reason="needs Ray: pip install '.[ray]'")
 def test_ray_example_runs_with_its_defaults_quietly_with_named_columns(
     tmp_path: Path, sample_images: list[Path], scenecam
 ):

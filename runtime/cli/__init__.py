@@ -10,13 +10,16 @@ full, read-only, file size limit, a symbolic link at the output path); 130 inter
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
 from .._version import __version__
+from ..errors import MissingExtraError
 from .batch import batch
 from .camera import camera  # imports OpenCV (the camera extras) only when it runs
 from .classify import classify
+from .common import fail
 from .evaluate import evaluate
 from .export import export
 from .models import models
@@ -25,7 +28,15 @@ from .tiles import tiles
 from .train import train
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MissingExtraError as exc:  # an extra found missing mid-run (geo, for a TIFF)
+            fail(exc)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="scenecam-edge")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:

@@ -173,10 +173,14 @@ def _mismatch_note(scenecam: SceneCam, items: list[SourceItem]) -> None:
         more = f" (and {len(far) - 1} more)" if len(far) > 1 else ""
         click.echo(
             f"note: {shown(path)}{more}: {why}; {scenecam.manifest.name} was trained on "
-            f"{spec.width}x{spec.height} {'grey' if spec.channels == 1 else 'colour'} images, "
+            f"{spec.width}x{spec.height} {_kind(spec.channels)} images, "
             "so its answers may mean little",
             err=True,
         )
+
+
+def _kind(channels: int) -> str:
+    return "grey" if channels == 1 else "colour" if channels == 3 else f"{channels}-band"
 
 
 def _save_note(save_dir: Path, panels: int, excluded: int) -> None:
@@ -188,8 +192,8 @@ def _save_note(save_dir: Path, panels: int, excluded: int) -> None:
 
 def _panel(result: Explanation, alpha: float, display_size: int | None) -> np.ndarray:
     if display_size is None:
-        return panel(result.image, result.colours, result.overlay, _title(result))
-    shown = resize_to(result.image, display_size, display_size)
+        return panel(result.picture, result.colours, result.overlay, _title(result))
+    shown = resize_to(result.picture, display_size, display_size)
     lv = levels_at(result.cam, display_size, display_size)
     return panel(shown, colorize_levels(lv), blend(shown, lv, alpha), _title(result))
 

@@ -90,7 +90,12 @@ def evaluate(
     spec = scenecam.manifest.input
     try:
         data = align_classes(
-            load_dataset(data_dir, (spec.height, spec.width), spec.channels),
+            load_dataset(
+                data_dir,
+                (spec.height, spec.width),
+                spec.channels,
+                stretch=scenecam.band_stretch,
+            ),
             scenecam.class_names,
         )
     except ValueError as exc:

@@ -36,8 +36,9 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "notebook-resnet", "small", "mnist-t
 @click.option(
     "--channels",
     default=None,
-    type=click.Choice(["1", "3"]),
-    help="Input channels [default: the architecture's].",
+    type=click.IntRange(min=1),
+    help="Input channels: 1, 3, or any number of bands for GeoTIFF chips "
+    "[default: the architecture's].",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @split_options
@@ -100,7 +101,7 @@ def train(
     arch: str,
     epochs: int,
     img_size: int | None,
-    channels: str | None,
+    channels: int | None,
     batch_size: int,
     val_split: float,
     seed: int,
@@ -130,7 +131,7 @@ def train(
             arch=arch,
             epochs=epochs,
             img_size=img_size,
-            channels=int(channels) if channels else None,
+            channels=channels,
             batch_size=batch_size,
             val_split=val_split,
             seed=seed,

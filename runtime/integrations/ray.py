@@ -22,6 +22,8 @@ upright there, unlike ``load_image``).
 
 Scenes (GeoTIFFs) go through :func:`classify_scenes`: one Ray task per scene, each writing
 the same output set as ``scenecam-edge tiles --out-dir`` (the same function writes them).
+One huge scene goes through :func:`classify_scene_blocks`: one task per block of tile rows,
+the driver writing the rows as they come back, in order, with the command's own writer.
 
 This module imports Ray only inside :func:`classify_scenes`: the predictor is a plain class
 that Ray instantiates on each worker (``pip install 'scenecam-edge[ray]'`` brings Ray Data
@@ -30,6 +32,7 @@ and pyarrow).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Iterable, Sequence
@@ -41,8 +44,19 @@ import numpy as np
 from ..cam import TargetSpace
 from ..errors import ImageError
 from ..model import DEFAULT_BATCH, SceneCam
+from ..options import ExplainOptions
 from ..results import Explanation
-from ..tiles import OutputSet, SceneOutcome, TileOptions, expand_scenes, outputs_in, run_scene
+from ..tiles import (
+    OutputSet,
+    SceneOutcome,
+    SceneTiler,
+    TileOptions,
+    TileRow,
+    classify_scene,
+    expand_scenes,
+    outputs_in,
+    run_scene,
+)
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -215,6 +229,71 @@ def _scene_task(
     resume: bool,
 ) -> SceneOutcome:
     return run_scene(_loaded(model, threads), scene, outputs, options, resume=resume)
+
+
+def classify_scene_blocks(
+    scene: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    options: TileOptions = TileOptions(),  # noqa: B008 (frozen)
+    rows_per_block: int = 8,
+    in_flight: int = 8,
+    num_cpus: float = 1.0,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """Classify one scene on the current Ray cluster, a task per block of ``rows_per_block``
+    tile rows (at most ``in_flight`` blocks submitted ahead, so the driver's memory holds a
+    few blocks); writes the outputs of ``tiles SCENE --out OUT`` and returns its summary.
+
+    The driver opens the scene, fixes its stretch (computed once, given to every task) and
+    writes each row with the command's writer as the blocks come back, in order; the tasks
+    only read and classify. Every worker must see ``scene`` at the same path.
+    """
+    import ray
+
+    if rows_per_block < 1 or in_flight < 1:
+        raise ValueError("rows_per_block and in_flight must be at least 1")
+    task = ray.remote(num_cpus=num_cpus)(_block_task)
+
+    def rows(tiler: SceneTiler, explain: ExplainOptions | None) -> Iterable[TileRow]:
+        fixed = dataclasses.replace(options, stretch=tiler.stretch)
+        starts = list(range(0, tiler.grid.rows, rows_per_block))
+        refs: list[Any] = []
+        for i, start in enumerate(starts):
+            stop = min(start + rows_per_block, tiler.grid.rows)
+            refs.append(task.remote(model, threads, tiler.scene, fixed, explain, start, stop))
+            if i + 1 >= in_flight:
+                yield from ray.get(refs.pop(0))
+        for ref in refs:
+            yield from ray.get(ref)
+
+    loaded = _loaded(model, threads)
+    return classify_scene(loaded, scene, OutputSet.beside(out), options, rows=rows)
+
+
+def _block_task(
+    model: str | None,
+    threads: int | None,
+    scene: str,
+    options: TileOptions,
+    explain: ExplainOptions | None,
+    start: int,
+    stop: int,
+) -> list[TileRow]:
+    """Rows ``start`` to ``stop`` of a scene's results, read and classified on a worker."""
+    with SceneTiler(
+        _loaded(model, threads),
+        scene,
+        tile=options.tile,
+        stride=options.stride,
+        bands=options.bands,
+        stretch=options.stretch,
+        min_valid=options.min_valid,
+    ) as tiler:
+        return list(
+            tiler.rows(batch_size=options.batch_size, explain=explain, first=start, stop=stop)
+        )
 
 
 @functools.lru_cache(maxsize=2)

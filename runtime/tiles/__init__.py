@@ -1,7 +1,7 @@
 """Large scenes: classify rasters (GeoTIFFs, or anything GDAL reads) tile by tile.
 
 - :mod:`.grid`: where the tiles and output cells lie; the output's georeferencing.
-- :mod:`.raster`: opening a scene, its bands, validity masks and stretch to uint8.
+- :mod:`.raster`: a scene's rows of tiles (bands, masks, stretch: :mod:`scenecam_edge.rasters`).
 - :mod:`.tiler`: :class:`SceneTiler`, rows of tile results in bounded memory.
 - :mod:`.writers`: the GIS-ready GeoTIFFs (class map, probabilities), written atomically.
 - :mod:`.mosaic`: the full-resolution CAM mosaic, window by window.

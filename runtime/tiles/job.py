@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -30,6 +30,11 @@ from .writers import OutputSet, ProbabilityFormat, SceneOutputs
 SCENE_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 #: Files read as lists of scenes, one path a line.
 LIST_SUFFIXES = (".txt", ".lst")
+
+
+#: Where a scene's rows of results come from: (the open tiler, explain settings) -> rows,
+#: top to bottom.
+RowSource: TypeAlias = Callable[[SceneTiler, ExplainOptions | None], Iterable[TileRow]]
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,13 @@ def classify_scene(
     outputs: OutputSet,
     options: TileOptions = TileOptions(),
     progress: Callable[[int], None] | None = None,
+    rows: RowSource | None = None,
 ) -> dict[str, Any]:
     """Classify ``scene`` and write its outputs; returns (and writes last) its summary.
 
-    ``progress`` is called with the number of tiles of each finished row. Raises
+    ``progress`` is called with the number of tiles of each finished row. ``rows`` gives
+    the rows of results in order (default: the tiler's own, here; the Ray integration's
+    come from workers that each classify a block of rows). Raises
     :class:`ImageError` when the scene cannot be read, ValueError for settings that do not
     fit it (bands, tile size), OSError when an output cannot be written; nothing is left
     under a final name then.
@@ -111,7 +119,12 @@ def classify_scene(
         totals = _Totals(
             class_tiles=np.zeros(count, np.int64), class_pixels=np.zeros(count, np.int64)
         )
-        for row in tiler.rows(batch_size=options.batch_size, explain=explain):
+        source = (
+            rows(tiler, explain)
+            if rows is not None
+            else tiler.rows(batch_size=options.batch_size, explain=explain)
+        )
+        for row in source:
             writers.add(row)
             totals.add(row)
             if progress is not None:

@@ -132,16 +132,27 @@ class SceneTiler:
         return self.source.read_row(self.grid, row)
 
     def rows(
-        self, *, batch_size: int = DEFAULT_BATCH, explain: ExplainOptions | None = None
+        self,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        explain: ExplainOptions | None = None,
+        first: int = 0,
+        stop: int | None = None,
     ) -> Iterator[TileRow]:
-        """Classify every tile; yields each row of results, top to bottom."""
+        """Classify every tile of rows ``first`` to ``stop`` (default: all); yields each row
+        of results, top to bottom (a block of rows for one worker: the Ray integration)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         grid = self.grid
+        stop = grid.rows if stop is None else stop
+        if not 0 <= first <= stop <= grid.rows:
+            raise ValueError(f"rows {first}..{stop} are not within 0..{grid.rows}")
+        if first == stop:
+            return
         open_rows: dict[int, TileRow] = {}
         waiting: dict[int, int] = {}  # row -> tiles sent to the model, not yet back
-        next_row = 0
-        queued = 0  # rows [0, queued) have every tile in a batch
+        next_row = first
+        queued = first  # rows [first, queued) have every tile in a batch
         batch: list[tuple[int, int, np.ndarray]] = []
 
         def finished() -> Iterator[TileRow]:
@@ -168,10 +179,10 @@ class SceneTiler:
             yield from finished()
 
         with ThreadPoolExecutor(1, thread_name_prefix="scenecam-read") as reader:
-            pending = reader.submit(self.read_row, 0)
-            for r in range(grid.rows):
+            pending = reader.submit(self.read_row, first)
+            for r in range(first, stop):
                 pixels, mask = pending.result()
-                if r + 1 < grid.rows:
+                if r + 1 < stop:
                     pending = reader.submit(self.read_row, r + 1)
                 open_rows[r] = row = self._empty_row(r, mask, explain is not None)
                 waiting[r] = 0
