@@ -28,8 +28,10 @@ from .common import (
     error_line,
     fail,
     keep_going_past_file_size_limit,
+    layer_option,
     max_pixels_option,
     model_options,
+    option_named,
     shown,
     write_failed,
 )
@@ -77,6 +79,7 @@ EXIT_SIGNAL_BASE = 128
     help="png: the overlay; npy: the raw CAM (float32); both. [default: png]",
 )
 @cam_options(alpha=True)
+@layer_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @click.option(
@@ -105,6 +108,7 @@ def batch(
     target: str | None,
     target_space: TargetSpace,
     method: str,
+    layer: str | None,
     alpha: float,
     top_k: int,
     batch_size: int,
@@ -150,9 +154,9 @@ def batch(
     except SceneCamError as exc:
         fail(exc)
     try:
-        options = scenecam.explain_options(target, method, target_space, alpha)
+        options = scenecam.explain_options(target, method, target_space, alpha, layer=layer)
     except ValueError as exc:
-        fail(f"--target: {exc}", EXIT_USAGE)
+        fail(f"{option_named(exc)}: {exc}", EXIT_USAGE)
     explaining = heatmaps is not None or target is not None
     results = ResultsFile(out, fmt or named or "jsonl", scenecam.class_names)
     job = BatchJob(

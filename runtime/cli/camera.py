@@ -18,7 +18,16 @@ import click
 from ..cam import TargetSpace
 from ..errors import SceneCamError
 from ..model import SceneCam
-from .common import EXIT_FAILED_INPUTS, EXIT_USAGE, cam_options, error_line, fail, model_options
+from .common import (
+    EXIT_FAILED_INPUTS,
+    EXIT_USAGE,
+    cam_options,
+    error_line,
+    fail,
+    layer_option,
+    model_options,
+    option_named,
+)
 
 if TYPE_CHECKING:
     from ..camera import CameraSummary, Display, LiveView, SourceSpec
@@ -83,6 +92,7 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     help="Network streams: seconds to wait to open the stream, and for each frame.",
 )
 @cam_options(alpha=True)
+@layer_option
 @click.option(
     "--snapshot-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -105,6 +115,7 @@ def camera(
     target: str | None,
     target_space: TargetSpace,
     method: str,
+    layer: str | None,
     alpha: float,
     snapshot_dir: Path,
 ) -> None:
@@ -159,9 +170,9 @@ def camera(
     except SceneCamError as exc:
         fail(exc)
     try:
-        scenecam.explain_options(target, method, target_space, alpha)
+        scenecam.explain_options(target, method, target_space, alpha, layer=layer)
     except ValueError as exc:
-        _usage(f"--target: {exc}")
+        _usage(f"{option_named(exc)}: {exc}")
     try:
         reader = cam.open_source(source, timeout=timeout)
     except SceneCamError as exc:
@@ -171,6 +182,7 @@ def camera(
         alpha=alpha,
         target=target,
         target_space=target_space,
+        layer=layer,
         every=every,
         max_frames=max_frames,
         realtime=not headless or address is not None,

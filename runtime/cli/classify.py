@@ -27,8 +27,10 @@ from .common import (
     fail,
     is_storage_error,
     keep_going_past_file_size_limit,
+    layer_option,
     max_pixels_option,
     model_options,
+    option_named,
     shown,
 )
 
@@ -44,6 +46,7 @@ from .common import (
     help="Write original | heatmap | overlay panels (PNG) here.",
 )
 @cam_options(alpha=True)
+@layer_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option(
     "--display-size",
@@ -70,6 +73,7 @@ def classify(
     target: str | None,
     target_space: TargetSpace,
     method: str,
+    layer: str | None,
     top_k: int,
     alpha: float,
     display_size: int | None,
@@ -91,9 +95,9 @@ def classify(
     except SceneCamError as exc:
         fail(exc)
     try:
-        options = scenecam.explain_options(target, method, target_space, alpha, max_channels)
+        options = scenecam.explain_options(target, method, target_space, alpha, max_channels, layer)
     except ValueError as exc:
-        fail(f"--target: {exc}", EXIT_USAGE)
+        fail(f"{option_named(exc)}: {exc}", EXIT_USAGE)
     explaining = save_dir is not None or target is not None
     if not explaining:
         _refuse_unused_heatmap_options()
@@ -151,7 +155,7 @@ def _refuse_unused_heatmap_options() -> None:
     context = click.get_current_context()
     given = [
         "--" + name.replace("_", "-")
-        for name in ("method", "target_space", "alpha", "display_size", "max_channels")
+        for name in ("method", "target_space", "alpha", "display_size", "max_channels", "layer")
         if context.get_parameter_source(name) is ParameterSource.COMMANDLINE
     ]
     if given:

@@ -19,6 +19,7 @@ from ..cam import METHODS, TARGET_SPACES
 from ..errors import MissingExtraError, SceneCamError
 from ..fileio import STORAGE_ERRNOS
 from ..images import DEFAULT_MAX_PIXELS
+from ..options import UnknownLayerError
 from ..visual import DEFAULT_ALPHA
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
@@ -95,6 +96,21 @@ def cam_options(*, alpha: bool) -> Callable[[F], F]:
         return fn
 
     return decorate
+
+
+def layer_option(fn: F) -> F:
+    """--layer: which of the bundle's explained layers the maps come from."""
+    return click.option(
+        "--layer",
+        default=None,
+        metavar="NAME",
+        help="Explain this layer instead of the model's default (see 'scenecam-edge info').",
+    )(fn)
+
+
+def option_named(exc: ValueError) -> str:
+    """The option an explain-options error is about: --layer, else --target."""
+    return "--layer" if isinstance(exc, UnknownLayerError) else "--target"
 
 
 def max_pixels_option(fn: F) -> F:

@@ -1,0 +1,213 @@
+"""Bundles that explain more than one layer (``export --extra-layer``, ``--layer`` at serve
+time): the extra layer's maps equal GradientTape's on the same Keras model, the default
+layer's outputs do not change, a bad extra layer is one BundleError, and the weights of a
+bundle's graph can be recovered into Keras (``scenecam_edge.export.recover``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from .conftest import HAS_TF, REPO, wave_images
+
+pytestmark = [
+    pytest.mark.tf,
+    pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'"),
+]
+
+if HAS_TF:
+    from scenecam_edge import SceneCam
+    from scenecam_edge.cli import cli
+    from scenecam_edge.errors import BundleError
+    from scenecam_edge.export import ExportError, export_keras
+    from scenecam_edge.options import UnknownLayerError
+
+    from . import keras_models as km
+
+MAP_TOLERANCE = 1e-4
+EXTRA = "block_8_out"  # 16x16, a residual block and the head after it
+DEFAULT = "block_16_out"  # 8x8
+
+
+@pytest.fixture(scope="module")
+def model():
+    return km.flatten_dense_model()
+
+
+@pytest.fixture(scope="module")
+def bundles(model, tmp_path_factory) -> tuple[Path, Path]:
+    """The same model exported with and without the extra layer."""
+    root = tmp_path_factory.mktemp("layers")
+    plain = export_keras(model, root / "plain")
+    both = export_keras(model, root / "both", extra_layers=[EXTRA])
+    return plain, both
+
+
+def _normalised(cam: np.ndarray) -> np.ndarray:
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def test_manifest_lists_the_extra_layer(bundles):
+    _, both = bundles
+    manifest = json.loads((both / "manifest.json").read_text())
+    assert manifest["conv_layer"] == DEFAULT
+    (extra,) = manifest["extra_layers"]
+    assert extra["name"] == EXTRA and extra["output"] == "features_1"
+    assert extra["shape"] == [None, 16, 16, 16]
+    assert extra["gradient"] == "vjp_graph"
+    assert extra["head"]["layers"] == [{"type": "graph", "file": "head_1.onnx"}]
+    assert {"head_1.npz", "head_1.onnx"} <= set(manifest["files"])
+    cam = SceneCam.load(both, threads=1)
+    assert [(x.name, x.shape) for x in cam.layers] == [(DEFAULT, (8, 8, 16)), (EXTRA, (16, 16, 16))]
+
+
+def test_the_default_layer_is_unchanged(bundles):
+    """An extra output changes nothing of the default one: features and logits identical."""
+    plain, both = (SceneCam.load(b, threads=1) for b in bundles)
+    images = wave_images(6, seed=8)
+    for a, b in zip(plain.forward(images), both.forward(images), strict=True):
+        assert np.array_equal(a, b)
+    for image in images[:2]:
+        assert np.array_equal(plain.explain(image).cam, both.explain(image).cam)
+        assert np.array_equal(plain.explain(image).cam, both.explain(image, layer=DEFAULT).cam)
+
+
+@pytest.mark.parametrize("space", ["logit", "probability"])
+def test_extra_layer_maps_match_gradienttape(model, bundles, space: str):
+    cam = SceneCam.load(bundles[1], threads=1)
+    reference = {name: km.TapeGradCam(model, name) for name in (EXTRA, DEFAULT)}
+    nontrivial = 0
+    for i, image in enumerate(wave_images(6, seed=9)):
+        target = None if i % 2 else (i % 3)
+        for name, size in ((EXTRA, 16), (DEFAULT, 8)):
+            got = cam.explain(image, target=target, target_space=space, layer=name)
+            expected, explained = reference[name](image.astype(np.float32), target, space)
+            assert got.target_index == explained
+            assert got.cam.shape == (size, size)
+            assert np.abs(_normalised(got.cam) - expected).max() <= MAP_TOLERANCE, (name, i)
+            nontrivial += int(expected.max() > 0 and (expected > 0).mean() < 1)
+    assert nontrivial >= 6
+
+
+def test_every_method_runs_at_the_extra_layer(bundles):
+    from scenecam_edge import METHODS
+
+    cam = SceneCam.load(bundles[1], threads=1)
+    image = wave_images(1, seed=10)[0]
+    for method in METHODS:
+        got = cam.explain(image, method=method, layer=EXTRA, max_channels=4)
+        assert got.cam.shape == (16, 16) and np.isfinite(got.cam).all(), method
+
+
+def test_unknown_layer_names_the_ones_there_are(bundles, tmp_path: Path):
+    cam = SceneCam.load(bundles[1], threads=1)
+    with pytest.raises(UnknownLayerError, match=rf"'nope'.*{DEFAULT} \(8x8, default\), {EXTRA}"):
+        cam.explain(wave_images(1)[0], layer="nope")
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(wave_images(1)[0]).save(image)
+    for args in (
+        ["classify", str(image), "--target", "0"],
+        ["batch", str(image), "--out", str(tmp_path / "r.jsonl"), "--target", "0"],
+    ):
+        result = CliRunner().invoke(cli, [*args, "--model", str(bundles[1]), "--layer", "nope"])
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: --layer: this model does not explain layer 'nope'")
+    ok = CliRunner().invoke(
+        cli, ["classify", str(image), "--model", str(bundles[1]), "--layer", EXTRA, "--json",
+              "--target", "1"],
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    info = CliRunner().invoke(cli, ["info", str(bundles[1]), "--json"])
+    layers = json.loads(info.output)["layers"]
+    assert [(x["name"], x["map"], x["gradient"]) for x in layers] == [
+        (DEFAULT, [8, 8], "closed_form"),
+        (EXTRA, [16, 16], "vjp_graph"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda m: m["extra_layers"][0].update(name="block_16_out"), "repeats the layer name"),
+        (lambda m: m["extra_layers"][0].update(output="logits"), "repeats the graph output"),
+        (lambda m: m["extra_layers"][0].update(output="features_9"), "graph outputs must be"),
+        (lambda m: m["extra_layers"][0].update(shape=[None, 8, 8, 16]), "have shape|has shape"),
+        (lambda m: m["extra_layers"][0]["head"].update(layers=[]), r"extra_layers\[0\]\.head"),
+        (lambda m: m["extra_layers"][0].update(gradient="magic"), "gradient must be one of"),
+        (lambda m: m["files"].pop("head_1.onnx"), r"lacks a checksum for head_1\.onnx"),
+        (lambda m: m.update(extra_layers={"a": 1}), "'extra_layers' must be a list"),
+        (
+            lambda m: m["extra_layers"][0].update(head=m["head"], shape=[None, 16, 16, 16]),
+            "head of layer 'block_8_out'|do not fit",
+        ),
+    ],
+)
+def test_a_bad_extra_layer_is_one_bundle_error(bundles, tmp_path: Path, edit, match):
+    copy = tmp_path / "b"
+    shutil.copytree(bundles[1], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=match):
+        SceneCam.load(copy)
+    result = CliRunner().invoke(cli, ["info", str(copy)])
+    if "extra_layers" in match or "repeats" in match or "gradient must" in match:
+        assert result.exit_code == 3  # manifest-level problems: info refuses too
+
+
+def test_a_swapped_vjp_graph_is_refused(bundles, tmp_path: Path):
+    """head_1.onnx from another model, checksum updated: the self-check refuses it."""
+    other = export_keras(km.flatten_dense_model(seed=3), tmp_path / "other", extra_layers=[EXTRA])
+    copy = tmp_path / "b"
+    shutil.copytree(bundles[1], copy)
+    shutil.copyfile(other / "head_1.onnx", copy / "head_1.onnx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["head_1.onnx"] = json.loads((other / "manifest.json").read_text())["files"][
+        "head_1.onnx"
+    ]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="head of layer 'block_8_out' gradient does not belong"):
+        SceneCam.load(copy)
+    result = CliRunner().invoke(cli, ["classify", str(REPO / "samples/scenes"), "--model",
+                                      str(copy)])  # fmt: skip
+    assert result.exit_code == 3
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_export_refuses_a_repeated_layer(model, tmp_path: Path):
+    with pytest.raises(ExportError, match="already explained"):
+        export_keras(model, tmp_path / "a", extra_layers=[DEFAULT])
+    with pytest.raises(ExportError, match="no layer named 'nope'"):
+        export_keras(model, tmp_path / "b", extra_layers=["nope"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_weights_recovered_from_the_graph(tmp_path: Path):
+    """A bundle's model.onnx (batch norms folded into the convolutions) back into the Keras
+    architecture: the recovered model's logits equal the graph's."""
+    from scenecam_edge.export.recover import (
+        check_against_graph,
+        load_onnx_weights,
+        onnx_initializers,
+    )
+    from scenecam_edge.training.architectures import build
+
+    original, _ = build("small", (32, 32), 3, 4)
+    km.with_random_bn(original, seed=4)
+    bundle = export_keras(original, tmp_path / "b")
+    fresh, _ = build("small", (32, 32), 3, 4)
+    filled = load_onnx_weights(fresh, onnx_initializers(bundle / "model.onnx"))
+    assert "stem_conv" in filled and "predictions" in filled
+    images = wave_images(8, seed=11)
+    assert check_against_graph(fresh, bundle / "model.onnx", images) <= 1e-4
+    broken, _ = build("small", (32, 32), 3, 5)  # one class more: the Dense does not fit
+    with pytest.raises(ExportError, match="predictions"):
+        load_onnx_weights(broken, onnx_initializers(bundle / "model.onnx"))
