@@ -101,7 +101,7 @@ def load_onnx_weights(model: keras.Model, inits: dict[str, np.ndarray]) -> list[
             if kernel is None:
                 kernel = _by_shape(inits, used, tuple(layer.kernel.shape), layer.name)
             if bias is None and layer.use_bias:
-                bias = _by_shape(inits, used, tuple(layer.bias.shape), layer.name)
+                bias = _by_shape(inits, used, tuple(layer.bias.shape), layer.name, zeros=True)
             _assign(layer, [kernel] + ([bias] if layer.use_bias else []))
             used.update({id(kernel), id(bias)})
         elif layer.weights:
@@ -120,9 +120,19 @@ def _bias(inits: dict[str, np.ndarray], layer: keras.layers.Layer) -> np.ndarray
 
 
 def _by_shape(
-    inits: dict[str, np.ndarray], used: set[int], shape: tuple[int, ...], where: str
+    inits: dict[str, np.ndarray],
+    used: set[int],
+    shape: tuple[int, ...],
+    where: str,
+    zeros: bool = False,
 ) -> np.ndarray:
+    """The one unused initializer of ``shape``. With ``zeros`` (a bias), none at all means
+    zeros: tf2onnx drops the addition of an all-zero bias. The comparison with the graph
+    that follows recovery catches a wrong guess."""
     hits = [v for v in inits.values() if v.shape == shape and id(v) not in used]
+    if not hits and zeros:
+        log.info("layer %r: no initializer of shape %s, taken as zeros", where, shape)
+        return np.zeros(shape, np.float32)
     if len(hits) != 1:
         raise ExportError(f"layer {where!r}: {len(hits)} initializers of shape {shape}")
     return hits[0]
