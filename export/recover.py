@@ -102,7 +102,7 @@ def load_onnx_weights(model: keras.Model, inits: dict[str, np.ndarray]) -> list[
                 kernel = _by_shape(inits, used, tuple(layer.kernel.shape), layer.name)
             if bias is None and layer.use_bias:
                 bias = _by_shape(inits, used, tuple(layer.bias.shape), layer.name, zeros=True)
-            _assign(layer, [kernel] + ([bias] if layer.use_bias else []))
+            _assign(layer, [kernel] + ([bias] if bias is not None and layer.use_bias else []))
             used.update({id(kernel), id(bias)})
         elif layer.weights:
             raise ExportError(f"layer {layer.name!r} ({type(layer).__name__}) is not recovered")
@@ -240,15 +240,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.save:
         model.save(args.save)
     if args.export_to:
-        keep = ("description", "training", "evaluation")
         out = export_keras(
             model,
             args.export_to,
             manifest.get("conv_layer") or conv_layer,
             list(manifest["class_names"]),
             name=manifest["name"],
+            description=manifest.get("description") or "",
+            training=manifest.get("training"),
+            evaluation=manifest.get("evaluation"),
             extra_layers=args.extra_layer,
-            **{k: manifest.get(k) or ("" if k == "description" else None) for k in keep},
         )
         if args.extra_layer:
             _keep_original_graph(args.bundle, out)

@@ -51,9 +51,9 @@ def check_graph(
     for layer in layers:
         _check_declared(where, f"output '{layer.output}'", outputs[layer.output].shape, layer.shape)
     _check_declared(where, f"output '{LOGITS}'", outputs[LOGITS].shape, (manifest.num_classes,))
-    names = [LOGITS, *(layer.output for layer in layers)]
+    wanted = [LOGITS, *(layer.output for layer in layers)]
     try:
-        logits, *values = session.run(names, {INPUT_NAME: _probe_batch(manifest)})
+        logits, *values = session.run(wanted, {INPUT_NAME: _probe_batch(manifest)})
     except Exception as exc:  # onnxruntime's own errors (InvalidArgument, Fail, ...)
         reason = " ".join(str(exc).split())[:200]
         raise BundleError(where, f"the graph fails on a probe input ({reason})") from None

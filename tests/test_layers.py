@@ -220,3 +220,34 @@ def test_weights_recovered_from_the_graph(tmp_path: Path):
     broken, _ = build("small", (32, 32), 3, 5)  # one class more: the Dense does not fit
     with pytest.raises(ExportError, match="'predictions': 0 initializers of shape"):
         load_onnx_weights(broken, onnx_initializers(bundle / "model.onnx"))
+
+
+@pytest.mark.slow
+def test_shipped_stage3_maps_match_gradienttape():
+    """scenes-resnet18's stage-3 maps (10x10, VJP graph) and 5x5 maps against GradientTape
+    on the Keras model recovered from its own graph, on the sample photos."""
+    from scenecam_edge.export.recover import (
+        check_against_graph,
+        load_onnx_weights,
+        onnx_initializers,
+    )
+    from scenecam_edge.training.architectures import build
+
+    bundle = REPO / "models" / "scenes-resnet18"
+    cam = SceneCam.load(bundle, threads=2)
+    model, _ = build("resnet18", cam.input_size, 3, cam.manifest.num_classes)
+    load_onnx_weights(model, onnx_initializers(bundle / "model.onnx"))
+    photos = sorted((REPO / "samples" / "scenes").glob("*.jpg"))[:6]
+    images = np.stack([cam.to_input(cam.load_image(p)) for p in photos])
+    assert check_against_graph(model, bundle / "model.onnx", images) <= 1e-4
+    for name, size in (("stage3_block2_out", 10), ("stage4_block2_out", 5)):
+        reference = km.TapeGradCam(model, name)
+        for i, image in enumerate(images):
+            predicted = cam.classify(image).index
+            for target in (predicted, (predicted + 1 + i) % 6):
+                for space in ("logit", "probability"):
+                    got = cam.explain(image, target=target, target_space=space, layer=name)
+                    expected, _ = reference(image.astype(np.float32), target, space)
+                    assert got.cam.shape == (size, size)
+                    err = np.abs(_normalised(got.cam) - expected).max()
+                    assert err <= MAP_TOLERANCE, (name, photos[i].name, target, space, err)

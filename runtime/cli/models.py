@@ -83,22 +83,23 @@ def info(model: str | None, as_json: bool) -> None:
     except BundleError as exc:
         fail(exc)
     accuracy = (manifest.evaluation or {}).get("accuracy")
+    layers = layer_records(manifest)
     record = {
         "name": manifest.name,
         "path": str(path),
         "input": [manifest.input.height, manifest.input.width, manifest.input.channels],
         "classes": list(manifest.class_names),
         "validation_accuracy": accuracy,
-        "layers": layer_records(manifest),
+        "layers": layers,
     }
     if as_json:
         click.echo(json.dumps(record))
         return
-    size = "x".join(str(d) for d in record["input"])
+    size = f"{manifest.input.height}x{manifest.input.width}x{manifest.input.channels}"
     click.echo(f"{manifest.name} ({path}): input {size}, {manifest.num_classes} classes")
     click.echo(f"classes: {', '.join(manifest.class_names)}")
     click.echo("layers (--layer NAME):")
-    for layer in record["layers"]:
+    for layer in layers:
         mark = " (default)" if layer["default"] else ""
         how = "VJP graph" if layer["gradient"] == "vjp_graph" else "closed form"
         if layer["straight_through"]:
