@@ -100,7 +100,9 @@ class SceneCam:
                 load_head_arrays(bundle_dir, manifest, layer),
                 layer.shape,
                 str(bundle_dir),
-                open_graph=lambda name: create_session(bundle_dir / name, config),
+                open_graph=lambda name: create_session(
+                    bundle_dir / name, config, fold_weights=True
+                ),
             )
             if head.num_classes != manifest.num_classes:
                 whose = "head" if layer.name == manifest.conv_layer else f"head of {layer.name!r}"
