@@ -251,3 +251,32 @@ def test_shipped_stage3_maps_match_gradienttape():
                     assert got.cam.shape == (size, size)
                     err = np.abs(_normalised(got.cam) - expected).max()
                     assert err <= MAP_TOLERANCE, (name, photos[i].name, target, space, err)
+
+
+def test_quantize_carries_the_extra_layer(model, bundles, tmp_path: Path):
+    """quantize: the extra layer's VJP graph gets int8 weights, the layer is marked
+    straight-through, the int8 bundle loads (its self-check) and its maps follow the float
+    bundle's, as the comparison in its manifest says."""
+    import onnx
+
+    from scenecam_edge.export import quantize as q
+
+    from .test_quantize import _write_folder
+
+    folder = _write_folder(tmp_path / "data", ["a", "b", "c"], 8)
+    reference = SceneCam.load(bundles[1], threads=1)
+    data = q.calibration_data(folder, reference, images=12, seed=1)
+    result = q.quantize_bundle(
+        bundles[1], tmp_path / "int8", data, threads=1,
+        max_accuracy_drop_points=100.0, min_cam_correlation=-1.0,
+    )  # fmt: skip
+    (entry,) = result.manifest["extra_layers"]
+    assert entry["straight_through"] is True
+    graph = onnx.load(str(result.path / "head_1.onnx"))
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.graph.initializer)
+    cam = SceneCam.load(result.path, threads=1)
+    assert cam.layers[1].straight_through
+    corr = result.comparison.layers[EXTRA]["cam_correlation_mean"]
+    assert 0.5 <= corr <= 1.0
+    image = wave_images(1, seed=12)[0]
+    assert cam.explain(image, layer=EXTRA).cam.shape == (32, 32)
