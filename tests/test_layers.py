@@ -280,3 +280,30 @@ def test_quantize_carries_the_extra_layer(model, bundles, tmp_path: Path):
     assert 0.5 <= corr <= 1.0
     image = wave_images(1, seed=12)[0]
     assert cam.explain(image, layer=EXTRA).cam.shape == (32, 32)
+
+
+def test_export_and_batch_command_lines(model, bundles, tmp_path: Path):
+    path = tmp_path / "m.keras"
+    model.save(path)
+    out = tmp_path / "b"
+    args = ["export", str(path), "--out", str(out), "--extra-layer", EXTRA]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [x["name"] for x in manifest["extra_layers"]] == [EXTRA]
+    bad = CliRunner().invoke(cli, [*args[:3], str(tmp_path / "c"), "--extra-layer", "nope"])
+    assert bad.exit_code == 3
+    (line,) = bad.stderr.strip().splitlines()
+    assert "no layer named 'nope'" in line
+    # batch records the layer in its results file's header, so a rerun cannot mix layers
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.fromarray(wave_images(1)[0]).save(image)
+    results = tmp_path / "r.jsonl"
+    run = ["batch", str(image), "--out", str(results), "--model", str(bundles[1]), "--target", "1"]
+    assert CliRunner().invoke(cli, [*run, "--layer", EXTRA]).exit_code == 0
+    header = json.loads(results.read_text().splitlines()[0])
+    assert header["options"]["explain"]["layer"] == EXTRA
+    again = CliRunner().invoke(cli, run)  # the default layer: refused, naming the difference
+    assert again.exit_code == 2 and "layer" in again.stderr
