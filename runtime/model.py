@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -16,7 +16,6 @@ from .bundle import (
     LOGITS,
     Manifest,
     check_external_data,
-    load_head_arrays,
     read_manifest,
     verify_files,
 )
@@ -27,9 +26,10 @@ from .cam import (
     get_method,
     softmax,
 )
-from .errors import BundleError, ImageError
+from .errors import ImageError
 from .fileio import not_regular_reason
 from .head import Head
+from .heads import LayerHeads, build_head
 from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image, resize_to
 from .layers import ExplainedLayer
 from .options import ExplainOptions, class_index, explain_options, find_layer
@@ -58,17 +58,16 @@ class SceneCam:
         head: Head,
         config: SessionConfig,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        *,
-        heads: Mapping[str, Head] | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.head = head  # the default layer's
-        self.heads = {manifest.conv_layer: head, **(heads or {})}
         self.config = config
         self.max_pixels = max_pixels
         self._session = create_session(path / "model.onnx", config)
-        check_graph(path, self._session, manifest, self.heads)
+        check_graph(path, self._session, manifest, head)
+        #: Every explained layer's head by name; the extra ones built on first use.
+        self.heads = LayerHeads(path, manifest, config, head, lambda: self._session)
 
     @classmethod
     def load(
@@ -93,28 +92,8 @@ class SceneCam:
         verify_files(bundle_dir, manifest)
         check_external_data(bundle_dir, manifest)
         config = SessionConfig(threads=threads, providers=tuple(providers), spin=spin)
-        heads = {}
-        for layer in manifest.layers:
-            head = Head.from_manifest(
-                layer.head_layers,
-                load_head_arrays(bundle_dir, manifest, layer),
-                layer.shape,
-                str(bundle_dir),
-                open_graph=lambda name: create_session(
-                    bundle_dir / name, config, fold_weights=True
-                ),
-            )
-            if head.num_classes != manifest.num_classes:
-                whose = "head" if layer.name == manifest.conv_layer else f"head of {layer.name!r}"
-                raise BundleError(
-                    bundle_dir,
-                    f"{whose} gives {head.num_classes} classes, manifest names "
-                    f"{manifest.num_classes}",
-                )
-            heads[layer.name] = head
-        return cls(
-            bundle_dir, manifest, heads[manifest.conv_layer], config, max_pixels, heads=heads
-        )
+        head = build_head(bundle_dir, manifest, manifest.default_layer, config)
+        return cls(bundle_dir, manifest, head, config, max_pixels)
 
     # -- facts about the model -------------------------------------------------------------
 
@@ -244,11 +223,15 @@ class SceneCam:
         layer: str | None = None,
     ) -> ExplainOptions:
         """Validated explanation settings (ValueError naming what is wrong; an unknown
-        ``layer`` gives :class:`~scenecam_edge.options.UnknownLayerError`)."""
-        return explain_options(
+        ``layer`` gives :class:`~scenecam_edge.options.UnknownLayerError`). A named layer's
+        head is opened and self-checked here, so a broken one raises BundleError now."""
+        options = explain_options(
             self.class_names, self.layers, target, method, target_space, alpha, max_channels,
             layer,
         )  # fmt: skip
+        if options.layer is not None:
+            self.heads[options.layer]  # opens and self-checks the layer's head now
+        return options
 
     @overload
     def predict(

@@ -8,7 +8,7 @@ head must give the graph's logits from the graph's features.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,10 @@ SELF_CHECK_TOLERANCE = 1e-3
 STRAIGHT_THROUGH_TOLERANCE = 0.1
 
 
-def check_graph(
-    where: Path, session: InferenceSession, manifest: Manifest, heads: Head | Mapping[str, Head]
-) -> None:
-    """Refuse a bundle whose graph or heads do not match its manifest. ``heads`` maps each
-    explained layer's name to its head (a single head: the default layer's)."""
-    if isinstance(heads, Head):
-        heads = {manifest.conv_layer: heads}
+def check_graph(where: Path, session: InferenceSession, manifest: Manifest, head: Head) -> None:
+    """Refuse a bundle whose graph or default head does not match its manifest. Every
+    explained layer's output must be there with its shape; the extra layers' heads are
+    checked when first used (:func:`check_layer`)."""
     layers = manifest.layers
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
@@ -68,7 +65,16 @@ def check_graph(
             raise BundleError(
                 where, f"graph {what} have shape {features.shape[1:]}, manifest says {layer.shape}"
             )
-        _check_head(where, heads[layer.name], features, logits, layer)
+    _check_head(where, head, values[0], logits, layers[0])
+
+
+def check_layer(
+    where: Path, session: InferenceSession, manifest: Manifest, layer: ExplainedLayer, head: Head
+) -> None:
+    """The self-check of one explained layer's head: from the layer's activations on the
+    probe images it must give the graph's logits."""
+    logits, features = session.run([LOGITS, layer.output], {INPUT_NAME: _probe_batch(manifest)})
+    _check_head(where, head, features, logits, layer)
 
 
 def _check_head(

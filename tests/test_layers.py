@@ -145,7 +145,7 @@ def test_unknown_layer_names_the_ones_there_are(bundles, tmp_path: Path):
         (lambda m: m["extra_layers"][0].update(output="features_9"), "graph outputs must be"),
         (
             lambda m: m["extra_layers"][0].update(shape=[None, 16, 16, 16]),
-            "do not fit the features shape",
+            r"the manifest says \[.N., 16, 16, 16\]",
         ),
         (lambda m: m["extra_layers"][0]["head"].update(layers=[]), r"extra_layers\[0\]\.head"),
         (lambda m: m["extra_layers"][0].update(gradient="magic"), "gradient must be one of"),
@@ -164,14 +164,20 @@ def test_a_bad_extra_layer_is_one_bundle_error(bundles, tmp_path: Path, edit, ma
     edit(manifest)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=match):
-        SceneCam.load(copy)
+        _load_and_ask_for(copy, EXTRA)
     result = CliRunner().invoke(cli, ["info", str(copy)])
     if "extra_layers" in match or "repeats" in match or "gradient must" in match:
         assert result.exit_code == 3  # manifest-level problems: info refuses too
 
 
+def _load_and_ask_for(bundle: Path, layer: str) -> None:
+    """Load, then name the layer: an extra layer's head is built and checked on first use."""
+    SceneCam.load(bundle, threads=1).explain_options(layer=layer)
+
+
 def test_a_swapped_vjp_graph_is_refused(bundles, tmp_path: Path):
-    """head_1.onnx from another model, checksum updated: the self-check refuses it."""
+    """head_1.onnx from another model, checksum updated: the self-check refuses it when the
+    layer is first asked for (the default layer still serves)."""
     other = export_keras(km.flatten_dense_model(seed=3), tmp_path / "other", extra_layers=[EXTRA])
     copy = tmp_path / "b"
     shutil.copytree(bundles[1], copy)
@@ -182,9 +188,12 @@ def test_a_swapped_vjp_graph_is_refused(bundles, tmp_path: Path):
     ]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="head of layer 'block_8_out' gradient does not belong"):
-        SceneCam.load(copy)
-    result = CliRunner().invoke(cli, ["classify", str(REPO / "samples/scenes"), "--model",
-                                      str(copy)])  # fmt: skip
+        _load_and_ask_for(copy, EXTRA)
+    photos = str(REPO / "samples/scenes")
+    assert CliRunner().invoke(cli, ["classify", photos, "--model", str(copy)]).exit_code == 0
+    result = CliRunner().invoke(
+        cli, ["classify", photos, "--model", str(copy), "--layer", EXTRA, "--target", "0"]
+    )
     assert result.exit_code == 3
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -157,6 +157,8 @@ def batch(
         options = scenecam.explain_options(target, method, target_space, alpha, layer=layer)
     except ValueError as exc:
         fail(f"{option_named(exc)}: {exc}", EXIT_USAGE)
+    except SceneCamError as exc:  # the layer's head is broken (BundleError)
+        fail(exc)
     explaining = heatmaps is not None or target is not None
     results = ResultsFile(out, fmt or named or "jsonl", scenecam.class_names)
     job = BatchJob(

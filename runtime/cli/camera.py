@@ -173,6 +173,8 @@ def camera(
         scenecam.explain_options(target, method, target_space, alpha, layer=layer)
     except ValueError as exc:
         _usage(f"{option_named(exc)}: {exc}")
+    except SceneCamError as exc:  # the layer's head is broken (BundleError)
+        fail(exc)
     try:
         reader = cam.open_source(source, timeout=timeout)
     except SceneCamError as exc:

@@ -98,6 +98,8 @@ def classify(
         options = scenecam.explain_options(target, method, target_space, alpha, max_channels, layer)
     except ValueError as exc:
         fail(f"{option_named(exc)}: {exc}", EXIT_USAGE)
+    except SceneCamError as exc:  # the layer's head is broken (BundleError)
+        fail(exc)
     explaining = save_dir is not None or target is not None
     if not explaining:
         _refuse_unused_heatmap_options()

@@ -97,6 +97,8 @@ def evaluate(
         layer = scenecam.explain_options(layer=layer).layer
     except ValueError as exc:
         fail(f"--layer: {exc}", EXIT_USAGE)
+    except SceneCamError as exc:  # the layer's head is broken (BundleError)
+        fail(exc)
     spec = scenecam.manifest.input
     try:
         data = align_classes(
