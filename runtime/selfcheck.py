@@ -39,7 +39,8 @@ def check_graph(where: Path, session: InferenceSession, manifest: Manifest, head
         raise BundleError(where, f"graph input must be one uint8 'image', got {list(inputs)}")
     expected = sorted([LOGITS, *(layer.output for layer in layers)])
     if sorted(outputs) != expected:
-        names = " and ".join(f"'{n}'" for n in expected)
+        quoted = [f"'{n}'" for n in expected]
+        names = ", ".join(quoted[:-1]) + f" and {quoted[-1]}"
         raise BundleError(where, f"graph outputs must be exactly {names}, got {sorted(outputs)}")
     spec = manifest.input
     _check_declared(
