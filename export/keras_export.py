@@ -308,6 +308,8 @@ def _check_parity(
 
     try:
         loaded = SceneCam.load(bundle, threads=1)
+        for layer in loaded.layers[1:]:  # extra heads are checked on first use: use them now
+            loaded.heads[layer.name]
     except BundleError as exc:
         raise ExportError(f"the written bundle does not load ({exc})") from None
     rng = np.random.default_rng(1234)

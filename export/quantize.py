@@ -148,6 +148,8 @@ def quantize_bundle(
                 entry["vjp_weights"] = "int8, symmetric, one scale per output channel"
         _write_json(staging / MANIFEST, manifest)
         candidate = SceneCam.load(staging, threads=threads)  # checksums and self-check
+        for layer in candidate.layers[1:]:  # the extra heads' self-checks (straight-through)
+            candidate.heads[layer.name]
         say(f"comparing float and int8 on {len(data.evaluation)} images")
         comparison = compare(
             reference,

@@ -271,7 +271,9 @@ def _keep_original_graph(original: Path, out: Path) -> None:
         "(scenecam_edge.export.recover); head graphs from the recovered Keras model"
     )
     write_bytes_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    SceneCam.load(out)
+    loaded = SceneCam.load(out)
+    for layer in loaded.layers[1:]:  # their heads' self-checks against the original graph
+        loaded.heads[layer.name]
     names = ", ".join(layer["name"] for layer in manifest["extra_layers"])
     log.info("kept %s's graph, with %s grafted on", original, names)
 
