@@ -24,6 +24,8 @@ class Comparison:
     float_accuracy: float | None = None
     int8_accuracy: float | None = None
     cam: str = "gradcam, logit space, the float model's predicted class, at feature resolution"
+    #: The same correlation figures for each extra layer both bundles explain, by name.
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
     #: The int8 model's classification figures (with labels); they become its evaluation.
     int8_figures: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -72,6 +74,9 @@ def compare(
     ref_pred: list[np.ndarray] = []
     cand_pred: list[np.ndarray] = []
     correlations: list[float] = []
+    extra = [x.name for x in reference.layers[1:] if x.name in reference.heads]
+    extra = [name for name in extra if name in candidate.heads]
+    per_layer: dict[str, list[float]] = {name: [] for name in extra}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
         f_ref, z_ref = reference.forward(batch)
@@ -82,6 +87,12 @@ def compare(
         ref_pred.append(targets)
         cand_pred.append(softmax(z_cand.astype(np.float64)).argmax(axis=1))
         correlations.extend(pearson(a, b) for a, b in zip(maps_ref, maps_cand, strict=True))
+        for name in extra:
+            pair = []
+            for model in (reference, candidate):
+                f, z = model.forward(batch, name)
+                pair.append(gradcam.compute(CamInputs(f, model.heads[name], z, targets, "logit")))
+            per_layer[name].extend(pearson(a, b) for a, b in zip(*pair, strict=True))
     pred_ref, pred_cand = np.concatenate(ref_pred), np.concatenate(cand_pred)
     corr = np.asarray(correlations)
     result = Comparison(
@@ -91,6 +102,7 @@ def compare(
         cam_correlation_mean=float(corr.mean()),
         cam_correlation_median=float(np.median(corr)),
         cam_correlation_min=float(corr.min()),
+        layers={name: _summary(np.asarray(values)) for name, values in per_layer.items()},
     )
     if labels is not None:
         from scenecam_edge.metrics import classification_figures
@@ -99,6 +111,14 @@ def compare(
         result.int8_accuracy = float((pred_cand == labels).mean())
         result.int8_figures = classification_figures(labels, pred_cand, candidate.class_names)
     return result
+
+
+def _summary(corr: np.ndarray) -> dict[str, float]:
+    return {
+        "cam_correlation_mean": float(corr.mean()),
+        "cam_correlation_median": float(np.median(corr)),
+        "cam_correlation_min": float(corr.min()),
+    }
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,16 @@ def export_keras(
     evaluation: dict[str, Any] | None = None,
     overwrite: bool = False,
     preprocess: str | Preprocess | None = None,
+    extra_layers: Sequence[str] = (),
 ) -> Path:
     """Write a bundle for ``model`` (a Keras model or a ``.keras`` path) into ``out_dir``.
 
     ``conv_layer`` names the Grad-CAM layer (``outer/inner`` inside a nested model); by
     default it is the last layer with spatial extent before the head. ``preprocess`` scales
-    raw pixels before the model (see :mod:`scenecam_edge.export.preprocess`). The bundle is
+    raw pixels before the model (see :mod:`scenecam_edge.export.preprocess`).
+    ``extra_layers`` names more layers to explain on request (``--layer`` at serve time):
+    each one becomes another output of ``model.onnx`` with its own head (closed form, or a
+    VJP graph), listed in the manifest's ``extra_layers``; the default stays ``conv_layer``. The bundle is
     built in a temporary folder, checked (ONNX against Keras, the runtime's load-time
     self-check), and only then moved into place.
     """
@@ -96,29 +101,93 @@ def export_keras(
     if len(class_names) != num_classes:
         raise ExportError(f"the model has {num_classes} outputs but {len(class_names)} class names")
 
+    extras = _extra_plans(graph, plan, extra_layers)
     strip = ends_in_softmax(graph)
-    onnx_bytes = _serving_graph(graph, plan, scaling, strip, (height, width, channels))
-    vjp_bytes = None
-    if plan.chain is None:
-        vjp_bytes = build_vjp_graph(graph, plan, num_classes, strip, OPSET)
+    onnx_bytes = _serving_graph(graph, [plan, *extras], scaling, strip, (height, width, channels))
+    vjps = [
+        build_vjp_graph(graph, p, num_classes, strip, OPSET) if p.chain is None else None
+        for p in [plan, *extras]
+    ]
 
     with folder_replaced_on_success(out) as staging:
         (staging / "model.onnx").write_bytes(onnx_bytes)
-        np.savez(staging / HEAD_FILE, allow_pickle=False, **plan.arrays)
-        if vjp_bytes is not None:
-            (staging / GRAPH_HEAD_FILE).write_bytes(vjp_bytes)
-            plan.specs = [{"type": "graph", "file": GRAPH_HEAD_FILE}]
-            plan.final_activation = "softmax" if strip else "linear"
-        files = ["model.onnx", HEAD_FILE] + ([GRAPH_HEAD_FILE] if vjp_bytes else [])
+        files = ["model.onnx"]
+        for index, (p, vjp_bytes) in enumerate(zip([plan, *extras], vjps, strict=True)):
+            files += _write_head(staging, index, p, vjp_bytes, strip)
         manifest = _manifest(
             model, graph, plan, scaling, (height, width, channels), list(class_names),
             name=name or out.name, description=description, training=training,
             evaluation=evaluation,
         )  # fmt: skip
+        if extras:
+            manifest["extra_layers"] = [
+                _layer_entry(graph, p, i) for i, p in enumerate(extras, start=1)
+            ]
         write_manifest(staging, manifest, checksum=files)
         _check_parity(model, staging, scaling, strip, (height, width, channels))
     log.info("exported %s -> %s (Grad-CAM layer %s)", model.name, out, plan.features_path)
     return out
+
+
+def _extra_plans(graph: Graph, default: HeadPlan, names: Sequence[str]) -> list[HeadPlan]:
+    """A plan for each extra layer; refuses repeats and the default layer itself."""
+    plans: list[HeadPlan] = []
+    for layer in names:
+        extra = plan_head(graph, layer)
+        taken = [default.features_path, *(p.features_path for p in plans)]
+        if extra.features_path in taken:
+            raise ExportError(f"layer {layer!r} is already explained by this bundle")
+        plans.append(extra)
+    return plans
+
+
+def head_file_names(index: int) -> tuple[str, str]:
+    """The arrays file and the VJP graph file of explained layer ``index`` (0: the default)."""
+    if index == 0:
+        return HEAD_FILE, GRAPH_HEAD_FILE
+    return f"head_{index}.npz", f"head_{index}.onnx"
+
+
+def _write_head(
+    staging: Path, index: int, plan: HeadPlan, vjp_bytes: bytes | None, strip: bool
+) -> list[str]:
+    """Write one explained layer's head files; returns their names. A VJP graph replaces
+    the plan's layers with one ``graph`` layer."""
+    arrays_file, graph_file = head_file_names(index)
+    np.savez(staging / arrays_file, allow_pickle=False, **plan.arrays)
+    if vjp_bytes is None:
+        return [arrays_file]
+    (staging / graph_file).write_bytes(vjp_bytes)
+    plan.specs = [{"type": "graph", "file": graph_file}]
+    plan.final_activation = "softmax" if strip else "linear"
+    return [arrays_file, graph_file]
+
+
+def _head_entry(plan: HeadPlan, arrays_file: str) -> dict[str, Any]:
+    linear = all(
+        s["type"] not in ("relu", "activation", "graph", "max_pooling", "global_max_pooling",
+                          "layer_normalization")
+        and s.get("activation", "linear") == "linear"
+        for s in plan.specs
+    )  # fmt: skip
+    return {
+        "file": arrays_file,
+        "layers": plan.specs,
+        "final_activation": plan.final_activation,
+        "linear": linear,
+    }
+
+
+def _layer_entry(graph: Graph, plan: HeadPlan, index: int) -> dict[str, Any]:
+    """The manifest's record of extra layer ``index``."""
+    graph_head = plan.chain is None
+    return {
+        "name": plan.features_path,
+        "output": f"{FEATURES}_{index}",
+        "shape": [None, *(int(d) for d in graph.shapes[plan.features_id][1:])],
+        "head": _head_entry(plan, head_file_names(index)[0]),
+        "gradient": "vjp_graph" if graph_head else "closed_form",
+    }
 
 
 def split_head(model: keras.Model, conv_layer: str | None = None) -> HeadPlan:
@@ -127,8 +196,14 @@ def split_head(model: keras.Model, conv_layer: str | None = None) -> HeadPlan:
 
 
 def _serving_graph(
-    graph: Graph, plan: HeadPlan, scaling: Preprocess, strip: bool, hwc: tuple[int, int, int]
+    graph: Graph,
+    plans: list[HeadPlan],
+    scaling: Preprocess,
+    strip: bool,
+    hwc: tuple[int, int, int],
 ) -> bytes:
+    """uint8 ``image`` -> ``features`` (the first plan's layer), ``logits`` and
+    ``features_<i>`` for each further plan."""
     import tf2onnx  # imported here: slow, and only export needs it
 
     mean, std = scaling.arrays(hwc[2])
@@ -144,13 +219,15 @@ def _serving_graph(
             if scaling.bgr:
                 x = tf.reverse(x, axis=[-1])
             x = (x - tf.constant(mean)) / tf.constant(std)
-        features, logits = evaluate(
+        logits, *features = evaluate(
             graph,
             {graph.input_id: tf.cast(x, input_dtype)},
-            [plan.features_id, graph.output_id],
+            [graph.output_id, *(p.features_id for p in plans)],
             strip_softmax=graph.output_id if strip else None,
         )
-        return {FEATURES: tf.cast(features, tf.float32), LOGITS: tf.cast(logits, tf.float32)}
+        names = [FEATURES] + [f"{FEATURES}_{i}" for i in range(1, len(plans))]
+        out = {name: tf.cast(f, tf.float32) for name, f in zip(names, features, strict=True)}
+        return {**out, LOGITS: tf.cast(logits, tf.float32)}
 
     try:
         model, _ = tf2onnx.convert.from_function(
@@ -181,12 +258,6 @@ def _manifest(
 ) -> dict[str, Any]:
     import tf2onnx
 
-    linear = all(
-        s["type"] not in ("relu", "activation", "graph", "max_pooling", "global_max_pooling",
-                          "layer_normalization")
-        and s.get("activation", "linear") == "linear"
-        for s in plan.specs
-    )  # fmt: skip
     return {
         "schema_version": SCHEMA_VERSION,
         "name": info["name"],
@@ -209,12 +280,7 @@ def _manifest(
             LOGITS: {"dtype": "float32", "shape": [None, len(class_names)]},
         },
         "conv_layer": plan.features_path,
-        "head": {
-            "file": HEAD_FILE,
-            "layers": plan.specs,
-            "final_activation": plan.final_activation,
-            "linear": linear,
-        },
+        "head": _head_entry(plan, HEAD_FILE),
         "producer": {
             "scenecam_edge": __version__,
             "tensorflow": tf.__version__,
@@ -240,6 +306,8 @@ def _check_parity(
 
     try:
         loaded = SceneCam.load(bundle, threads=1)
+        for layer in loaded.layers[1:]:  # extra heads are checked on first use: use them now
+            loaded.heads[layer.name]
     except BundleError as exc:
         raise ExportError(f"the written bundle does not load ({exc})") from None
     rng = np.random.default_rng(1234)

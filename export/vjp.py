@@ -22,6 +22,7 @@ name, and the graph is checked against ``GradientTape`` before it is written.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,9 @@ from scenecam_edge.head import VJP_INPUTS, VJP_OUTPUTS
 from .errors import ExportError
 from .graph import Graph, evaluate
 from .head_spec import HeadPlan
+from .onnx_weights import share_weights
+
+log = logging.getLogger(__name__)
 
 #: Largest |onnx - tape| gradient difference, relative to the gradient's largest magnitude.
 VJP_TOLERANCE = 1e-4
@@ -92,6 +96,9 @@ def build_vjp_graph(
             f"the gradient after {plan.features_path!r} needs TensorFlow op {unknown[0]} "
             f"(at {node.name}), which has no ONNX form here; choose a layer nearer the head"
         )
+    shared = share_weights(model)
+    if shared:
+        log.info("VJP graph after %r: %d weights shared", plan.features_path, shared)
     data: bytes = model.SerializeToString()
     _check(data, vjp, shape, num_classes, plan.features_path)
     return data

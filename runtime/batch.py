@@ -148,6 +148,8 @@ class BatchJob:
                     "target_space": explain.target_space,
                     "alpha": explain.alpha,
                     "max_channels": explain.max_channels,
+                    # only when named, so results files of the default layer stay resumable
+                    **({"layer": explain.layer} if explain.layer is not None else {}),
                 },
                 "heatmaps": None if self.heatmaps is None else self.heatmaps[1],
             },

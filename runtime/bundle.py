@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -27,7 +26,12 @@ import numpy as np
 from .bundle_files import open_bundle_file, read_bundle_file, sha256_file, sha256_of
 from .errors import BundleError
 from .fileio import write_json_atomic
-from .head_layers import ACTIVATIONS
+from .layers import DENSE_ACTIVATIONS as DENSE_ACTIVATIONS
+from .layers import FEATURES as FEATURES
+from .layers import HEAD_LAYER_TYPES as HEAD_LAYER_TYPES
+from .layers import INPUT_NAME as INPUT_NAME
+from .layers import LOGITS as LOGITS
+from .layers import Checker, ExplainedLayer, parse_extra_layers, parse_head
 from .npz import read_named_arrays
 from .onnx_scan import MalformedModel, external_locations
 
@@ -41,30 +45,6 @@ MAX_MODEL_BYTES = 2 << 30  # protobuf's own limit
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-INPUT_NAME = "image"
-FEATURES = "features"
-LOGITS = "logits"
-
-#: Head layer types the runtime can run forward and backward, with the keys each one needs
-#: and their JSON types.
-HEAD_LAYER_TYPES: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "global_average_pooling": {},
-    "global_max_pooling": {},
-    "average_pooling": {"pool_size": (int, list), "strides": (int, list)},
-    "max_pooling": {"pool_size": (int, list), "strides": (int, list)},
-    "flatten": {},
-    "reshape": {"shape": list},
-    "dropout": {},
-    "dense": {"kernel": str, "bias": str, "activation": str},
-    "batch_normalization": {"scale": str, "offset": str},
-    "layer_normalization": {"gamma": str, "beta": str, "epsilon": (int, float)},
-    "relu": {},
-    "activation": {"function": str},
-    # The layers after the explained one as a second ONNX graph (features, cotangent) ->
-    # (logits, gradient); the file must be listed in ``files``.
-    "graph": {"file": str},
-}
-DENSE_ACTIVATIONS = ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -93,16 +73,33 @@ class Manifest:
     producer: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
+    extra_layers: tuple[ExplainedLayer, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def default_layer(self) -> ExplainedLayer:
+        """The layer explained unless another is asked for: the ``features`` output."""
+        gradient = (
+            "vjp_graph" if any(x["type"] == "graph" for x in self.head_layers) else ("closed_form")
+        )
+        return ExplainedLayer(
+            self.conv_layer, FEATURES, self.features_shape, self.head_file, self.head_layers,
+            gradient,
+        )  # fmt: skip
+
+    @property
+    def layers(self) -> tuple[ExplainedLayer, ...]:
+        """Every layer the bundle explains, the default first."""
+        return (self.default_layer, *self.extra_layers)
+
     @classmethod
     def from_dict(cls, data: object, where: str) -> Manifest:
         """Validate a decoded manifest; raise :class:`BundleError` naming the first problem."""
-        m = _Checker(where)
+        m = Checker(where)
         root = m.mapping(data, "manifest")
         version = m.get(root, "schema_version", int)
         if version > SCHEMA_VERSION:
@@ -144,36 +141,18 @@ class Manifest:
             )
 
         head = m.mapping(m.get(root, "head", dict), "head")
-        layers = m.get(head, "layers", list)
-        if not layers:
-            raise BundleError(where, "head.layers is empty")
-        for i, layer in enumerate(layers):
-            layer = m.mapping(layer, f"head.layers[{i}]")
-            kind = layer.get("type")
-            if not isinstance(kind, str) or kind not in HEAD_LAYER_TYPES:
-                raise BundleError(where, f"head.layers[{i}] has unknown type {kind!r}")
-            for key, expected in HEAD_LAYER_TYPES[kind].items():
-                if key not in layer:
-                    raise BundleError(where, f"head.layers[{i}] ({kind}) lacks '{key}'")
-                if not isinstance(layer[key], expected) or isinstance(layer[key], bool):
-                    raise BundleError(where, f"head.layers[{i}] ({kind}) has a malformed '{key}'")
-            if kind in ("average_pooling", "max_pooling"):
-                for key in ("pool_size", "strides"):
-                    _window(layer[key], f"head.layers[{i}].{key}", feats[1:3], where)
-            function = layer.get("activation" if kind == "dense" else "function")
-            if kind in ("dense", "activation") and function not in DENSE_ACTIVATIONS:
-                raise BundleError(
-                    where, f"head.layers[{i}] has unsupported activation {function!r}"
-                )
+        head_file, layers = parse_head(m, head, feats, "head")
+        conv_layer = str(root.get("conv_layer", ""))
+        extra = parse_extra_layers(m, root, conv_layer)
 
         files = m.get(root, "files", dict)
         for fname, digest in files.items():
             _check_inside(fname, where)
             if not (isinstance(digest, str) and len(digest) == 64):
                 raise BundleError(where, f"files[{fname!r}] is not a sha256 hex digest")
-        head_file = m.get(head, "file", str)
         graphs = [layer["file"] for layer in layers if layer["type"] == "graph"]
-        for needed in ("model.onnx", head_file, *graphs):
+        extra_files = [f for layer in extra for f in layer.files]
+        for needed in ("model.onnx", head_file, *graphs, *extra_files):
             if needed not in files:
                 raise BundleError(where, f"manifest files lacks a checksum for {needed}")
 
@@ -182,14 +161,15 @@ class Manifest:
             class_names=tuple(classes),
             input=spec,
             features_shape=(feats[1], feats[2], feats[3]),
-            conv_layer=str(root.get("conv_layer", "")),
+            conv_layer=conv_layer,
             head_file=head_file,
-            head_layers=tuple(layers),
+            head_layers=layers,
             files=dict(files),
             description=str(root.get("description", "")),
             producer=m.optional_mapping(root, "producer") or {},
             training=m.optional_mapping(root, "training"),
             evaluation=m.optional_mapping(root, "evaluation"),
+            extra_layers=extra,
             raw=root,
         )
 
@@ -257,8 +237,9 @@ def json_depth(text: str) -> int:
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     """Check that every listed file exists inside the bundle and matches its sha256."""
+    head_files = {layer.head_file for layer in manifest.layers}
     for fname, expected in manifest.files.items():
-        limit = MAX_HEAD_BYTES if fname == manifest.head_file else MAX_MODEL_BYTES
+        limit = MAX_HEAD_BYTES if fname in head_files else MAX_MODEL_BYTES
         with open_bundle_file(bundle_dir, fname, limit) as fh:
             actual = sha256_of(fh)
         if actual != expected:
@@ -292,87 +273,27 @@ def check_external_data(bundle_dir: Path, manifest: Manifest) -> None:
             )
 
 
-def head_array_names(manifest: Manifest) -> set[str]:
-    """The arrays the manifest's head layers name (the only ones read)."""
+def head_array_names(layer: ExplainedLayer) -> set[str]:
+    """The arrays a layer's head names (the only ones read)."""
     return {
-        layer[key]
-        for layer in manifest.head_layers
-        for key, kind in HEAD_LAYER_TYPES[layer["type"]].items()
-        if kind is str and key != "activation"
+        spec[key]
+        for spec in layer.head_layers
+        for key, kind in HEAD_LAYER_TYPES[spec["type"]].items()
+        if kind is str and key not in ("activation", "file")
     }
 
 
-def load_head_arrays(bundle_dir: Path, manifest: Manifest) -> dict[str, np.ndarray]:
-    """The head's arrays, by name, within limits and without pickle."""
-    with open_bundle_file(bundle_dir, manifest.head_file, MAX_HEAD_BYTES) as fh:
-        return read_named_arrays(
-            fh, head_array_names(manifest), str(bundle_dir), manifest.head_file
-        )
-
-
-def _window(value: object, what: str, features: list[int], where: str) -> None:
-    """A pooling size or stride: a positive int or pair, no larger than the features."""
-    pair = [value, value] if isinstance(value, int) else value
-    if not (
-        isinstance(pair, list)
-        and len(pair) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
-    ):
-        raise BundleError(where, f"manifest {what} must be an int or a pair of ints")
-    if not all(1 <= v <= side for v, side in zip(pair, features, strict=True)):
-        raise BundleError(
-            where, f"manifest {what} {value} must be between 1 and the features' size {features}"
-        )
+def load_head_arrays(
+    bundle_dir: Path, manifest: Manifest, layer: ExplainedLayer | None = None
+) -> dict[str, np.ndarray]:
+    """A head's arrays (the default layer's unless ``layer`` is given), by name, within
+    limits and without pickle."""
+    layer = layer or manifest.default_layer
+    with open_bundle_file(bundle_dir, layer.head_file, MAX_HEAD_BYTES) as fh:
+        return read_named_arrays(fh, head_array_names(layer), str(bundle_dir), layer.head_file)
 
 
 def _check_inside(fname: str, where: str) -> None:
     p = Path(fname)
     if p.is_absolute() or ".." in p.parts or fname != p.as_posix() or len(p.parts) != 1:
         raise BundleError(where, f"file name {fname!r} must be a plain name inside the bundle")
-
-
-class _Checker:
-    """Small helpers that turn type problems into BundleErrors naming the key."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def mapping(self, value: object, what: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise BundleError(self.where, f"manifest {what} must be an object")
-        return value
-
-    def get(self, obj: dict[str, Any], key: str, kind: type) -> Any:
-        if key not in obj:
-            raise BundleError(self.where, f"manifest lacks '{key}'")
-        value = obj[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise BundleError(
-                self.where, f"manifest '{key}' must be {kind.__name__}, not {type(value).__name__}"
-            )
-        return value
-
-    def optional_mapping(self, obj: dict[str, Any], key: str) -> dict[str, Any] | None:
-        value = obj.get(key)
-        if value is not None and not isinstance(value, dict):
-            raise BundleError(self.where, f"manifest '{key}' must be an object or null")
-        return value
-
-    def positive(self, obj: dict[str, Any], key: str, limit: int) -> int:
-        value: int = self.get(obj, key, int)
-        if not 1 <= value <= limit:
-            raise BundleError(
-                self.where, f"manifest '{key}' must be between 1 and {limit}, not {value}"
-            )
-        return value
-
-    def shape(self, obj: dict[str, Any], what: str, rank: int) -> list[int]:
-        shape = self.get(obj, "shape", list)
-        ok = len(shape) == rank and all(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape[1:]
-        )
-        if not ok or math.prod(shape[1:]) > 1 << 28:
-            raise BundleError(
-                self.where, f"outputs.{what}.shape must be [null, ...] of rank {rank}"
-            )
-        return [0, *shape[1:]]

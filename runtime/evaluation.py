@@ -18,6 +18,7 @@ from .dataset import LabelledImages, batches
 from .faithfulness import Faithfulness, evaluate_maps, forward_passes, random_map
 from .metrics import classification_figures
 from .model import SceneCam
+from .options import find_layer
 
 RANDOM_BASELINE = "random map (baseline)"
 
@@ -84,10 +85,12 @@ def faithfulness_table(
     seed: int = 0,
     max_channels: int = 64,
     progress: Progress | None = None,
+    layer: str | None = None,
 ) -> dict[str, Faithfulness]:
     """Deletion/insertion AUC, average drop and increase in confidence per method, on up to
     ``images`` images of ``data`` (a fixed random subset), explaining each prediction; plus a
-    random-map baseline row. ``progress`` hears of every image scored."""
+    random-map baseline row (at ``layer``'s map size). ``progress`` hears of every image
+    scored; ``layer`` is the explained layer (None: the model's default)."""
     rng = np.random.default_rng(seed)
     chosen = faithfulness_subset(data, images, seed)
     batch = [data.images[i] for i in chosen]
@@ -106,7 +109,7 @@ def faithfulness_table(
 
     table: dict[str, Faithfulness] = {}
     for method in methods:
-        options = cam.explain_options(method=method, max_channels=max_channels)
+        options = cam.explain_options(method=method, max_channels=max_channels, layer=layer)
         explained = [
             e
             for s in batches(len(batch), 16)
@@ -118,7 +121,7 @@ def faithfulness_table(
             steps,
             on_image=tick,
         )
-    h, w = cam.manifest.features_shape[:2]
+    h, w = (find_layer(cam.layers, layer) if layer else cam.layers[0]).shape[:2]
     predicted = [r.index for s in batches(len(batch), 64) for r in cam.predict(batch[s], names[s])]
     table[RANDOM_BASELINE] = evaluate_maps(
         forward,

@@ -69,9 +69,19 @@ class GraphVJP:
         self.num_classes = int(
             next(i for i in session.get_inputs() if i.name == "cotangent").shape[1]
         )
+        declared = next(i for i in session.get_inputs() if i.name == "features").shape
+        self.feature_shape = tuple(declared[1:])
+
+    def _check(self, x: np.ndarray) -> None:
+        if tuple(x.shape[1:]) != self.feature_shape:
+            raise ValueError(
+                f"the head graph takes features of shape {list(self.feature_shape)}, "
+                f"not {list(x.shape[1:])}"
+            )
 
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits (N, C), gradient (N, h, w, K)) for features x and cotangents (N, C)."""
+        self._check(x)
         logits, grads = [], []
         for a, v in zip(x, cotangent, strict=True):
             z, g = self._session.run(

@@ -17,23 +17,23 @@ from .bundle import (
     LOGITS,
     Manifest,
     check_external_data,
-    load_head_arrays,
     read_manifest,
     verify_files,
 )
 from .cam import (
     DEFAULT_MAX_CHANNELS,
-    TARGET_SPACES,
     CamInputs,
     TargetSpace,
     get_method,
     softmax,
 )
-from .errors import BundleError, ImageError
+from .errors import ImageError
 from .fileio import not_regular_reason
 from .head import Head
+from .heads import LayerHeads, build_head
 from .images import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image, resize_to
-from .options import ExplainOptions
+from .layers import ExplainedLayer
+from .options import ExplainOptions, class_index, explain_options, find_layer
 from .registry import resolve_model
 from .results import Classification, Explanation
 from .selfcheck import SELF_CHECK_TOLERANCE as SELF_CHECK_TOLERANCE
@@ -63,7 +63,7 @@ class SceneCam:
     ) -> None:
         self.path = path
         self.manifest = manifest
-        self.head = head
+        self.head = head  # the default layer's
         self.config = config
         self.max_pixels = max_pixels
         self.band_stretch = model_stretch(manifest)  # trained on raster chips: their stretch
@@ -71,6 +71,8 @@ class SceneCam:
         self.tta = tta
         self._session = create_session(path / "model.onnx", config)
         check_graph(path, self._session, manifest, head)
+        #: Every explained layer's head by name; the extra ones built on first use.
+        self.heads = LayerHeads(path, manifest, config, head, lambda: self._session)
 
     @classmethod
     def load(
@@ -99,20 +101,8 @@ class SceneCam:
         manifest = read_manifest(bundle_dir)
         verify_files(bundle_dir, manifest)
         check_external_data(bundle_dir, manifest)
-        arrays = load_head_arrays(bundle_dir, manifest)
         config = SessionConfig(threads=threads, providers=tuple(providers), spin=spin)
-        head = Head.from_manifest(
-            manifest.head_layers,
-            arrays,
-            manifest.features_shape,
-            str(bundle_dir),
-            open_graph=lambda name: create_session(bundle_dir / name, config),
-        )
-        if head.num_classes != manifest.num_classes:
-            raise BundleError(
-                bundle_dir,
-                f"head gives {head.num_classes} classes, manifest names {manifest.num_classes}",
-            )
+        head = build_head(bundle_dir, manifest, manifest.default_layer, config)
         return cls(bundle_dir, manifest, head, config, max_pixels, tta)
 
     # -- facts about the model -------------------------------------------------------------
@@ -125,6 +115,11 @@ class SceneCam:
     def input_size(self) -> tuple[int, int]:
         """(height, width) the graph takes."""
         return self.manifest.input.height, self.manifest.input.width
+
+    @property
+    def layers(self) -> tuple[ExplainedLayer, ...]:
+        """The layers this model explains, the default first (``explain(..., layer=name)``)."""
+        return self.manifest.layers
 
     def __repr__(self) -> str:
         return f"SceneCam({self.manifest.name!r}, classes={list(self.class_names)})"
@@ -144,9 +139,11 @@ class SceneCam:
         """A decoded image resized to the graph's input (H, W, C)."""
         return resize_to(image, *self.input_size)
 
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run the graph on uint8 (N, H, W, C): returns (features, logits), both float32."""
-        features, logits = self._session.run([FEATURES, LOGITS], {"image": batch})
+    def forward(self, batch: np.ndarray, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Run the graph on uint8 (N, H, W, C): returns (features, logits), both float32;
+        the features are ``layer``'s activations (default: the default layer's)."""
+        output = FEATURES if layer is None else find_layer(self.layers, layer).output
+        features, logits = self._session.run([output, LOGITS], {"image": batch})
         return features, logits
 
     @overload
@@ -176,6 +173,7 @@ class SceneCam:
         alpha: float = visual.DEFAULT_ALPHA,
         top_k: int = 3,
         max_channels: int = DEFAULT_MAX_CHANNELS,
+        layer: str | None = None,
     ) -> Explanation: ...
     @overload
     def explain(
@@ -188,6 +186,7 @@ class SceneCam:
         alpha: float = visual.DEFAULT_ALPHA,
         top_k: int = 3,
         max_channels: int = DEFAULT_MAX_CHANNELS,
+        layer: str | None = None,
     ) -> list[Explanation]: ...
 
     def explain(
@@ -200,14 +199,16 @@ class SceneCam:
         alpha: float = visual.DEFAULT_ALPHA,
         top_k: int = 3,
         max_channels: int = DEFAULT_MAX_CHANNELS,
+        layer: str | None = None,
     ) -> Explanation | list[Explanation]:
         """Classify and explain: a CAM for ``target`` (index or name; default the prediction).
 
         ``target_space`` is ``"logit"`` (explain z_c) or ``"probability"`` (explain p_c).
         ``method`` is any name in :data:`scenecam_edge.METHODS`; ``max_channels`` caps the
-        channels Score-CAM masks the image with (one extra forward pass each).
+        channels Score-CAM masks the image with (one extra forward pass each). ``layer``
+        names the layer to explain (one of :attr:`layers`; default the bundle's default).
         """
-        options = self.explain_options(target, method, target_space, alpha, max_channels)
+        options = self.explain_options(target, method, target_space, alpha, max_channels, layer)
         items, single = _as_list(images)
         results: list[Explanation] = self._decode_and_predict(items, top_k, options)
         return results[0] if single else results
@@ -230,21 +231,18 @@ class SceneCam:
         target_space: TargetSpace = "logit",
         alpha: float = visual.DEFAULT_ALPHA,
         max_channels: int = DEFAULT_MAX_CHANNELS,
+        layer: str | None = None,
     ) -> ExplainOptions:
-        """Validated explanation settings (ValueError naming what is wrong)."""
-        if max_channels < 1:
-            raise ValueError(f"max_channels must be at least 1, not {max_channels}")
-        if target_space not in TARGET_SPACES:
-            raise ValueError(f"target_space must be one of {TARGET_SPACES}, not {target_space!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], not {alpha}")
-        return ExplainOptions(
-            target=None if target is None else self.class_index(target),
-            method=get_method(method).name,
-            target_space=target_space,
-            alpha=alpha,
-            max_channels=max_channels,
-        )
+        """Validated explanation settings (ValueError naming what is wrong; an unknown
+        ``layer`` gives :class:`~scenecam_edge.options.UnknownLayerError`). A named layer's
+        head is opened and self-checked here, so a broken one raises BundleError now."""
+        options = explain_options(
+            self.class_names, self.layers, target, method, target_space, alpha, max_channels,
+            layer,
+        )  # fmt: skip
+        if options.layer is not None:
+            self.heads[options.layer]  # opens and self-checks the layer's head now
+        return options
 
     @overload
     def predict(
@@ -284,7 +282,8 @@ class SceneCam:
         batch = np.stack([self.to_input(d) for d in decoded])
         if self.tta:  # the mirrored images after the originals, in one run
             batch = np.concatenate([batch, batch[:, :, ::-1]])
-        features, branch_logits = self.forward(batch)
+        layer = explain.layer if explain is not None else None
+        features, branch_logits = self.forward(batch, layer)
         logits = (branch_logits[:n] + branch_logits[n:]) / 2 if self.tta else branch_logits
         probs = softmax(logits.astype(np.float64))
         bases = [
@@ -296,7 +295,7 @@ class SceneCam:
         targets = np.full(n, explain.target) if explain.target is not None else probs.argmax(axis=1)
         inputs = CamInputs(
             features,
-            self.head,
+            self.heads[layer or self.manifest.conv_layer],
             branch_logits,
             np.concatenate([targets, targets]) if self.tta else targets,
             explain.target_space,
@@ -353,27 +352,7 @@ class SceneCam:
 
     def class_index(self, target: int | str) -> int:
         """A class index from an index or a class name; ValueError when it is neither."""
-        if isinstance(target, str):
-            if target in self.class_names:
-                return self.class_names.index(target)
-            folded = [
-                i for i, n in enumerate(self.class_names) if n.casefold() == target.casefold()
-            ]
-            if len(folded) == 1:  # "Sea" for "sea"; ambiguous only if names differ by case
-                return folded[0]
-            if target.strip().lstrip("-").isdigit():
-                target = int(target)
-            else:
-                raise ValueError(
-                    f"unknown class {target!r}; classes are {', '.join(self.class_names)}"
-                )
-        if isinstance(target, bool) or not isinstance(target, int | np.integer):
-            raise ValueError(f"target must be a class index or name, not {target!r}")
-        if not 0 <= int(target) < len(self.class_names):
-            raise ValueError(
-                f"class index {target} is out of range (0..{len(self.class_names) - 1})"
-            )
-        return int(target)
+        return class_index(self.class_names, target)
 
     # -- internals ---------------------------------------------------------------------------
 

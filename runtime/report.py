@@ -34,16 +34,20 @@ def write_report(
     gallery_per_class: int = 6,
     faithfulness: dict[str, Faithfulness] | None = None,
     skipped: list[tuple[str, str]] | None = None,
+    layer: str | None = None,
 ) -> Path:
     """Write ``metrics.json``, ``metrics.md`` (the tables in Markdown) and ``report.html``
     (confusion matrix, per-class figures, and a Grad-CAM gallery per class with the
-    misclassifications first). Each records when it was made and which model made it."""
+    misclassifications first). Each records when it was made and which model made it.
+    ``layer`` is the explained layer of the gallery and the faithfulness scores (None: the
+    model's default)."""
     out = Path(out_dir)
     made = provenance(cam)
     left_out = [{"path": path, "reason": reason} for path, reason in skipped or []]
     metrics: dict[str, Any] = {"title": title, **made, **result.figures, "skipped": left_out}
     if faithfulness:
         metrics["faithfulness"] = faithfulness_rows(faithfulness)
+        metrics["faithfulness_layer"] = layer or cam.manifest.conv_layer
     write_json_atomic(out / "metrics.json", metrics)
     markdown = f"# {title}\n\n{_provenance_line(made)}\n\n{_skipped_text(left_out)}"
     markdown += figures_markdown(result.figures)
@@ -58,7 +62,7 @@ def write_report(
         _confusion(result.figures),
         _per_class(result.figures),
         faithfulness_html(faithfulness) if faithfulness else "",
-        _gallery(cam, data, result, gallery_per_class),
+        _gallery(cam, data, result, gallery_per_class, layer),
     ]
     page = _PAGE.format(title=html.escape(title), body="\n".join(sections))
     return write_bytes_atomic(out / "report.html", page.encode("utf-8"))
@@ -140,10 +144,12 @@ def _per_class(f: dict[str, Any]) -> str:
     )
 
 
-def _gallery(cam: SceneCam, data: LabelledImages, result: Evaluation, per_class: int) -> str:
+def _gallery(
+    cam: SceneCam, data: LabelledImages, result: Evaluation, per_class: int, layer: str | None
+) -> str:
     if per_class <= 0:
         return ""
-    options = cam.explain_options()
+    options = cam.explain_options(layer=layer)
     parts = [
         "<h2>Grad-CAM gallery</h2><p>Per true class: misclassified first (most confident "
         "mistakes first), then correct. Each card shows the photo and the Grad-CAM overlay of "

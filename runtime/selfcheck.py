@@ -17,55 +17,82 @@ from onnxruntime import InferenceSession
 from .bundle import FEATURES, INPUT_NAME, LOGITS, Manifest
 from .errors import BundleError
 from .head import Head
+from .layers import ExplainedLayer
 
 log = logging.getLogger(__name__)
 
 #: How far the numpy head may stray from the graph's logits before a bundle is refused.
 SELF_CHECK_TOLERANCE = 1e-3
+#: The same for a layer marked ``straight_through`` (int8 layers after it, differentiated as
+#: their float originals): the float head on int8 activations against the int8 logits.
+STRAIGHT_THROUGH_TOLERANCE = 0.1
 
 
 def check_graph(where: Path, session: InferenceSession, manifest: Manifest, head: Head) -> None:
-    """Refuse a bundle whose graph or head does not match its manifest."""
+    """Refuse a bundle whose graph or default head does not match its manifest. Every
+    explained layer's output must be there with its shape; the extra layers' heads are
+    checked when first used (:func:`check_layer`)."""
+    layers = manifest.layers
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     if list(inputs) != ["image"] or inputs["image"].type != "tensor(uint8)":
         raise BundleError(where, f"graph input must be one uint8 'image', got {list(inputs)}")
-    if sorted(outputs) != sorted([FEATURES, LOGITS]):
-        raise BundleError(
-            where,
-            f"graph outputs must be exactly '{FEATURES}' and '{LOGITS}', got {sorted(outputs)}",
-        )
+    expected = sorted([LOGITS, *(layer.output for layer in layers)])
+    if sorted(outputs) != expected:
+        quoted = [f"'{n}'" for n in expected]
+        names = ", ".join(quoted[:-1]) + f" and {quoted[-1]}"
+        raise BundleError(where, f"graph outputs must be exactly {names}, got {sorted(outputs)}")
     spec = manifest.input
     _check_declared(
         where, "input 'image'", inputs["image"].shape, (spec.height, spec.width, spec.channels)
     )
-    _check_declared(where, f"output '{FEATURES}'", outputs[FEATURES].shape, manifest.features_shape)
+    for layer in layers:
+        _check_declared(where, f"output '{layer.output}'", outputs[layer.output].shape, layer.shape)
     _check_declared(where, f"output '{LOGITS}'", outputs[LOGITS].shape, (manifest.num_classes,))
+    wanted = [LOGITS, *(layer.output for layer in layers)]
     try:
-        features, logits = session.run([FEATURES, LOGITS], {INPUT_NAME: _probe_batch(manifest)})
+        logits, *values = session.run(wanted, {INPUT_NAME: _probe_batch(manifest)})
     except Exception as exc:  # onnxruntime's own errors (InvalidArgument, Fail, ...)
         reason = " ".join(str(exc).split())[:200]
         raise BundleError(where, f"the graph fails on a probe input ({reason})") from None
-    expected_f = manifest.features_shape
-    if features.shape[1:] != expected_f:
-        raise BundleError(
-            where, f"graph features have shape {features.shape[1:]}, manifest says {expected_f}"
-        )
     if logits.shape[1:] != (manifest.num_classes,):
         raise BundleError(
             where,
             f"graph logits have {logits.shape[1]} classes, manifest names {manifest.num_classes}",
         )
+    for layer, features in zip(layers, values, strict=True):
+        what = "features" if layer.output == FEATURES else f"output '{layer.output}'"
+        if features.shape[1:] != layer.shape:
+            raise BundleError(
+                where, f"graph {what} have shape {features.shape[1:]}, manifest says {layer.shape}"
+            )
+    _check_head(where, head, values[0], logits, layers[0])
+
+
+def check_layer(
+    where: Path, session: InferenceSession, manifest: Manifest, layer: ExplainedLayer, head: Head
+) -> None:
+    """The self-check of one explained layer's head: from the layer's activations on the
+    probe images it must give the graph's logits."""
+    logits, features = session.run([LOGITS, layer.output], {INPUT_NAME: _probe_batch(manifest)})
+    _check_head(where, head, features, logits, layer)
+
+
+def _check_head(
+    where: Path, head: Head, features: np.ndarray, logits: np.ndarray, layer: ExplainedLayer
+) -> None:
     ours = head.logits(features)
     scale = max(1.0, float(np.abs(logits).max()))
     err = float(np.abs(ours - logits).max()) / scale
-    if not np.isfinite(err) or err > SELF_CHECK_TOLERANCE:
+    limit = STRAIGHT_THROUGH_TOLERANCE if layer.straight_through else SELF_CHECK_TOLERANCE
+    if not np.isfinite(err) or err > limit:
+        whose = "head" if layer.output == FEATURES else f"head of layer {layer.name!r}"
         raise BundleError(
             where,
-            f"head gradient does not belong to this graph: the head gives logits "
+            f"{whose} gradient does not belong to this graph: the head gives logits "
             f"{err:.2e} (relative) away from the graph's on the probe input",
         )
-    log.debug("self-check of %s: head vs graph logits %.1e (relative)", where, err)
+    log.debug("self-check of %s (%s): head vs graph logits %.1e", where, layer.name, err)
 
 
 def _check_declared(

@@ -436,3 +436,24 @@ def test_without_opencv_the_command_names_the_extra():
         "'scenecam-edge[camera]' (or 'scenecam-edge[camera-headless]' on a machine without a "
         "display)\n"
     )
+
+
+def test_the_loop_explains_the_layer_asked_for(video: Path, decoded: list[np.ndarray], scenecam):
+    """--layer in the camera loop: each frame's overlay is the one explain gives at that
+    layer (the default model's 10x10 stage-3 maps), not the default layer's."""
+    layer = scenecam.layers[-1].name
+    assert layer != scenecam.layers[0].name, "the default model offers a second layer"
+    images: list[np.ndarray] = []
+    settings = CameraSettings(max_frames=2, layer=layer)
+    with open_source(str(video)) as source:
+        run_camera(scenecam, source, settings, on_frame=lambda r: images.append(r.image.copy()))
+    options = scenecam.explain_options(layer=layer)
+    ours = scenecam.predict([rgb(decoded[0])], ["f0"], explain=options)[0]
+    default = scenecam.predict([rgb(decoded[0])], ["f0"], explain=scenecam.explain_options())[0]
+    assert ours.cam.shape == (10, 10)
+    bgr = cv2.cvtColor(ours.overlay, cv2.COLOR_RGB2BGR)[MIDDLE]
+    assert np.array_equal(images[0][MIDDLE], bgr)
+    assert not np.array_equal(ours.overlay, default.overlay)
+    result = invoke("--source", str(video), "--headless", "--jsonl", "-", "--layer", "nope")
+    assert result.exit_code == 2
+    assert "--layer: this model does not explain layer 'nope'" in result.stderr

@@ -332,3 +332,30 @@ def test_shipped_int8_bundle(name: str):
     assert np.corrcoef(features.ravel(), ref_features.ravel())[0, 1] > 0.95
     # And the same path works by folder.
     assert SceneCam.load(models_dir() / name, threads=1).manifest.name == name
+
+
+def test_the_default_offers_its_stage3_maps():
+    """The int8 default explains stage 3 too (10x10), through a VJP graph with int8 weights
+    (straight-through gradient); its maps follow the float model's, as quantize measured."""
+    cam = SceneCam.load(threads=1)
+    default, extra = cam.layers
+    assert (default.name, default.shape[:2]) == ("stage4_block2_out", (5, 5))
+    assert (extra.name, extra.shape[:2], extra.gradient) == (
+        "stage3_block2_out",
+        (10, 10),
+        "vjp_graph",
+    )
+    assert extra.straight_through
+    assert (models_dir() / cam.manifest.name / "head_1.onnx").stat().st_size < 10_000_000
+    figures = cam.manifest.raw["quantization"]["comparison"]["layers"]["stage3_block2_out"]
+    assert figures["cam_correlation_mean"] >= 0.99
+    reference = SceneCam.load(model_folder("scenes-resnet18"), threads=1)
+    photos = sorted((REPO / "samples" / "scenes").glob("*.jpg"))[:4]
+    from scenecam_edge.export.compare import pearson
+
+    for photo in photos:
+        target = reference.classify(photo).index
+        ours = cam.explain(photo, target=target, layer=extra.name).cam
+        theirs = reference.explain(photo, target=target, layer=extra.name).cam
+        assert ours.shape == theirs.shape == (10, 10)
+        assert pearson(ours, theirs) >= 0.9, photo.name

@@ -54,6 +54,7 @@ class CameraSettings:
     alpha: float = visual.DEFAULT_ALPHA
     target: int | str | None = None
     target_space: TargetSpace = "logit"
+    layer: str | None = None  # an explained layer of the bundle; None: its default
     every: int = 1
     heatmap: bool = True
     max_frames: int | None = None
@@ -163,7 +164,11 @@ class CameraLoop:
         self.display = display
         self.on_frame = on_frame
         self.options = scenecam.explain_options(
-            settings.target, settings.method, settings.target_space, settings.alpha
+            settings.target,
+            settings.method,
+            settings.target_space,
+            settings.alpha,
+            layer=settings.layer,
         )
         self.heatmap_on = settings.heatmap
         self.snapshots: list[Path] = []

@@ -22,7 +22,7 @@ from .classify import classify
 from .common import fail
 from .evaluate import evaluate
 from .export import export
-from .models import models
+from .models import info, models
 from .quantize import quantize
 from .tiles import tiles
 from .train import train
@@ -54,6 +54,7 @@ SUMMARIES = {
     camera: "Classify and explain a camera, video file or stream live.",
     evaluate: "Score a model on labelled images; write an HTML report.",
     models: "List the shipped models.",
+    info: "Describe a model: classes and the layers it explains.",
     train: "Train a model on labelled images (train extra).",
     export: "Turn a Keras model into a bundle (train extra).",
     quantize: "Write an int8 copy of a bundle (quantize extra).",

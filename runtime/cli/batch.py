@@ -29,6 +29,7 @@ from .common import (
     explain_options,
     fail,
     keep_going_past_file_size_limit,
+    layer_option,
     load_model,
     max_pixels_option,
     model_options,
@@ -79,6 +80,7 @@ EXIT_SIGNAL_BASE = 128
     help="png: the overlay; npy: the raw CAM (float32); both. [default: png]",
 )
 @cam_options(alpha=True)
+@layer_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @click.option(
@@ -107,6 +109,7 @@ def batch(
     target: str | None,
     target_space: TargetSpace,
     method: str,
+    layer: str | None,
     alpha: float,
     top_k: int,
     batch_size: int,
@@ -147,7 +150,7 @@ def batch(
             EXIT_USAGE,
         )
     scenecam = load_model(model, threads, spin=False, max_pixels=max_pixels)
-    options = explain_options(scenecam, target, method, target_space, alpha)
+    options = explain_options(scenecam, target, method, target_space, alpha, layer=layer)
     explaining = heatmaps is not None or target is not None
     results = ResultsFile(out, fmt or named or "jsonl", scenecam.class_names)
     job = BatchJob(

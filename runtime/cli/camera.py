@@ -24,6 +24,7 @@ from .common import (
     error_line,
     explain_options,
     fail,
+    layer_option,
     load_model,
     model_options,
 )
@@ -91,6 +92,7 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     help="Network streams: seconds to wait to open the stream, and for each frame.",
 )
 @cam_options(alpha=True)
+@layer_option
 @click.option(
     "--snapshot-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -113,6 +115,7 @@ def camera(
     target: str | None,
     target_space: TargetSpace,
     method: str,
+    layer: str | None,
     alpha: float,
     snapshot_dir: Path,
 ) -> None:
@@ -163,7 +166,9 @@ def camera(
     _quiet_opencv()
 
     scenecam = load_model(model, threads, spin=False)
-    explain_options(scenecam, target, method, target_space, alpha)  # refused here, not mid-loop
+    explain_options(
+        scenecam, target, method, target_space, alpha, layer=layer
+    )  # refused here, not mid-loop
     try:
         reader = cam.open_source(source, timeout=timeout)
     except SceneCamError as exc:
@@ -173,6 +178,7 @@ def camera(
         alpha=alpha,
         target=target,
         target_space=target_space,
+        layer=layer,
         every=every,
         max_frames=max_frames,
         realtime=not headless or address is not None,

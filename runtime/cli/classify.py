@@ -28,6 +28,7 @@ from .common import (
     fail,
     is_storage_error,
     keep_going_past_file_size_limit,
+    layer_option,
     load_model,
     max_pixels_option,
     model_options,
@@ -46,6 +47,7 @@ from .common import (
     help="Write original | heatmap | overlay panels (PNG) here.",
 )
 @cam_options(alpha=True)
+@layer_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option(
     "--display-size",
@@ -72,6 +74,7 @@ def classify(
     target: str | None,
     target_space: TargetSpace,
     method: str,
+    layer: str | None,
     top_k: int,
     alpha: float,
     display_size: int | None,
@@ -89,7 +92,7 @@ def classify(
     """
     keep_going_past_file_size_limit()
     scenecam = load_model(model, threads, max_pixels=max_pixels)
-    options = explain_options(scenecam, target, method, target_space, alpha, max_channels)
+    options = explain_options(scenecam, target, method, target_space, alpha, max_channels, layer)
     explaining = save_dir is not None or target is not None
     if not explaining:
         _refuse_unused_heatmap_options()
@@ -147,7 +150,7 @@ def _refuse_unused_heatmap_options() -> None:
     context = click.get_current_context()
     given = [
         "--" + name.replace("_", "-")
-        for name in ("method", "target_space", "alpha", "display_size", "max_channels")
+        for name in ("method", "target_space", "alpha", "display_size", "max_channels", "layer")
         if context.get_parameter_source(name) is ParameterSource.COMMANDLINE
     ]
     if given:

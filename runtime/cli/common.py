@@ -20,7 +20,7 @@ from ..errors import MissingExtraError, SceneCamError
 from ..fileio import STORAGE_ERRNOS
 from ..images import DEFAULT_MAX_PIXELS
 from ..model import SceneCam
-from ..options import ExplainOptions
+from ..options import ExplainOptions, UnknownLayerError
 from ..visual import DEFAULT_ALPHA
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
@@ -85,13 +85,17 @@ def explain_options(
     target_space: TargetSpace,
     alpha: float = DEFAULT_ALPHA,
     max_channels: int = DEFAULT_MAX_CHANNELS,
+    layer: str | None = None,
 ) -> ExplainOptions:
-    """The --target, --method, --target-space (--alpha, --max-channels) options as one
-    record for ``scenecam``; a target it does not know is a usage error naming --target."""
+    """The --target, --method, --target-space (--alpha, --max-channels, --layer) options as
+    one record for ``scenecam``; a target or layer it does not know is a usage error naming
+    the option; an extra layer whose head fails its self-check is the model's error."""
     try:
-        return scenecam.explain_options(target, method, target_space, alpha, max_channels)
+        return scenecam.explain_options(target, method, target_space, alpha, max_channels, layer)
     except ValueError as exc:
-        fail(f"--target: {exc}", EXIT_USAGE)
+        fail(f"{option_named(exc)}: {exc}", EXIT_USAGE)
+    except SceneCamError as exc:
+        fail(exc)
 
 
 def split_options(fn: F) -> F:
@@ -140,6 +144,21 @@ def cam_options(*, alpha: bool) -> Callable[[F], F]:
         return fn
 
     return decorate
+
+
+def layer_option(fn: F) -> F:
+    """--layer: which of the bundle's explained layers the maps come from."""
+    return click.option(
+        "--layer",
+        default=None,
+        metavar="NAME",
+        help="Explain this layer instead of the model's default (see 'scenecam-edge info').",
+    )(fn)
+
+
+def option_named(exc: ValueError) -> str:
+    """The option an explain-options error is about: --layer, else --target."""
+    return "--layer" if isinstance(exc, UnknownLayerError) else "--target"
 
 
 def max_pixels_option(fn: F) -> F:

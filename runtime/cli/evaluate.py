@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..cam import METHODS
 from ..dataset import LabelledImages, align_classes, load_dataset, stratified_split
+from ..errors import SceneCamError
 from ..evaluation import estimate_faithfulness_seconds, faithfulness_table
 from ..evaluation import evaluate as run_evaluation
 from ..faithfulness import Faithfulness
@@ -24,6 +25,7 @@ from .common import (
     EXIT_USAGE,
     error_line,
     fail,
+    layer_option,
     load_model,
     model_options,
     split_options,
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
     type=click.IntRange(min=1),
     help="Images (a fixed random subset) for the faithfulness scores.",
 )
+@layer_option
 def evaluate(
     data_dir: str,
     model: str | None,
@@ -80,6 +83,7 @@ def evaluate(
     gallery: int,
     faithfulness: bool,
     faithfulness_images: int,
+    layer: str | None,
 ) -> None:
     """Evaluate a bundle on DATA_DIR (class-per-folder images, or an .npz with x and y).
 
@@ -87,6 +91,12 @@ def evaluate(
     them. Writes metrics.json, metrics.md and a self-contained report.html.
     """
     scenecam = load_model(model, threads)
+    try:
+        layer = scenecam.explain_options(layer=layer).layer
+    except ValueError as exc:
+        fail(f"--layer: {exc}", EXIT_USAGE)
+    except SceneCamError as exc:  # the layer's head is broken (BundleError)
+        fail(exc)
     spec = scenecam.manifest.input
     try:
         data = align_classes(
@@ -109,7 +119,7 @@ def evaluate(
     if not len(data):
         fail(f"{data_dir}: no images to evaluate", EXIT_USAGE)
     result = run_evaluation(scenecam, data)
-    table = _faithfulness(scenecam, data, faithfulness_images) if faithfulness else None
+    table = _faithfulness(scenecam, data, faithfulness_images, layer) if faithfulness else None
     title = f"{scenecam.manifest.name} on {data_dir} ({split})"
     report = write_report(
         report_dir,
@@ -120,6 +130,7 @@ def evaluate(
         gallery_per_class=gallery,
         faithfulness=table,
         skipped=skipped,
+        layer=layer,
     )
     f = result.figures
     click.echo(
@@ -132,7 +143,9 @@ def evaluate(
         sys.exit(EXIT_FAILED_INPUTS)
 
 
-def _faithfulness(cam: SceneCam, data: LabelledImages, images: int) -> dict[str, Faithfulness]:
+def _faithfulness(
+    cam: SceneCam, data: LabelledImages, images: int, layer: str | None
+) -> dict[str, Faithfulness]:
     """Every CAM method's faithfulness, with an estimate up front and progress on stderr: a
     bar on a terminal, a log line every tenth of the way with -v elsewhere."""
     methods = list(METHODS)
@@ -158,7 +171,7 @@ def _faithfulness(cam: SceneCam, data: LabelledImages, images: int) -> dict[str,
             if done % step == 0 or done == total:
                 log.info("faithfulness: %d of %d maps scored", done, total)
 
-        return faithfulness_table(cam, data, methods, images=images, progress=progress)
+        return faithfulness_table(cam, data, methods, images=images, progress=progress, layer=layer)
 
 
 def _duration(seconds: float) -> str:

@@ -27,6 +27,14 @@ from .common import EXIT_MODEL, fail, needs_train_extra, quiet_tensorflow
     "convolutions after it gets a second graph for its exact gradient (head.onnx).",
 )
 @click.option(
+    "--extra-layer",
+    "extra_layers",
+    multiple=True,
+    metavar="LAYER",
+    help="Another layer to explain on request (repeatable): served by --layer LAYER, e.g. "
+    "a ResNet's stage 3 for maps twice as fine. The default stays --conv-layer.",
+)
+@click.option(
     "--preprocess",
     default=None,
     metavar="SCALING",
@@ -40,6 +48,7 @@ def export(
     model_file: Path,
     out_dir: Path,
     conv_layer: str | None,
+    extra_layers: tuple[str, ...],
     preprocess: str | None,
     classes: str | None,
     name: str | None,
@@ -71,6 +80,7 @@ def export(
                 name=name,
                 overwrite=force,
                 preprocess=scaling,
+                extra_layers=extra_layers,
             )
         except ExportError as exc:
             fail(f"{model_file}: {exc}", EXIT_MODEL)

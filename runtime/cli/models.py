@@ -7,10 +7,12 @@ from typing import Any
 
 import click
 
-from ..bundle import read_manifest
+from ..bundle import Manifest, read_manifest
 from ..errors import BundleError
 from ..models import REPOSITORY_ONLY
-from ..registry import DEFAULT_MODEL, models_dir, not_installed, shipped_models
+from ..options import describe_layers
+from ..registry import DEFAULT_MODEL, models_dir, not_installed, resolve_model, shipped_models
+from .common import fail
 
 
 @click.command()
@@ -35,6 +37,7 @@ def models(as_json: bool) -> None:
             "installed": True,
             "path": str(path),
             "size_mb": round(sum(f.stat().st_size for f in path.iterdir()) / 1e6, 1),
+            "layers": layer_records(manifest),
         }
         if as_json:
             click.echo(json.dumps(record))
@@ -44,9 +47,62 @@ def models(as_json: bool) -> None:
             size = f"{manifest.input.height}x{manifest.input.width}x{manifest.input.channels}"
             click.echo(f"{mark} {name:<24} {size:<10} val acc {acc:<7} {manifest.description}")
             click.echo(f"  {'':<24} {record['size_mb']} MB in {path}")
+            click.echo(f"  {'':<24} explains {describe_layers(manifest.layers)}")
     for name in sorted(set(REPOSITORY_ONLY) - set(shipped_models())):
         missing: dict[str, Any] = {"name": name, "default": False, "installed": False, "path": None}
         if as_json:
             click.echo(json.dumps({**missing, "note": not_installed(name)}))
         else:
             click.echo(f"  {name:<24} {not_installed(name)}")
+
+
+def layer_records(manifest: Manifest) -> list[dict[str, Any]]:
+    """The layers a bundle explains (the default first): name, map size, gradient."""
+    return [
+        {
+            "name": layer.name,
+            "default": i == 0,
+            "map": list(layer.shape[:2]),
+            "channels": layer.shape[2],
+            "gradient": layer.gradient,
+            "straight_through": layer.straight_through,
+        }
+        for i, layer in enumerate(manifest.layers)
+    ]
+
+
+@click.command()
+@click.argument("model", required=False, metavar="[NAME|DIR]")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def info(model: str | None, as_json: bool) -> None:
+    """Describe a model (default: the shipped default): input, classes and the layers it
+    explains (pass one to --layer). Reads the manifest only; exit 3 if it is not valid."""
+    try:
+        path = resolve_model(model)
+        manifest = read_manifest(path)
+    except BundleError as exc:
+        fail(exc)
+    accuracy = (manifest.evaluation or {}).get("accuracy")
+    layers = layer_records(manifest)
+    record = {
+        "name": manifest.name,
+        "path": str(path),
+        "input": [manifest.input.height, manifest.input.width, manifest.input.channels],
+        "classes": list(manifest.class_names),
+        "validation_accuracy": accuracy,
+        "layers": layers,
+    }
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    size = f"{manifest.input.height}x{manifest.input.width}x{manifest.input.channels}"
+    click.echo(f"{manifest.name} ({path}): input {size}, {manifest.num_classes} classes")
+    click.echo(f"classes: {', '.join(manifest.class_names)}")
+    click.echo("layers (--layer NAME):")
+    for layer in layers:
+        mark = " (default)" if layer["default"] else ""
+        how = "VJP graph" if layer["gradient"] == "vjp_graph" else "closed form"
+        if layer["straight_through"]:
+            how += ", straight-through (int8 after it)"
+        h, w = layer["map"]
+        click.echo(f"  {layer['name']}: {h}x{w} x {layer['channels']}, gradient {how}{mark}")

@@ -207,5 +207,10 @@ def quantize(
             f"Grad-CAM correlation int8 vs float: mean {c.cam_correlation_mean:.4f}, "
             f"median {c.cam_correlation_median:.4f}, min {c.cam_correlation_min:.4f}"
         )
+        for layer, r in c.layers.items():
+            click.echo(
+                f"  at {layer}: mean {r['cam_correlation_mean']:.4f}, "
+                f"median {r['cam_correlation_median']:.4f}, min {r['cam_correlation_min']:.4f}"
+            )
         click.echo(f"model.onnx {sizes['float'] / 1e6:.2f} MB -> {sizes['int8'] / 1e6:.2f} MB")
         click.echo(f"wrote {result.path}")
