@@ -140,6 +140,8 @@ class BatchJob:
             "options": {
                 "top_k": self.top_k,
                 "max_pixels": self.model.max_pixels,
+                # only when on, so results files written without it stay resumable
+                **({"tta": True} if self.model.tta else {}),
                 "explain": None
                 if explain is None
                 else {

@@ -42,7 +42,7 @@ def evaluate(cam: SceneCam, data: LabelledImages, batch_size: int = 64) -> Evalu
         )
     preds, confs = [], []
     for s in batches(len(data), batch_size):
-        probs = softmax(cam.forward(data.images[s])[1].astype(np.float64))
+        probs = softmax(cam.logits(data.images[s]).astype(np.float64))
         preds.append(probs.argmax(axis=1))
         confs.append(probs.max(axis=1))
     predictions = np.concatenate(preds) if preds else np.zeros(0, np.int64)

@@ -146,6 +146,23 @@ class SceneCam:
         features, logits = self._session.run([output, LOGITS], {"image": batch})
         return features, logits
 
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The answers' logits for uint8 (N, H, W, C) at the graph's size: the graph's, or
+        with ``tta`` the mean of the image's and its mirror's."""
+        return self._run(batch, None)[3]
+
+    def _run(
+        self, batch: np.ndarray, layer: str | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(the batch run, its features, its logits, the answers' logits): with ``tta`` the
+        mirrored images follow the originals in one run, and the answers' logits are the
+        mean of each pair."""
+        n = len(batch)
+        if self.tta:
+            batch = np.concatenate([batch, batch[:, :, ::-1]])
+        features, logits = self.forward(batch, layer)
+        return batch, features, logits, (logits[:n] + logits[n:]) / 2 if self.tta else logits
+
     @overload
     def classify(self, images: ImageInput, *, top_k: int = 3) -> Classification: ...
     @overload
@@ -280,11 +297,8 @@ class SceneCam:
             return []
         n = len(decoded)
         batch = np.stack([self.to_input(d) for d in decoded])
-        if self.tta:  # the mirrored images after the originals, in one run
-            batch = np.concatenate([batch, batch[:, :, ::-1]])
         layer = explain.layer if explain is not None else None
-        features, branch_logits = self.forward(batch, layer)
-        logits = (branch_logits[:n] + branch_logits[n:]) / 2 if self.tta else branch_logits
+        batch, features, branch_logits, logits = self._run(batch, layer)
         probs = softmax(logits.astype(np.float64))
         bases = [
             self._classification(src, z, p, top_k)

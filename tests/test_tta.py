@@ -3,13 +3,18 @@ mirror's logits, the map the mean of the two maps, the mirrored one mirrored bac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from scenecam_edge import SceneCam
 from scenecam_edge.cam import softmax
+from scenecam_edge.cli import cli
+from scenecam_edge.dataset import LabelledImages
+from scenecam_edge.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +59,37 @@ def test_flip_is_off_by_default(pair: tuple[SceneCam, SceneCam], sample_images: 
     image = plain.to_input(plain.load_image(sample_images[0]))
     _, logits = plain.forward(image[None])
     assert plain.classify(sample_images[0]).logits == pytest.approx(logits[0], abs=1e-6)
+
+
+def test_commands_and_evaluation_take_tta(
+    pair: tuple[SceneCam, SceneCam], sample_images: list[Path], tmp_path: Path
+):
+    """classify --tta prints the flipped answers; evaluation scores the flipped answers;
+    batch --tta records it in the results file's header, so a results file written without
+    it is not resumed with it."""
+    plain, tta = pair
+    run = CliRunner().invoke(
+        cli, ["classify", str(sample_images[0]), "--json", "--tta", "--model", "scenes-mini"]
+    )
+    assert run.exit_code == 0, run.output
+    record = json.loads(run.stdout.splitlines()[0])
+    assert record["probabilities"] == pytest.approx(
+        tta.classify(sample_images[0]).probabilities, abs=1e-6
+    )
+
+    images = np.stack([tta.to_input(tta.load_image(p)) for p in sample_images])
+    labels = np.array([tta.class_names.index(p.stem.split("_")[0]) for p in sample_images])
+    data = LabelledImages(images, labels, list(tta.class_names), [str(p) for p in sample_images])
+    flipped = [tta.class_names.index(tta.classify(p).label) for p in sample_images]
+    assert evaluate(tta, data).predictions.tolist() == flipped
+    assert evaluate(plain, data).predictions.tolist() == [
+        plain.class_names.index(plain.classify(p).label) for p in sample_images
+    ]
+
+    out = tmp_path / "r.jsonl"
+    args = ["batch", str(sample_images[0].parent), "--out", str(out), "--model", "scenes-mini"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    again = CliRunner().invoke(cli, [*args, "--tta"])
+    assert again.exit_code == 2 and "--restart" in again.output, again.output
+    assert CliRunner().invoke(cli, [*args, "--tta", "--restart"]).exit_code == 0
+    assert '"tta": true' in out.read_text().splitlines()[0]

@@ -34,6 +34,7 @@ from .common import (
     max_pixels_option,
     model_options,
     shown,
+    tta_option,
     write_failed,
 )
 
@@ -81,6 +82,7 @@ EXIT_SIGNAL_BASE = 128
 )
 @cam_options(alpha=True)
 @layer_option
+@tta_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @click.option(
@@ -110,6 +112,7 @@ def batch(
     target_space: TargetSpace,
     method: str,
     layer: str | None,
+    tta: bool,
     alpha: float,
     top_k: int,
     batch_size: int,
@@ -149,7 +152,7 @@ def batch(
             "drop the flag or rename --out",
             EXIT_USAGE,
         )
-    scenecam = load_model(model, threads, spin=False, max_pixels=max_pixels)
+    scenecam = load_model(model, threads, spin=False, max_pixels=max_pixels, tta=tta)
     options = explain_options(scenecam, target, method, target_space, alpha, layer=layer)
     explaining = heatmaps is not None or target is not None
     results = ResultsFile(out, fmt or named or "jsonl", scenecam.class_names)

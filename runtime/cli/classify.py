@@ -33,6 +33,7 @@ from .common import (
     max_pixels_option,
     model_options,
     shown,
+    tta_option,
 )
 
 
@@ -48,6 +49,7 @@ from .common import (
 )
 @cam_options(alpha=True)
 @layer_option
+@tta_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option(
     "--display-size",
@@ -75,6 +77,7 @@ def classify(
     target_space: TargetSpace,
     method: str,
     layer: str | None,
+    tta: bool,
     top_k: int,
     alpha: float,
     display_size: int | None,
@@ -91,7 +94,7 @@ def classify(
     more panels are tried, the other inputs are still classified, and the exit code is 5.
     """
     keep_going_past_file_size_limit()
-    scenecam = load_model(model, threads, max_pixels=max_pixels)
+    scenecam = load_model(model, threads, max_pixels=max_pixels, tta=tta)
     options = explain_options(scenecam, target, method, target_space, alpha, max_channels, layer)
     explaining = save_dir is not None or target is not None
     if not explaining:

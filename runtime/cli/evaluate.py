@@ -29,6 +29,7 @@ from .common import (
     load_model,
     model_options,
     split_options,
+    tta_option,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
     help="Images (a fixed random subset) for the faithfulness scores.",
 )
 @layer_option
+@tta_option
 def evaluate(
     data_dir: str,
     model: str | None,
@@ -84,13 +86,14 @@ def evaluate(
     faithfulness: bool,
     faithfulness_images: int,
     layer: str | None,
+    tta: bool,
 ) -> None:
     """Evaluate a bundle on DATA_DIR (class-per-folder images, or an .npz with x and y).
 
     Folders are matched to the model's classes ignoring case, and may cover only some of
     them. Writes metrics.json, metrics.md and a self-contained report.html.
     """
-    scenecam = load_model(model, threads)
+    scenecam = load_model(model, threads, tta=tta)
     try:
         layer = scenecam.explain_options(layer=layer).layer
     except ValueError as exc:
