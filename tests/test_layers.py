@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from .conftest import HAS_TF, REPO, wave_images
+from scenecam_edge.synthetic import wave_images
+
+from .conftest import HAS_TF, REPO
 
 pytestmark = [
     pytest.mark.tf,
