@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,23 @@ needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "intel-scenes" / "train").is_dir(),
     reason=f"needs the shared data set at {SHARED_DATA}",
 )
+
+
+@contextmanager
+def local_ray() -> Iterator[None]:
+    """A local Ray instance for one test: two CPUs, 100 MB of object store, quiet."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 1024**2,
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def model_folder(name: str) -> Path:

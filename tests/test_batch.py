@@ -25,6 +25,8 @@ from scenecam_edge.batch import ResultsFile, classify_batches, classify_stream
 from scenecam_edge.cli import cli
 from scenecam_edge.results import Classification
 
+from .conftest import local_ray
+
 HAS_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow")
 
 
@@ -493,18 +495,10 @@ def test_ray_predictor_equals_batch(tmp_path: Path, sample_images: list[Path]):
     assert run_batch(str(folder), "--out", str(out)).exit_code == 0
     expected = {Path(r["path"]).name: r for r in read_jsonl(out)}
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=100 * 1024**2,
-        log_to_driver=False,
-    )
-    try:
+    with local_ray():
         images = ray.data.read_images(str(folder), include_paths=True, mode="RGB")
         results = classify_dataset(images, concurrency=2, num_cpus=0.5, batch_size=4)
         results.write_parquet(str(tmp_path / "parquet"))
-    finally:
-        ray.shutdown()
     table = pq.read_table(tmp_path / "parquet").to_pylist()
     assert sorted(Path(r["path"]).name for r in table) == sorted(expected)
     names = list(next(iter(expected.values()))["probabilities"])

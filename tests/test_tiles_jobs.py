@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import local_ray
 from .test_tiles import needs_geo, read, run_tiles, scene_pixels, write_scene
 
 pytestmark = needs_geo
@@ -142,7 +143,6 @@ def test_a_killed_job_resumes_where_it_stopped(tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_RAY, reason="needs Ray: pip install '.[ray]'")
 def test_ray_tasks_per_scene_give_the_command_s_outputs(tmp_path: Path):
-    import ray
 
     from scenecam_edge.integrations.ray import classify_scenes
     from scenecam_edge.tiles import TileOptions
@@ -151,16 +151,8 @@ def test_ray_tasks_per_scene_give_the_command_s_outputs(tmp_path: Path):
     (tmp_path / "in" / "bad.tif").write_text("no raster")
     local = tmp_path / "local"
     assert run_tiles(str(tmp_path / "in"), "--out-dir", str(local)).exit_code == 1
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=100 * 1024**2,
-        log_to_driver=False,
-    )
-    try:
+    with local_ray():
         outcomes = classify_scenes([tmp_path / "in"], tmp_path / "ray", options=TileOptions())
-    finally:
-        ray.shutdown()
     assert [o.scene.name for o in outcomes] == ["bad.tif", *(s.name for s in scenes)]
     assert outcomes[0].error and all(o.summary for o in outcomes[1:])
     for scene in scenes:
@@ -180,7 +172,6 @@ def test_ray_tasks_per_scene_give_the_command_s_outputs(tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_RAY, reason="needs Ray: pip install '.[ray]'")
 def test_ray_blocks_of_one_scene_give_the_command_s_outputs(tmp_path: Path):
-    import ray
 
     from scenecam_edge.integrations.ray import classify_scene_blocks
     from scenecam_edge.tiles import TileOptions
@@ -197,13 +188,7 @@ def test_ray_blocks_of_one_scene_give_the_command_s_outputs(tmp_path: Path):
     local = tmp_path / "local" / "s16.tif"
     args = ("--stride", "75", "--heatmap", "--batch-size", "5")
     assert run_tiles(str(scene), "--out", str(local), *args).exit_code == 0
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=100 * 1024**2,
-        log_to_driver=False,
-    )
-    try:
+    with local_ray():
         summary = classify_scene_blocks(
             scene,
             tmp_path / "ray" / "s16.tif",
@@ -211,8 +196,6 @@ def test_ray_blocks_of_one_scene_give_the_command_s_outputs(tmp_path: Path):
             rows_per_block=2,
             in_flight=2,
         )
-    finally:
-        ray.shutdown()
     assert summary["grid"]["rows"] == 5 and summary["tiles"]["nodata"] > 0
     for suffix in (".tif", ".probs.tif", ".cam.tif"):
         ours, theirs = (

@@ -282,15 +282,7 @@ def _block_task(
     stop: int,
 ) -> list[TileRow]:
     """Rows ``start`` to ``stop`` of a scene's results, read and classified on a worker."""
-    with SceneTiler(
-        _loaded(model, threads),
-        scene,
-        tile=options.tile,
-        stride=options.stride,
-        bands=options.bands,
-        stretch=options.stretch,
-        min_valid=options.min_valid,
-    ) as tiler:
+    with options.tiler(_loaded(model, threads), scene) as tiler:
         return list(
             tiler.rows(batch_size=options.batch_size, explain=explain, first=start, stop=stop)
         )

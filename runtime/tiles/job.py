@@ -52,6 +52,18 @@ class TileOptions:
     explain: ExplainOptions | None = None
     heatmap: bool = False
 
+    def tiler(self, model: SceneCam, scene: str | os.PathLike[str]) -> SceneTiler:
+        """``scene`` opened for reading in tiles as these options say."""
+        return SceneTiler(
+            model,
+            scene,
+            tile=self.tile,
+            stride=self.stride,
+            bands=self.bands,
+            stretch=self.stretch,
+            min_valid=self.min_valid,
+        )
+
 
 @dataclass
 class _Totals:
@@ -95,17 +107,7 @@ def classify_scene(
         explain = model.explain_options()
     _remove_leftovers(outputs)
     with ExitStack() as stack:
-        tiler = stack.enter_context(
-            SceneTiler(
-                model,
-                scene,
-                tile=options.tile,
-                stride=options.stride,
-                bands=options.bands,
-                stretch=options.stretch,
-                min_valid=options.min_valid,
-            )
-        )
+        tiler = stack.enter_context(options.tiler(model, scene))
         writers = stack.enter_context(
             SceneOutputs(
                 outputs,
