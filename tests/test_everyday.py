@@ -65,6 +65,9 @@ def test_panel_titles_name_the_file_and_what_the_map_shows(tmp_path: Path):
     assert "the same map for every class" in _title(e) and "logit" not in _title(e)
     g = cam.explain(SAMPLES / "sea_1.jpg", target="forest")
     assert "map of forest (gradcam, logit)" in _title(g)
+    # the layer and the flip, when asked for, are named (classify builds these notes)
+    noted = _title(g, ", layer stage3_block2_out, flip")
+    assert "map of forest (gradcam, logit, layer stage3_block2_out, flip)" in noted
 
 
 def test_colour_photos_through_the_digit_model_get_one_note():

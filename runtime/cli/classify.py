@@ -97,6 +97,7 @@ def classify(
     scenecam = load_model(model, threads, max_pixels=max_pixels, tta=tta)
     options = explain_options(scenecam, target, method, target_space, alpha, max_channels, layer)
     explaining = save_dir is not None or target is not None
+    notes = (f", layer {options.layer}" if options.layer else "") + (", flip" if tta else "")
     if not explaining:
         _refuse_unused_heatmap_options()
     items = list(iter_sources(paths))
@@ -128,7 +129,7 @@ def classify(
         if namer is not None and not stop_panels and isinstance(result, Explanation):
             saved = namer.path_for(result.source)
             try:
-                write_png_atomic(saved, _panel(result, alpha, display_size))
+                write_png_atomic(saved, _panel(result, alpha, display_size, notes))
                 panels += 1
             except OSError as exc:
                 saved, unwritten = None, unwritten + 1
@@ -196,22 +197,23 @@ def _save_note(save_dir: Path, panels: int, excluded: int) -> None:
     click.echo(note, err=True)
 
 
-def _panel(result: Explanation, alpha: float, display_size: int | None) -> np.ndarray:
+def _panel(result: Explanation, alpha: float, display_size: int | None, notes: str) -> np.ndarray:
     if display_size is None:
-        return panel(result.picture, result.colours, result.overlay, _title(result))
+        return panel(result.picture, result.colours, result.overlay, _title(result, notes))
     shown = resize_to(result.picture, display_size, display_size)
     lv = levels_at(result.cam, display_size, display_size)
-    return panel(shown, colorize_levels(lv), blend(shown, lv, alpha), _title(result))
+    return panel(shown, colorize_levels(lv), blend(shown, lv, alpha), _title(result, notes))
 
 
-def _title(result: Explanation) -> str:
-    """Two lines: the file, then the answer and what the map shows. A class-agnostic method
-    (Eigen-CAM) says so instead of naming a class and a target space it does not use."""
+def _title(result: Explanation, notes: str = "") -> str:
+    """Two lines: the file, then the answer and what the map shows (``notes``: the layer and
+    the flip, when asked for). A class-agnostic method (Eigen-CAM) says so instead of naming a
+    class and a target space it does not use."""
     name = Path(result.source).name if result.source else "image"
     if not get_method(result.method).uses_target:
-        explained = f"{result.method}: the same map for every class"
+        explained = f"{result.method}{notes}: the same map for every class"
     else:
-        explained = f"map of {result.target_label} ({result.method}, {result.target_space})"
+        explained = f"map of {result.target_label} ({result.method}, {result.target_space}{notes})"
     return f"{name}\n{result.label} {result.confidence:.0%}  |  {explained}"
 
 
