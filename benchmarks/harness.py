@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,6 +33,25 @@ def time_modes(
             fn()
             times[name].append((time.perf_counter() - start) * 1000 / count)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def fresh_venv(path: Path) -> Path:
+    """A virtualenv at ``path`` with the pip this Python bundles."""
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    return path
+
+
+def pip(env: Path, log: Path, *args: str) -> None:
+    """``pip install -q ARGS`` into the virtualenv ``env``, run from the repository (so "."
+    is this tree), its output appended to ``log``."""
+    with log.open("ab") as fh:
+        subprocess.run(
+            [str(env / "bin" / "python"), "-m", "pip", "install", "-q", *args],
+            check=True,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
 
 
 def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness import REPO, fresh_venv, pip  # fresh_venv keeps the bundled pip: "added" leaves it out
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "samples" / "scenes" / "street_31.jpg"
 EXTRAS = ("camera", "camera-headless", "geo", "ray", "train")
 
@@ -47,23 +47,6 @@ def du(path: Path) -> int:
     """Apparent bytes of every file under ``path``, symlinks not followed (``du -sb``)."""
     out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[0])
-
-
-def fresh_venv(path: Path) -> Path:
-    """A virtualenv with the pip this Python bundles (upgrading it only changes pip's size,
-    which the "added" figure leaves out anyway)."""
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    return path
-
-
-def pip(env: Path, log: Path, *args: str) -> None:
-    with log.open("ab") as fh:
-        subprocess.run(
-            [str(env / "bin" / "python"), "-m", "pip", "install", "-q", *args],
-            check=True,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def build_wheel(source: Path, out: Path, log: Path) -> Path:

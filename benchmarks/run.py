@@ -44,7 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import REPO, cold_starts, keras_classify_job, ratio, run_child, time_modes
+from harness import (
+    REPO,
+    cold_starts,
+    fresh_venv,
+    keras_classify_job,
+    pip,
+    ratio,
+    run_child,
+    time_modes,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -451,19 +460,7 @@ def installed_sizes(work: Path) -> dict[str, Any]:
     log = work / "pip.log"
 
     def venv(name: str) -> Path:
-        path = work / name
-        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-        return path
-
-    def pip(env_dir: Path, *args: str) -> None:
-        with log.open("ab") as fh:
-            subprocess.run(
-                [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", *args],
-                check=True,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
+        return fresh_venv(work / name)
 
     def du(path: Path) -> int:
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
@@ -473,7 +470,7 @@ def installed_sizes(work: Path) -> dict[str, Any]:
     for name, spec in (("runtime", "."), ("train", ".[train]")):
         print(f"installing {spec} into a fresh virtualenv ...", file=sys.stderr, flush=True)
         env_dir = venv(f"venv-{name}")
-        pip(env_dir, spec)
+        pip(env_dir, log, spec)
         site = next((env_dir / "lib").glob("python*/site-packages"))
         parts: dict[str, int] = {}
         for entry in site.iterdir():
@@ -492,8 +489,8 @@ def installed_sizes(work: Path) -> dict[str, Any]:
         print(f"sizing {spec} ...", file=sys.stderr, flush=True)
         env_dir = venv("venv-opencv")
         try:
-            pip(env_dir, "--no-deps", spec)
-            pip(env_dir, "numpy")
+            pip(env_dir, log, "--no-deps", spec)
+            pip(env_dir, log, "numpy")
             site = next((env_dir / "lib").glob("python*/site-packages"))
             size = sum(
                 du(p) if p.is_dir() else p.stat().st_size
