@@ -69,9 +69,9 @@ def estimate_faithfulness_seconds(
         return 0.0
     per_map = forward_passes(steps)
     probe = np.repeat(data.images[:1], per_map, axis=0)
-    cam.forward(probe)  # the first call pays for memory planning; time the second
+    cam.logits(probe)  # the first call pays for memory planning; time the second
     start = time.perf_counter()
-    cam.forward(probe)
+    cam.logits(probe)
     seconds_per_map = time.perf_counter() - start
     return seconds_per_map * n * (len(methods) + 1)  # + the random baseline
 
@@ -97,9 +97,8 @@ def faithfulness_table(
     names = [data.sources[i] for i in chosen]
     total = len(batch) * (len(methods) + 1)
     done = 0
-
-    def forward(x: np.ndarray) -> np.ndarray:
-        return cam.forward(x)[1]
+    # the perturbed images go through what answers (with --tta, the image and its mirror)
+    forward = cam.logits
 
     def tick() -> None:
         nonlocal done

@@ -63,7 +63,7 @@ def levels_at(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     Resizing is linear with weights that sum to one, so the scaling moves to the small map
     (255 * v + 0.5 lies in [0.5, 255.5] there and after resizing: no clip, and the cast
     truncates); float rounding may move an exact tie to the next level."""
-    scaled = normalize(cam).astype(np.float32) * np.float32(255.0) + np.float32(0.5)
+    scaled = normalize(cam) * np.float32(255.0) + np.float32(0.5)  # normalize gives float32
     return resize_map(scaled, height, width).astype(np.uint8)
 
 
