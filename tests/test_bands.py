@@ -5,8 +5,6 @@ model exported from Keras, and give the numbers ``tiles`` gives on the same pixe
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from PIL import Image
 from scenecam_edge.cli import cli
 
 from .conftest import needs_tf, with_manifest
-from .test_tiles import BLOCK_RASTERIO, needs_geo, read, run_tiles
+from .test_tiles import assert_needs_geo_extra, needs_geo, read, run_tiles
 
 SIZE = 32
 #: Per-band ranges a model trained on chips would record: 16-bit and 8-bit data.
@@ -247,14 +245,7 @@ def test_without_rasterio_a_band_model_names_the_extra(tmp_path: Path, bundles):
 from scenecam_edge.cli import cli
 cli(['classify', {str(chip)!r}, '--model', {str(bundles["uint16"])!r}])
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", BLOCK_RASTERIO + code], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 3, proc.stderr
-    assert proc.stderr.strip() == (
-        "error: reading and writing rasters needs rasterio; "
-        "install it with: pip install 'scenecam-edge[geo]'"
-    )
+    assert_needs_geo_extra(code)
 
 
 def test_evaluate_and_batch_read_chip_folders_with_the_model_stretch(tmp_path: Path, bundles):

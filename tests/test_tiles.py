@@ -310,14 +310,9 @@ sys.meta_path.insert(0, Block())
 """
 
 
-def test_without_rasterio_the_command_names_the_extra(tmp_path: Path):
-    code = f"""
-import scenecam_edge.cli, scenecam_edge.tiles, scenecam_edge.batch
-import scenecam_edge.integrations.ray
-assert not [m for m in sys.modules if m.split('.')[0] in ('rasterio', 'ray')]
-from scenecam_edge.cli import cli
-cli(['tiles', {str(tmp_path / "x.tif")!r}, '--out', {str(tmp_path / "y.tif")!r}])
-"""
+def assert_needs_geo_extra(code: str) -> None:
+    """Run ``code`` in a Python where rasterio cannot be imported: it must end with the one
+    line that names the geo extra, exit 3."""
     proc = subprocess.run(
         [sys.executable, "-c", BLOCK_RASTERIO + code], capture_output=True, text=True, timeout=120
     )
@@ -326,6 +321,17 @@ cli(['tiles', {str(tmp_path / "x.tif")!r}, '--out', {str(tmp_path / "y.tif")!r}]
         "error: reading and writing rasters needs rasterio; "
         "install it with: pip install 'scenecam-edge[geo]'"
     )
+
+
+def test_without_rasterio_the_command_names_the_extra(tmp_path: Path):
+    code = f"""
+import scenecam_edge.cli, scenecam_edge.tiles, scenecam_edge.batch
+import scenecam_edge.integrations.ray
+assert not [m for m in sys.modules if m.split('.')[0] in ('rasterio', 'ray')]
+from scenecam_edge.cli import cli
+cli(['tiles', {str(tmp_path / "x.tif")!r}, '--out', {str(tmp_path / "y.tif")!r}])
+"""
+    assert_needs_geo_extra(code)
 
 
 @pytest.mark.parametrize(
