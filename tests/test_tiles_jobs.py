@@ -115,10 +115,12 @@ def test_a_killed_job_resumes_where_it_stopped(tmp_path: Path):
     job = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / "scene0.json").exists():  # the first scene is finished
+        # kill it once the second scene's outputs are open: its 12 tiles, one at a time and
+        # explained, take far longer than this loop's 5 ms (a fixed sleep after the first
+        # scene was not enough on a faster machine: the second one had finished too)
+        while not (out.is_dir() and list(out.glob(".scene1.*.tmp*"))):
             assert job.poll() is None and time.monotonic() < deadline, "the job ended early"
-            time.sleep(0.05)
-        time.sleep(0.3)  # well into the second scene (12 tiles, one at a time, explained)
+            time.sleep(0.005)
         os.killpg(job.pid, signal.SIGKILL)
     finally:
         job.wait(timeout=30)
