@@ -284,11 +284,19 @@ def test_names_cannot_forge_terminal_lines(tmp_path: Path, sample_images: list[P
 
 def test_one_writer_per_results_file(tmp_path: Path):
     folder = tmp_path / "in"
-    _photos(folder, 300)
+    photos = _photos(folder, 300)
     out = tmp_path / "r.jsonl"
-    command = [_exe(), "batch", str(folder), "--out", str(out), "--batch-size", "4", *MINI]
-    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    command = [_exe(), "batch", "--out", str(out), "--batch-size", "4", *MINI]
+    # The first run reads its inputs from a pipe that stays open until the second run has
+    # tried: it holds the lock however fast this machine is (a folder of photos could be
+    # done before the second run has even started).
+    first = subprocess.Popen(
+        [*command, "--from-list", "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert first.stdin is not None
     try:
+        first.stdin.write("".join(f"{p}\n" for p in photos[:150]))
+        first.stdin.flush()
         lock = tmp_path / "r.jsonl.lock"
         deadline = time.monotonic() + 120
         while first.poll() is None and time.monotonic() < deadline:
@@ -296,8 +304,10 @@ def test_one_writer_per_results_file(tmp_path: Path):
                 break
             time.sleep(0.01)
         assert first.poll() is None, "the first run ended before the second could start"
-        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        second = subprocess.run([*command, str(folder)], capture_output=True, text=True)
+        first.stdin.write("".join(f"{p}\n" for p in photos[150:]))
     finally:
+        first.stdin.close()
         first.wait(timeout=300)
     assert second.returncode == 4
     assert second.stderr == (
