@@ -107,6 +107,9 @@ def quick_config(data: Path, tmp_path: Path, **overrides: Any) -> TrainConfig:
         "val_split": 0.25,
         "cache_dir": str(tmp_path / "cache"),
         "precision": "float32",
+        # XLA's compile time is most of a seconds-long run (2.4x the file's time with it on);
+        # the train command's own test runs with it, the default
+        "xla": False,
     }
     return TrainConfig(**{**settings, **overrides})
 
@@ -254,8 +257,10 @@ def test_mixup_blends_images_and_labels_alike():
 
 @pytest.mark.tf
 @needs_tf
-@pytest.mark.parametrize("ema", [False, True])
-def test_ema_checkpoints_the_averaged_weights(ema: bool, colour_folder: Path, tmp_path: Path):
+@pytest.mark.parametrize(("ema", "val_split"), [(False, 0.25), (True, 0.25), (True, 0.0)])
+def test_ema_checkpoints_the_averaged_weights(
+    ema: bool, val_split: float, colour_folder: Path, tmp_path: Path
+):
     import keras
 
     from scenecam_edge.training.train import train
@@ -266,9 +271,10 @@ def test_ema_checkpoints_the_averaged_weights(ema: bool, colour_folder: Path, tm
         def on_train_batch_end(self, batch, logs=None):
             raw[:] = [[w.copy() for w in self.model.get_weights()]]
 
-    cfg = quick_config(colour_folder, tmp_path, epochs=1, mixup=0.2, ema=ema)
+    cfg = quick_config(colour_folder, tmp_path, epochs=1, mixup=0.2, ema=ema, val_split=val_split)
     bundle = train(cfg, extra_callbacks=[LastRawWeights()])
-    saved = keras.models.load_model(tmp_path / "run" / "best.keras", compile=False).get_weights()
+    kept = "best.keras" if val_split else "final.keras"  # no validation: the last epoch's
+    saved = keras.models.load_model(tmp_path / "run" / kept, compile=False).get_weights()
     same = all(np.array_equal(a, b) for a, b in zip(saved, raw[0], strict=True))
     assert same is not ema  # with --ema the checkpoint holds the average, not the last step
     from scenecam_edge import SceneCam
@@ -311,6 +317,8 @@ def test_train_command_ends_with_a_summary_and_no_native_log_noise(
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"^validation accuracy \d+\.\d\d% on \d+ images", proc.stdout, re.M)
     assert f"bundle: {tmp_path / 'run' / 'bundle'}" in proc.stdout
+    manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
+    assert manifest["training"]["config"]["xla"] is True  # the default: XLA-compiled steps
     noise = [
         line
         for line in proc.stderr.splitlines()
@@ -403,3 +411,58 @@ def test_training_leaves_out_twins_under_two_labels(
     assert split["train_count"] == 14 * 3 + 1 - split["val_count"] - (
         0 if keep else 2 - len(in_validation)
     )
+
+
+@pytest.mark.tf
+@needs_tf
+def test_every_image_trains_with_the_recipe_runs_estimate(colour_folder: Path, tmp_path: Path):
+    """``--val-split 0``: the recipe chosen on the split, trained on every image; the bundle
+    carries the recipe run's validation figures, marked as an estimate."""
+    from scenecam_edge import SceneCam
+    from scenecam_edge.cli import cli
+    from scenecam_edge.training.train import train
+
+    recipe_run = tmp_path / "recipe"
+    train(quick_config(colour_folder, tmp_path, epochs=1, out=str(recipe_run)))
+    quick = ["--arch", "small", "--img-size", "32", "--batch-size", "8", "--precision", "float32"]
+    quick.append("--no-xla")  # as quick_config: compiling would be most of the time
+    runner = CliRunner()
+    args = ["train", str(colour_folder), *quick, "--epochs", "2", "--ema"]
+    every = tmp_path / "every"
+    result = runner.invoke(
+        cli, [*args, "--val-split", "0", "--estimate-from", str(recipe_run), "--out", str(every)]
+    )
+    assert result.exit_code == 0, result.output
+    recipe_figures = json.loads((recipe_run / "evaluation.json").read_text())
+    assert (
+        f"trained 2 epochs on all 42 images; accuracy estimate {recipe_figures['accuracy']:.2%}, "
+        f"from the validation split of {recipe_run}"
+    ) in result.output
+    assert (every / "final.keras").is_file() and not (every / "best.keras").exists()
+    assert not (every / "evaluation.json").exists()  # nothing was held out to evaluate on
+    manifest = SceneCam.load(every / "bundle").manifest
+    assert manifest.training["split"] == {
+        "seed": 1337, "val_fraction": 0.0, "train": 42, "validation": 0
+    }  # fmt: skip
+    assert manifest.training["epochs_run"] == 2 and manifest.training["best_epoch"] is None
+    assert manifest.evaluation["accuracy"] == recipe_figures["accuracy"]
+    assert manifest.evaluation["estimate_from"]["run"] == str(recipe_run)
+    assert manifest.evaluation["estimate_from"]["training"]["arch"] == "small"
+    info = runner.invoke(cli, ["info", str(every / "bundle"), "--json"])
+    assert json.loads(info.output)["accuracy_estimated_from_recipe"] is True
+    # evaluate says that figures on the training data measure fit, not accuracy
+    report = runner.invoke(
+        cli, ["evaluate", str(colour_folder), "--model", str(every / "bundle"), "--report",
+              str(tmp_path / "report"), "--split", "all", "--gallery", "0"],
+    )  # fmt: skip
+    assert f"note: {manifest.name} was trained on every image of" in report.stderr
+    # --estimate-from needs a run on every image, and a finished run of the same architecture
+    wrong = runner.invoke(
+        cli, [*args, "--estimate-from", str(recipe_run), "--out", str(tmp_path / "x")]
+    )
+    assert wrong.exit_code == 2 and "is for a run on every image (--val-split 0)" in wrong.output
+    every_image = [*args, "--val-split", "0", "--out", str(tmp_path / "y"), "--estimate-from"]
+    wrong = runner.invoke(cli, [*every_image, str(recipe_run), "--arch", "mnist-tutorial"])
+    assert wrong.exit_code == 2 and "not a validated run of --arch mnist-tutorial" in wrong.output
+    wrong = runner.invoke(cli, [*every_image, str(tmp_path)])
+    assert wrong.exit_code == 2 and "not a finished training run" in wrong.output

@@ -101,6 +101,10 @@ def explain_options(
 
 def split_options(fn: F) -> F:
     """--val-split and --seed: the stratified split, the same for training and evaluation."""
+    return _split_options(fn, every_image_help=None)
+
+
+def _split_options(fn: F, every_image_help: str | None) -> F:
     fn = click.option(
         "--seed",
         default=1337,
@@ -112,10 +116,20 @@ def split_options(fn: F) -> F:
         "--val-split",
         default=0.15,
         show_default=True,
-        type=click.FloatRange(0, 1, min_open=True, max_open=True),
-        help="Share of each class held out for validation.",
+        type=click.FloatRange(0, 1, min_open=every_image_help is None, max_open=True),
+        help="Share of each class held out for validation." + (every_image_help or ""),
     )(fn)
     return fn
+
+
+def training_split_options(fn: F) -> F:
+    """Training's --val-split and --seed: as :func:`split_options`, and 0 trains on every
+    image once a recipe has been chosen on the split."""
+    return _split_options(
+        fn,
+        every_image_help=" 0: train on every image, with no validation and no early stopping; "
+        "the last epoch is kept (see --estimate-from).",
+    )
 
 
 def cam_options(*, alpha: bool) -> Callable[[F], F]:

@@ -113,6 +113,14 @@ def evaluate(
         )
     except ValueError as exc:
         fail(f"{data_dir}: {exc}", EXIT_USAGE)
+    training = scenecam.manifest.training or {}
+    if (training.get("split") or {}).get("validation") == 0:
+        click.echo(
+            f"note: {scenecam.manifest.name} was trained on every image of "
+            f"{training.get('dataset')}: on those images these figures "
+            "measure how well it fits them, not how it does on new ones",
+            err=True,
+        )
     skipped = data.skipped  # the split below keeps only the images that were read
     for path, reason in skipped:
         error_line(path, reason)

@@ -26,13 +26,14 @@ def models(as_json: bool) -> None:
         except BundleError as exc:
             click.echo(f"error: {exc.subject}: {exc.reason}", err=True)
             continue
-        accuracy = (manifest.evaluation or {}).get("accuracy")
+        accuracy, estimated = validation_accuracy(manifest)
         record = {
             "name": name,
             "default": name == DEFAULT_MODEL,
             "classes": list(manifest.class_names),
             "input": [manifest.input.height, manifest.input.width, manifest.input.channels],
             "validation_accuracy": accuracy,
+            "accuracy_estimated_from_recipe": estimated,
             "description": manifest.description,
             "installed": True,
             "path": str(path),
@@ -44,6 +45,7 @@ def models(as_json: bool) -> None:
         else:
             mark = "*" if record["default"] else " "
             acc = f"{accuracy:.1%}" if isinstance(accuracy, float) else "n/a"
+            acc += " (est.)" if estimated else ""
             size = f"{manifest.input.height}x{manifest.input.width}x{manifest.input.channels}"
             click.echo(f"{mark} {name:<24} {size:<10} val acc {acc:<7} {manifest.description}")
             click.echo(f"  {'':<24} {record['size_mb']} MB in {path}")
@@ -54,6 +56,18 @@ def models(as_json: bool) -> None:
             click.echo(json.dumps({**missing, "note": not_installed(name)}))
         else:
             click.echo(f"  {name:<24} {not_installed(name)}")
+
+
+def validation_accuracy(manifest: Manifest) -> tuple[float | None, bool]:
+    """The manifest's validation accuracy, and whether it is the recipe's estimate (a model
+    trained on every image, ``train --val-split 0 --estimate-from RUN``) rather than the
+    model's own."""
+    evaluation = manifest.evaluation or {}
+    accuracy = evaluation.get("accuracy")
+    return (
+        accuracy if isinstance(accuracy, float) else None,
+        "estimate_from" in evaluation,
+    )
 
 
 def layer_records(manifest: Manifest) -> list[dict[str, Any]]:
@@ -82,7 +96,7 @@ def info(model: str | None, as_json: bool) -> None:
         manifest = read_manifest(path)
     except BundleError as exc:
         fail(exc)
-    accuracy = (manifest.evaluation or {}).get("accuracy")
+    accuracy, estimated = validation_accuracy(manifest)
     layers = layer_records(manifest)
     record = {
         "name": manifest.name,
@@ -90,6 +104,7 @@ def info(model: str | None, as_json: bool) -> None:
         "input": [manifest.input.height, manifest.input.width, manifest.input.channels],
         "classes": list(manifest.class_names),
         "validation_accuracy": accuracy,
+        "accuracy_estimated_from_recipe": estimated,
         "layers": layers,
     }
     if as_json:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_USAGE, fail, needs_train_extra, quiet_tensorflow, split_options
+from .common import (
+    EXIT_USAGE,
+    fail,
+    needs_train_extra,
+    quiet_tensorflow,
+    training_split_options,
+)
 
 # Kept here as plain names so that --help works without importing TensorFlow; the training
 # module checks them against its registry.
@@ -41,7 +47,7 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "notebook-resnet", "small", "mnist-t
     "[default: the architecture's].",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@split_options
+@training_split_options
 @click.option(
     "--lr", "learning_rate", default=2e-3, show_default=True, type=float, help="Peak learning rate."
 )
@@ -94,6 +100,19 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "notebook-resnet", "small", "mnist-t
     help="Keep training images that appear again, pixel for pixel, under another label "
     "(by default they are left out of training; validation keeps them).",
 )
+@click.option(
+    "--estimate-from",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="With --val-split 0: a run of the same recipe on the split, whose validation "
+    "figures the bundle records as its accuracy estimate.",
+)
+@click.option(
+    "--xla/--no-xla",
+    default=True,
+    show_default=True,
+    help="Compile the train step with XLA (about 1.4x faster for ResNet-18 on a CPU).",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
 def train(
     data_dir: str,
@@ -115,6 +134,8 @@ def train(
     mixup: float,
     ema: bool,
     keep_conflicts: bool,
+    estimate_from: str | None,
+    xla: bool,
     resume: bool,
 ) -> None:
     """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
@@ -145,6 +166,8 @@ def train(
             mixup=mixup,
             ema=ema,
             keep_conflicts=keep_conflicts,
+            estimate_from=estimate_from,
+            xla=xla,
             resume=resume,
         )
         try:
@@ -157,8 +180,24 @@ def train(
 def _summary(out: Path, bundle: Path) -> str:
     """What a run ends with: the validation figures of the exported bundle, and where the
     run's files are."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    training = manifest.get("training", {})
+    if not (out / "evaluation.json").exists():  # --val-split 0: every image trained
+        estimate = manifest.get("evaluation")
+        said = (
+            f"accuracy estimate {estimate['accuracy']:.2%}, from the validation split of "
+            f"{estimate['estimate_from']['run']}"
+            if estimate
+            else "no validation and no --estimate-from: the bundle carries no accuracy"
+        )
+        return "\n".join(
+            [
+                f"trained {training.get('epochs_run')} epochs on all {training['split']['train']} "
+                f"images; {said}",
+                f"bundle: {bundle} (try: scenecam-edge classify --model {bundle} PHOTO)",
+            ]
+        )
     figures = json.loads((out / "evaluation.json").read_text())
-    training = json.loads((bundle / "manifest.json").read_text()).get("training", {})
     best, run = training.get("best_epoch"), training.get("epochs_run")
     lines = [
         f"validation accuracy {figures['accuracy']:.2%} on {figures['count']} images, "
