@@ -30,7 +30,7 @@ TOLERANCE = 1e-4
 #: The core cases (the issue's failure classes, about 4 minutes on 2 cores) run by default;
 #: SCENECAM_ZOO=all adds every other keras.applications family (tf2onnx alone takes 15-90 s
 #: per family here, so the whole zoo is about 11 minutes), SCENECAM_ZOO=rest runs only those
-#: (CI runs them beside its runtime-only phase, which leaves a core idle).
+#: but the two slowest (CI runs them beside its runtime-only phase, which leaves a core idle).
 ZOO = os.environ.get("SCENECAM_ZOO", "core")
 SKIP = "a further keras.applications family: SCENECAM_ZOO=all (or rest) runs it"
 
@@ -42,13 +42,20 @@ if HAS_TF:
 
     from . import keras_models as km
 
+    def _skip(name: str) -> str | None:
+        """Why this run leaves the case out, or None."""
+        if ZOO == "all":
+            return None
+        if ZOO == "rest":
+            if name in km.ZOO_CORE:
+                return "a core case: the default run has it"
+            if name in km.ZOO_ALL_ONLY:
+                return "one of the two slowest families: SCENECAM_ZOO=all runs it"
+            return None
+        return None if name in km.ZOO_CORE else SKIP
+
     CASES = [
-        pytest.param(
-            name,
-            marks=[]
-            if ZOO == "all" or (name in km.ZOO_CORE) == (ZOO != "rest")
-            else pytest.mark.skip(SKIP if ZOO != "rest" else "a core case: the default run has it"),
-        )
+        pytest.param(name, marks=[pytest.mark.skip(why)] if (why := _skip(name)) else [])
         for name in km.ZOO
     ]
 else:

@@ -104,7 +104,7 @@ def test_training_on_four_band_geotiff_chips_records_the_stretch_tiles_applies(t
     cfg = TrainConfig(
         data=str(data), out=str(tmp_path / "run"), arch="small", img_size=32, channels=4,
         epochs=1, batch_size=8, val_split=0.25, cache_dir=str(tmp_path / "cache"),
-        precision="float32",
+        precision="float32", xla=False,  # compiling would be most of a seconds-long run
     )  # fmt: skip
     bundle = train(cfg)
     manifest = json.loads((bundle / "manifest.json").read_text())

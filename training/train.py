@@ -306,6 +306,8 @@ def _estimate(run: str | Path, arch: str) -> dict[str, Any]:
         manifest = json.loads((folder / "bundle" / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"--estimate-from {run}: not a finished training run ({exc})") from None
+    if not isinstance(figures, dict) or not isinstance(manifest, dict):
+        raise ValueError(f"--estimate-from {run}: not a finished training run")
     training = manifest.get("training") or {}
     if not isinstance(figures.get("accuracy"), float) or training.get("arch") != arch:
         raise ValueError(
