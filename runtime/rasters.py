@@ -16,7 +16,6 @@ import os
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from .bands import (
     percentile_stretch,
     require_rasterio,
 )
+from .closing import Closing
 from .errors import ImageError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ STATS_SIDE = 1024
 GDAL_CACHE_MB = 64
 
 
-class Raster:
+class Raster(Closing):
     """An open raster, its chosen bands and stretch: reads windows as uint8 pixels and masks.
 
     ``channels`` is what the model takes; ``bands`` (1-based, in the model's channel order)
@@ -79,17 +79,6 @@ class Raster:
         except BaseException:
             self._env.close()
             raise
-
-    def __enter__(self) -> Raster:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._env.close()

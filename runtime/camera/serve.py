@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..closing import Closing
 from .loop import FrameReport
 
 log = logging.getLogger("scenecam_edge.camera")
@@ -57,7 +58,7 @@ def parse_address(text: str) -> tuple[str, int]:
     return match["v6"] or match["host"] or "127.0.0.1", port
 
 
-class LiveView:
+class LiveView(Closing):
     """The HTTP server of the live view. Start it, pass :meth:`publish` as the loop's
     ``on_frame``, close it when the loop ends (or use ``with``). Port 0 picks a free port
     (see :attr:`url`). Raises OSError when the address cannot be bound."""
@@ -134,12 +135,6 @@ class LiveView:
         self._server.server_close()
         for thread in self._threads:
             thread.join(timeout=2)
-
-    def __enter__(self) -> LiveView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _encode_loop(self) -> None:
         done = 0  # seq of the last frame encoded

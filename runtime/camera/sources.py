@@ -12,11 +12,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Protocol
 
 import cv2
 import numpy as np
 
+from ..closing import Closing
 from ..errors import SourceError
 
 log = logging.getLogger("scenecam_edge.camera")
@@ -64,7 +65,7 @@ class Frame:
     arrived: float = 0.0
 
 
-class FrameSource(ABC):
+class FrameSource(Closing, ABC):
     """Frames one at a time; close it (or use ``with``) when done."""
 
     live: bool = False
@@ -94,12 +95,6 @@ class FrameSource(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class FileSource(FrameSource):

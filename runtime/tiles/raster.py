@@ -43,9 +43,6 @@ __all__ = [
 class Scene(Raster):
     """An open scene, its chosen bands and stretch: reads rows of tiles with their masks."""
 
-    def __enter__(self) -> Scene:
-        return self
-
     def pixel_area(self) -> tuple[float, str]:
         """One pixel's area and its unit ("metre^2", "degree^2", or "pixel" when the scene
         is not georeferenced)."""

@@ -17,11 +17,11 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from ..closing import Closing
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
 from ..results import Explanation
 from .grid import TileGrid
@@ -57,7 +57,7 @@ class TileRow:
         return self.indices >= 0
 
 
-class SceneTiler:
+class SceneTiler(Closing):
     """An open scene, its tile grid, bands and stretch, ready to classify.
 
     >>> with SceneTiler(model, "scene.tif", bands=(4, 3, 2, 8)) as tiler:
@@ -112,17 +112,6 @@ class SceneTiler:
     @property
     def stretch(self) -> Stretch | None:
         return self.source.stretch
-
-    def __enter__(self) -> SceneTiler:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self.source.close()

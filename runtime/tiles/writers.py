@@ -24,12 +24,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 from xml.sax.saxutils import escape
 
 import numpy as np
 
+from ..closing import Closing
 from ..fileio import temporary_beside, write_bytes_atomic
 from ..model import ExplainOptions
 from .grid import TileGrid
@@ -162,7 +162,7 @@ class StagedRaster:
             Path(f"{path}.aux.xml").unlink(missing_ok=True)
 
 
-class SceneOutputs:
+class SceneOutputs(Closing):
     """A scene's output rasters, open under temporary names: :meth:`add` writes each row of
     results, :meth:`commit` puts every file in place; leaving the ``with`` block without a
     commit removes them."""
@@ -273,17 +273,6 @@ class SceneOutputs:
             self.mosaic.close()
         for raster in self.staged:
             raster.discard()
-
-    def __enter__(self) -> SceneOutputs:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _grid_profile(grid: TileGrid, count: int, dtype: str) -> dict[str, Any]:
