@@ -121,6 +121,7 @@ def test_unknown_layer_names_the_ones_there_are(bundles, tmp_path: Path):
     for args in (
         ["classify", str(image), "--target", "0"],
         ["batch", str(image), "--out", str(tmp_path / "r.jsonl"), "--target", "0"],
+        ["evaluate", str(tmp_path), "--report", str(tmp_path / "report")],
     ):
         result = CliRunner().invoke(cli, [*args, "--model", str(bundles[1]), "--layer", "nope"])
         assert result.exit_code == 2, result.output

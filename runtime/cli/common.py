@@ -81,9 +81,9 @@ def load_model(
 
 def explain_options(
     scenecam: SceneCam,
-    target: str | None,
-    method: str,
-    target_space: TargetSpace,
+    target: str | None = None,
+    method: str = "gradcam",
+    target_space: TargetSpace = "logit",
     alpha: float = DEFAULT_ALPHA,
     max_channels: int = DEFAULT_MAX_CHANNELS,
     layer: str | None = None,

@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from ..cam import METHODS
 from ..dataset import LabelledImages, align_classes, load_dataset, stratified_split
-from ..errors import SceneCamError
 from ..evaluation import estimate_faithfulness_seconds, faithfulness_table
 from ..evaluation import evaluate as run_evaluation
 from ..faithfulness import Faithfulness
@@ -24,6 +23,7 @@ from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
     error_line,
+    explain_options,
     fail,
     layer_option,
     load_model,
@@ -94,12 +94,7 @@ def evaluate(
     them. Writes metrics.json, metrics.md and a self-contained report.html.
     """
     scenecam = load_model(model, threads, tta=tta)
-    try:
-        layer = scenecam.explain_options(layer=layer).layer
-    except ValueError as exc:
-        fail(f"--layer: {exc}", EXIT_USAGE)
-    except SceneCamError as exc:  # the layer's head is broken (BundleError)
-        fail(exc)
+    layer = explain_options(scenecam, layer=layer).layer
     spec = scenecam.manifest.input
     try:
         data = align_classes(
