@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from scenecam_edge.dataset import load_dataset
+from scenecam_edge.dataset import LabelledImages, load_dataset
 from scenecam_edge.training.architectures import build
 from scenecam_edge.training.train import EMA_MOMENTUM, TrainConfig, _dataset, cpu_has_bf16
 
@@ -66,26 +66,15 @@ def compiled(variant: Variant, classes: int) -> keras.Model:
     return model
 
 
-def pipeline_rate(images: np.ndarray, labels: np.ndarray, batch: int, batches: int) -> float:
+def pipeline_rate(data: LabelledImages, batch: int, batches: int) -> float:
     """Images per second out of training's tf.data pipeline alone (augment + mixup)."""
     cfg = TrainConfig(data="", out="", batch_size=batch, augment=True, mixup=0.2)
-    data = _Labelled(images, labels)
-    stream = iter(_dataset(data, cfg, training=True).repeat())  # type: ignore[arg-type]
+    stream = iter(_dataset(data, cfg, training=True).repeat())
     next(stream)
     start = time.perf_counter()
     for _ in range(batches):
         next(stream)
     return batches * batch / (time.perf_counter() - start)
-
-
-@dataclass
-class _Labelled:  # what _dataset reads of a LabelledImages
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: tuple[str, ...] = tuple(str(i) for i in range(6))
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def main() -> None:
@@ -100,15 +89,14 @@ def main() -> None:
     photos = {}
     for size in sizes:
         data = load_dataset(args.data, (size, size), cache_dir=CACHE)
-        pick = np.random.default_rng(0).permutation(len(data.labels))[: args.photos]
-        photos[size] = (data.images[pick], data.labels[pick])
-    classes = 6
+        photos[size] = data.subset(np.random.default_rng(0).permutation(len(data))[: args.photos])
+    classes = len(data.class_names)
 
     models, batches, warmup = {}, {}, {}
     for variant in VARIANTS:
-        x, y = photos[variant.size]
-        xb = tf.constant(x[: variant.batch].astype(np.float32))
-        yb = tf.one_hot(y[: variant.batch], classes)
+        some = photos[variant.size]
+        xb = tf.constant(some.images[: variant.batch].astype(np.float32))
+        yb = tf.one_hot(some.labels[: variant.batch], classes)
         model = compiled(variant, classes)
         start = time.perf_counter()
         model.train_on_batch(xb, yb)
@@ -137,8 +125,7 @@ def main() -> None:
     for v in VARIANTS:
         print(f"| {v.label} | {rates[v]:.1f} | {rates[v] / base:.2f} | {warmup[v]:.1f} s |")
     for size in sizes:
-        x, y = photos[size]
-        rate = pipeline_rate(x, y, 64, max(4, args.steps))
+        rate = pipeline_rate(photos[size], 64, max(4, args.steps))
         step = next(r for v, r in rates.items() if v.size == size and v.batch == 64)
         print(
             f"| input pipeline alone at {size} px, batch 64 (augment + mixup) | {rate:.1f} | "
