@@ -23,7 +23,6 @@ name, and the graph is checked against ``GradientTape`` before it is written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ import tensorflow as tf
 from scenecam_edge.head import VJP_INPUTS, VJP_OUTPUTS
 
 from .errors import ExportError
+from .grad_ops import HANDLERS
 from .graph import Graph, evaluate
 from .head_spec import HeadPlan
 from .onnx_weights import share_weights
@@ -119,110 +119,3 @@ def _check(data: bytes, vjp: Any, shape: list[int], num_classes: int, where: str
         raise ExportError(
             f"the gradient graph after {where!r} disagrees with GradientTape by {err:.1e}"
         )
-
-
-# -- tf2onnx handlers for TensorFlow's gradient kernels ---------------------------------------
-
-
-def _zero_like(ctx: Any, x: str) -> str:
-    from tf2onnx import utils
-
-    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
-    return str(ctx.make_const(utils.make_name("zero"), np.zeros([], dtype)).output[0])
-
-
-def _const(ctx: Any, x: str, value: float) -> str:
-    from tf2onnx import utils
-
-    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
-    return str(ctx.make_const(utils.make_name("c"), np.array(value, dtype)).output[0])
-
-
-def _rewrite(ctx: Any, node: Any, op_type: str, inputs: list[str]) -> None:
-    node.type = op_type
-    for key in [k for k in node.attr if k != "T"]:  # TF attributes the ONNX op lacks
-        del node.attr[key]
-    ctx.replace_inputs(node, inputs)
-
-
-def _relu_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
-    dy, x = node.input
-    zero = _zero_like(ctx, x)
-    positive = ctx.make_node("Greater", [x, zero]).output[0]
-    _rewrite(ctx, node, "Where", [positive, dy, zero])
-
-
-def _relu6_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
-    dy, x = node.input
-    zero = _zero_like(ctx, x)
-    above = ctx.make_node("Greater", [x, zero]).output[0]
-    below = ctx.make_node("Less", [x, _const(ctx, x, 6.0)]).output[0]
-    inside = ctx.make_node("And", [above, below]).output[0]
-    _rewrite(ctx, node, "Where", [inside, dy, zero])
-
-
-def _leaky_relu_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
-    dy, x = node.input
-    alpha = float(node.get_attr_value("alpha"))
-    scaled = ctx.make_node("Mul", [dy, _const(ctx, x, alpha)]).output[0]
-    positive = ctx.make_node("Greater", [x, _zero_like(ctx, x)]).output[0]
-    _rewrite(ctx, node, "Where", [positive, dy, scaled])
-
-
-def _sigmoid_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
-    y, dy = node.input  # SigmoidGrad(y, dy) = dy * y * (1 - y)
-    one_minus = ctx.make_node("Sub", [_const(ctx, y, 1.0), y]).output[0]
-    slope = ctx.make_node("Mul", [y, one_minus]).output[0]
-    _rewrite(ctx, node, "Mul", [dy, slope])
-
-
-def _tanh_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
-    y, dy = node.input  # TanhGrad(y, dy) = dy * (1 - y^2)
-    square = ctx.make_node("Mul", [y, y]).output[0]
-    slope = ctx.make_node("Sub", [_const(ctx, y, 1.0), square]).output[0]
-    _rewrite(ctx, node, "Mul", [dy, slope])
-
-
-def _elu_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
-    dy, y = node.input  # EluGrad(dy, y) = dy if y > 0 else dy * (y + 1)
-    below = ctx.make_node("Mul", [dy, ctx.make_node("Add", [y, _const(ctx, y, 1.0)]).output[0]])
-    positive = ctx.make_node("Greater", [y, _zero_like(ctx, y)]).output[0]
-    _rewrite(ctx, node, "Where", [positive, dy, below.output[0]])
-
-
-def _erfc(ctx: Any, node: Any, name: str, args: Any) -> None:
-    (x,) = node.input  # Keras's exact gelu uses erfc(x) = 1 - erf(x)
-    erf = ctx.make_node("Erf", [x]).output[0]
-    _rewrite(ctx, node, "Sub", [_const(ctx, x, 1.0), erf])
-
-
-def _bias_add_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
-    (dy,) = node.input  # the bias's gradient: dy summed over every axis but the channels
-    from tf2onnx import utils
-
-    rank = ctx.get_rank(dy)
-    axes = ctx.make_const(utils.make_name("axes"), np.arange(rank - 1, dtype=np.int64)).output[0]
-    _rewrite(ctx, node, "ReduceSum", [dy, axes])
-    node.set_attr("keepdims", 0)
-
-
-def _shape_n(ctx: Any, node: Any, name: str, args: Any) -> None:
-    from tf2onnx import utils
-
-    inputs, outputs = list(node.input), list(node.output)
-    ctx.remove_node(node.name)
-    for inp, out in zip(inputs, outputs, strict=True):
-        ctx.make_node("Shape", [inp], outputs=[out], name=utils.make_name("shape"))
-
-
-HANDLERS: dict[str, Callable[..., None]] = {
-    "ReluGrad": _relu_grad,
-    "Relu6Grad": _relu6_grad,
-    "LeakyReluGrad": _leaky_relu_grad,
-    "SigmoidGrad": _sigmoid_grad,
-    "TanhGrad": _tanh_grad,
-    "EluGrad": _elu_grad,
-    "ShapeN": _shape_n,
-    "BiasAddGrad": _bias_add_grad,
-    "Erfc": _erfc,
-}
