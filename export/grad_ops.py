@@ -83,6 +83,29 @@ def _elu_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
     _rewrite(ctx, node, "Where", [positive, dy, below.output[0]])
 
 
+def _selu_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
+    dy, y = node.input  # SeluGrad(dy, y) = dy * scale if y > 0 else dy * (y + scale * alpha)
+    scale, alpha = 1.0507009873554805, 1.6732632423543772
+    below = ctx.make_node("Add", [y, _const(ctx, y, scale * alpha)]).output[0]
+    slope = ctx.make_node(
+        "Where",
+        [ctx.make_node("Greater", [y, _zero_like(ctx, y)]).output[0], _const(ctx, y, scale), below],
+    ).output[0]
+    _rewrite(ctx, node, "Mul", [dy, slope])
+
+
+def _softplus_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
+    dy, x = node.input  # SoftplusGrad(dy, x) = dy * sigmoid(x)
+    _rewrite(ctx, node, "Mul", [dy, ctx.make_node("Sigmoid", [x]).output[0]])
+
+
+def _softsign_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
+    dy, x = node.input  # SoftsignGrad(dy, x) = dy / (1 + |x|)^2
+    one_plus = ctx.make_node("Add", [ctx.make_node("Abs", [x]).output[0], _const(ctx, x, 1.0)])
+    square = ctx.make_node("Mul", [one_plus.output[0], one_plus.output[0]]).output[0]
+    _rewrite(ctx, node, "Div", [dy, square])
+
+
 def _rsqrt_grad(ctx: Any, node: Any, name: str, args: Any) -> None:
     y, dy = node.input  # RsqrtGrad(y, dy) = dy * -y^3 / 2 (layer norm's 1 / sqrt(var + eps))
     cube = ctx.make_node("Mul", [ctx.make_node("Mul", [y, y]).output[0], y]).output[0]
@@ -264,6 +287,9 @@ HANDLERS: dict[str, Callable[..., None]] = {
     "ShapeN": _shape_n,
     "BiasAddGrad": _bias_add_grad,
     "Erfc": _erfc,
+    "SeluGrad": _selu_grad,
+    "SoftplusGrad": _softplus_grad,
+    "SoftsignGrad": _softsign_grad,
     "RsqrtGrad": _rsqrt_grad,
     "SqrtGrad": _sqrt_grad,
     "ReciprocalGrad": _reciprocal_grad,

@@ -32,10 +32,11 @@ from scenecam_edge.bundle import FEATURES, LOGITS, SCHEMA_VERSION, write_manifes
 from scenecam_edge.fileio import folder_replaced_on_success
 
 from .errors import ExportError
+from .grad_ops import HANDLERS
 from .graph import Graph, ends_in_softmax, evaluate, first_line, flatten
 from .head_spec import HeadPlan, plan_head
 from .preprocess import Preprocess, parse
-from .vjp import HANDLERS, build_vjp_graph
+from .vjp import build_vjp_graph, quiet_converter
 
 log = logging.getLogger(__name__)
 
@@ -230,12 +231,13 @@ def _serving_graph(
         return {**out, LOGITS: tf.cast(logits, tf.float32)}
 
     try:
-        model, _ = tf2onnx.convert.from_function(
-            serve,
-            input_signature=serve.input_signature,
-            opset=OPSET,
-            custom_op_handlers={name: (fn, []) for name, fn in HANDLERS.items()},
-        )
+        with quiet_converter():
+            model, _ = tf2onnx.convert.from_function(
+                serve,
+                input_signature=serve.input_signature,
+                opset=OPSET,
+                custom_op_handlers={name: (fn, []) for name, fn in HANDLERS.items()},
+            )
     except ExportError:
         raise
     except Exception as exc:

@@ -23,6 +23,8 @@ name, and the graph is checked against ``GradientTape`` before it is written.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -74,12 +76,13 @@ def build_vjp_graph(
         return {logits_name: z, gradient_name: tf.cast(tape.gradient(score, features), tf.float32)}
 
     try:
-        model, _ = tf2onnx.convert.from_function(
-            vjp,
-            input_signature=vjp.input_signature,
-            opset=opset,
-            custom_op_handlers={name: (fn, []) for name, fn in HANDLERS.items()},
-        )
+        with quiet_converter():
+            model, _ = tf2onnx.convert.from_function(
+                vjp,
+                input_signature=vjp.input_signature,
+                opset=opset,
+                custom_op_handlers={name: (fn, []) for name, fn in HANDLERS.items()},
+            )
     except ExportError:
         raise
     except Exception as exc:
@@ -102,6 +105,23 @@ def build_vjp_graph(
     data: bytes = model.SerializeToString()
     _check(data, vjp, shape, num_classes, plan.features_path)
     return data
+
+
+@contextmanager
+def quiet_converter() -> Iterator[None]:
+    """tf2onnx's own log lines off during a conversion, unless this package logs at INFO
+    (``-v``): an operator it cannot convert is an ERROR line per node, and the export then
+    fails with one line of its own naming the first (a failed export prints one line)."""
+    logger = logging.getLogger("tf2onnx")
+    if log.getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    saved = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 def _check(data: bytes, vjp: Any, shape: list[int], num_classes: int, where: str) -> None:

@@ -14,9 +14,10 @@ keras.applications families at three depths are in ``tests/test_export_zoo.py``.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from .conftest import HAS_TF
@@ -123,3 +124,46 @@ def test_lite_pattern_stride16_stage_matches_gradienttape(tmp_path: Path):
     for layer, path in [(None, "top_activation"), *((n, n) for n in extras)]:
         worst = compare_with_tape(cam, model, path, None, layer=layer)
         assert max(worst.values()) <= TOLERANCE, (path, worst)
+
+
+def test_activation_and_layer_norm_gradients_match_gradienttape(tmp_path: Path):
+    """selu, softplus and softsign (closed form in a head) and layer normalisation behind a
+    convolution: their gradient kernels (SeluGrad, SoftplusGrad, SoftsignGrad, RsqrtGrad)
+    had no tf2onnx handler."""
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((12, 12, 3))
+    x = layers.Rescaling(1 / 255)(inp)
+    x = layers.Conv2D(6, 3, padding="same", name="first")(x)
+    for activation in ("selu", "softplus", "softsign"):
+        x = layers.Conv2D(6, 3, padding="same", activation=activation)(x)
+    x = layers.LayerNormalization(epsilon=1e-3)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, layers.Dense(3)(x))
+    bundle = export_keras(model, tmp_path / "b", conv_layer="first")
+    worst = compare_with_tape(SceneCam.load(bundle, threads=1), model, "first", None)
+    assert max(worst.values()) <= TOLERANCE, worst
+
+
+def test_failed_export_is_one_line_and_exit_3(tmp_path: Path):
+    """A gradient kernel nothing converts (bilinear upsampling's): tf2onnx logs an ERROR line
+    per node; the command prints one line naming the operator, and exits 3."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    x = layers.Conv2D(4, 3, strides=2, padding="same", name="first")(inp)
+    x = layers.UpSampling2D(interpolation="bilinear")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    path = tmp_path / "up.keras"
+    keras.Model(inp, layers.Dense(3)(x)).save(path)
+    out = tmp_path / "bundle"
+    args = ["export", str(path), "--out", str(out), "--conv-layer", "first", "--preprocess", "none"]
+    done = subprocess.run(
+        [sys.executable, "-c", "from scenecam_edge.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "ResizeBilinearGrad" in lines[0] and "'first'" in lines[0] and str(path) in lines[0]
+    assert not out.exists()
