@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from scenecam_edge import SceneCam
+from scenecam_edge.dataset import default_cache_dir
 from scenecam_edge.errors import ImageError
 from scenecam_edge.images import load_image, resize_to
 from scenecam_edge.sources import IMAGE_SUFFIXES
@@ -19,8 +20,9 @@ from .quant_settings import DEFAULT_CALIBRATION_IMAGES, DEFAULT_SEED, DEFAULT_VA
 
 log = logging.getLogger(__name__)
 
-#: Where training caches decoded data sets; reusing it saves decoding the folder again.
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "scenecam-edge"
+#: Where training caches decoded data sets; reusing it saves decoding the folder again
+#: ($SCENECAM_CACHE when set, as the process started).
+DEFAULT_CACHE_DIR = default_cache_dir()
 
 
 @dataclass

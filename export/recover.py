@@ -31,6 +31,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -257,23 +258,31 @@ def main(argv: list[str] | None = None) -> None:
 
 def _keep_original_graph(original: Path, out: Path) -> None:
     """Put the original graph, with the extra outputs grafted on, in place of the re-exported
-    one, and check the bundle again (checksums, self-check of every head)."""
+    one, and check the bundle again (checksums, self-check of every head).
+
+    The new bundle is built beside ``out`` (a copy of its files, the grafted graph, the
+    manifest through ``write_manifest`` with fresh checksums), checked, and only then renamed
+    over it: an interruption at any point leaves ``out`` as the export wrote it, never a
+    ``model.onnx`` its manifest's checksum does not match."""
     from scenecam_edge import SceneCam
-    from scenecam_edge.bundle import sha256_file
-    from scenecam_edge.fileio import write_bytes_atomic
+    from scenecam_edge.bundle import MANIFEST, write_manifest
+    from scenecam_edge.fileio import folder_replaced_on_success, write_bytes_atomic
 
     grafted = graft_outputs(original / "model.onnx", out / "model.onnx")
-    write_bytes_atomic(out / "model.onnx", grafted.SerializeToString())
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    manifest["files"]["model.onnx"] = sha256_file(out / "model.onnx")
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     manifest["producer"]["graph"] = (
         f"{original.name}'s model.onnx with the extra layers' outputs grafted on "
         "(scenecam_edge.export.recover); head graphs from the recovered Keras model"
     )
-    write_bytes_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    loaded = SceneCam.load(out)
-    for layer in loaded.layers[1:]:  # their heads' self-checks against the original graph
-        loaded.heads[layer.name]
+    with folder_replaced_on_success(out) as staging:
+        for path in out.iterdir():
+            if path.is_file() and path.name not in ("model.onnx", MANIFEST):
+                shutil.copy2(path, staging / path.name)
+        write_bytes_atomic(staging / "model.onnx", grafted.SerializeToString())
+        write_manifest(staging, manifest, checksum=list(manifest["files"]))
+        loaded = SceneCam.load(staging)
+        for layer in loaded.layers[1:]:  # their heads' self-checks against the original graph
+            loaded.heads[layer.name]
     names = ", ".join(layer["name"] for layer in manifest["extra_layers"])
     log.info("kept %s's graph, with %s grafted on", original, names)
 

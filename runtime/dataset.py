@@ -19,6 +19,7 @@ import numpy as np
 
 from .bands import Stretch
 from .errors import ImageError
+from .fileio import open_atomic
 from .images import load_image, resize_to
 from .sources import image_files
 
@@ -133,17 +134,26 @@ def load_dataset(
         skipped,
     )
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".partial.npz")
-        np.savez(
-            tmp,
-            images=data.images,
-            labels=data.labels,
-            sources=np.array(data.sources),
-            skipped=np.array(skipped, dtype=str).reshape(-1, 2),
-        )
-        os.replace(tmp, cache)
+        with open_atomic(cache) as fh:  # a temporary file, fsync-ed, then renamed
+            np.savez(
+                fh,
+                images=data.images,
+                labels=data.labels,
+                sources=np.array(data.sources),
+                skipped=np.array(skipped, dtype=str).reshape(-1, 2),
+            )
     return data
+
+
+#: Overrides where decoded data sets are cached (the test suite points it at a temporary one).
+CACHE_ENV = "SCENECAM_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """Where training, quantize's calibration and the benchmarks cache decoded data sets:
+    ``$SCENECAM_CACHE`` when set, else ``~/.cache/scenecam-edge``."""
+    override = os.environ.get(CACHE_ENV)
+    return Path(override) if override else Path.home() / ".cache" / "scenecam-edge"
 
 
 def _load_npz(path: Path, size: tuple[int, int], channels: int) -> LabelledImages:

@@ -19,11 +19,12 @@ import shutil
 import stat
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -69,6 +70,17 @@ def _named(exc: OSError, target: Path) -> OSError:
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    with open_atomic(path) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+@contextmanager
+def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file to fill inside the ``with`` block (``np.savez`` into it, for one): a
+    temporary file beside ``path`` with the usual permissions, flushed, fsync-ed and renamed
+    over ``path`` when the block ends without an error, removed otherwise. Errors name
+    ``path``; a symbolic link at ``path`` is refused, as :func:`write_bytes_atomic` does."""
     target = Path(path)
     refuse_symlink(target)
     try:
@@ -79,7 +91,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         refuse_symlink(target)  # a link put there meanwhile is not replaced either
@@ -90,7 +102,6 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return target
 
 
 def temporary_beside(path: str | os.PathLike[str]) -> Path:
@@ -129,7 +140,30 @@ def folder_replaced_on_success(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
+_UMASK_LOCK = threading.Lock()
+_umask_value: int | None = None
+
+
 def _umask() -> int:
+    """The process's umask, read once. Reading it means setting it (``os.umask``), and a
+    thread creating a file between the two calls would get the temporary mask: so it is
+    read from ``/proc/self/status`` where Linux offers it (nothing is set), else set and
+    restored once, under a lock, and remembered."""
+    global _umask_value
+    with _UMASK_LOCK:
+        if _umask_value is None:
+            _umask_value = _read_umask()
+        return _umask_value
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -3,8 +3,11 @@ it is absent; tests that need ../shared/data skip with a reason when it is absen
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +19,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLES = REPO / "samples" / "scenes"
+
+#: The suite never writes to the user's home: decoded data sets (training, quantize's
+#: calibration) are cached in a temporary folder of its own, which child processes inherit.
+TEST_CACHE = tempfile.mkdtemp(prefix="scenecam-test-cache-")
+os.environ["SCENECAM_CACHE"] = TEST_CACHE
+atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow: pip install '.[train]'")

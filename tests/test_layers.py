@@ -234,6 +234,42 @@ def test_weights_recovered_from_the_graph(tmp_path: Path):
         load_onnx_weights(broken, onnx_initializers(bundle / "model.onnx"))
 
 
+def test_recover_keeps_the_original_graph_in_one_step(bundles, tmp_path: Path, monkeypatch):
+    """recover's graft rewrites model.onnx and the manifest: staged and renamed together.
+    A failure at the manifest (a crash, a full disk) leaves the bundle as exported, loading;
+    done, the bundle loads with the original graph's outputs and every head checked."""
+    import scenecam_edge.bundle as bundle_module
+    import scenecam_edge.fileio as fileio
+    from scenecam_edge.export.recover import _keep_original_graph
+
+    plain, both = bundles
+    out = tmp_path / "out"
+    shutil.copytree(both, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def failing(original):
+        def write(path, *args, **kwargs):
+            if Path(path).name == "manifest.json":
+                raise OSError(28, "No space left on device", str(path))
+            return original(path, *args, **kwargs)
+
+        return write
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fileio, "write_bytes_atomic", failing(fileio.write_bytes_atomic))
+        patch.setattr(fileio, "write_json_atomic", failing(fileio.write_json_atomic))
+        patch.setattr(bundle_module, "write_json_atomic", failing(bundle_module.write_json_atomic))
+        with pytest.raises(OSError, match="No space left"):
+            _keep_original_graph(plain, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+    SceneCam.load(out, threads=1)
+    _keep_original_graph(plain, out)
+    cam = SceneCam.load(out, threads=1)
+    assert cam.heads[EXTRA] is not None
+    assert "grafted" in json.loads((out / "manifest.json").read_text())["producer"]["graph"]
+
+
 @pytest.mark.slow
 def test_shipped_stage3_maps_match_gradienttape():
     """scenes-resnet18's stage-3 maps (10x10, VJP graph) and 5x5 maps against GradientTape

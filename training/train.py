@@ -30,7 +30,12 @@ import tensorflow as tf
 
 from scenecam_edge import SceneCam
 from scenecam_edge.bundle import update_manifest
-from scenecam_edge.dataset import LabelledImages, label_conflicts, stratified_split
+from scenecam_edge.dataset import (
+    LabelledImages,
+    default_cache_dir,
+    label_conflicts,
+    stratified_split,
+)
 from scenecam_edge.evaluation import evaluate
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
 from scenecam_edge.metrics import figures_markdown
@@ -103,7 +108,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     size = (cfg.img_size or 150, cfg.img_size or 150)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "scenecam-edge"
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     data = load_training_data(cfg.data, size, channels, cache_dir=cache)
     for path, reason in data.skipped:
         log.warning("skipped %s: %s", path, reason)
