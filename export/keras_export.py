@@ -30,6 +30,7 @@ from scenecam_edge import SceneCam
 from scenecam_edge._version import __version__
 from scenecam_edge.bundle import FEATURES, LOGITS, SCHEMA_VERSION, write_manifest
 from scenecam_edge.fileio import folder_replaced_on_success
+from scenecam_edge.head import HEAD_LAYERS
 
 from .errors import ExportError
 from .grad_ops import HANDLERS
@@ -165,18 +166,11 @@ def _write_head(
 
 
 def _head_entry(plan: HeadPlan, arrays_file: str) -> dict[str, Any]:
-    linear = all(
-        s["type"] not in ("relu", "activation", "graph", "max_pooling", "global_max_pooling",
-                          "layer_normalization")
-        and s.get("activation", "linear") == "linear"
-        for s in plan.specs
-    )  # fmt: skip
-    return {
-        "file": arrays_file,
-        "layers": plan.specs,
-        "final_activation": plan.final_activation,
-        "linear": linear,
-    }
+    for spec in plan.specs:  # every layer written is one the runtime's registry builds
+        kind = HEAD_LAYERS.get(spec["type"])
+        if kind is None or not set(kind.fields) <= set(spec):
+            raise ExportError(f"internal: head layer {spec!r} is not one the runtime reads")
+    return {"file": arrays_file, "layers": plan.specs, "final_activation": plan.final_activation}
 
 
 def _layer_entry(graph: Graph, plan: HeadPlan, index: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ product), built at export time. :class:`GraphVJP` runs it, one image per call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -179,6 +180,98 @@ class Head:
         return grad
 
 
+Build = Callable[[dict[str, Any], dict[str, np.ndarray], str, Callable[[str], Any] | None], Layer]
+
+
+@dataclass(frozen=True)
+class LayerType:
+    """One head layer type of the manifest: the keys it needs with their JSON types (the
+    manifest's validation checks them, :mod:`scenecam_edge.layers`) and how the runtime
+    builds it from its entry and the head's arrays."""
+
+    fields: dict[str, type | tuple[type, ...]]
+    build: Build
+
+
+def _global_pooling(kind: str) -> Build:
+    return lambda spec, arrays, where, graph: GlobalPooling(kind, bool(spec.get("keepdims")))
+
+
+def _pooling(kind: str) -> Build:
+    def build(spec: dict[str, Any], arrays: Any, where: str, graph: Any) -> Layer:
+        padding = spec.get("padding", "valid")
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', not {padding!r}")
+        return Pooling(kind, _pair(spec["pool_size"]), _pair(spec["strides"]), padding)
+
+    return build
+
+
+def _reshape(spec: dict[str, Any], arrays: Any, where: str, graph: Any) -> Layer:
+    shape = spec["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ValueError(f"reshape shape must be a list of positive ints, not {shape!r}")
+    return Reshape(tuple(shape))
+
+
+def _batch_norm(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any):
+    scale = _array(arrays, spec["scale"], where, ndim=1)
+    offset = _array(arrays, spec["offset"], where, ndim=1)
+    if scale.shape != offset.shape:
+        raise ValueError("scale and offset sizes differ")
+    return ChannelAffine(scale, offset)
+
+
+def _layer_norm(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any):
+    gamma = _array(arrays, spec["gamma"], where, ndim=1)
+    beta = _array(arrays, spec["beta"], where, ndim=1)
+    if gamma.shape != beta.shape:
+        raise ValueError("gamma and beta sizes differ")
+    return LayerNorm(gamma, beta, float(spec["epsilon"]))
+
+
+def _dense(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any):
+    kernel = _array(arrays, spec["kernel"], where, ndim=2)
+    bias = _array(arrays, spec["bias"], where, ndim=1)
+    if bias.shape[0] != kernel.shape[1]:
+        raise ValueError("kernel and bias sizes differ")
+    return Dense(kernel, bias, _activation({"function": spec["activation"], **spec}))
+
+
+def _graph(spec: dict[str, Any], arrays: Any, where: str, open_graph: Any) -> Layer:
+    if open_graph is None:
+        raise ValueError("a graph head needs an onnxruntime session factory")
+    return GraphVJP(open_graph(spec["file"]))
+
+
+_WINDOW = {"pool_size": (int, list), "strides": (int, list)}
+
+#: Every head layer type, in one place: its manifest keys and its builder. The manifest's
+#: validation (``layers.HEAD_LAYER_TYPES``), the runtime and the export (which checks each
+#: layer it writes against this table) all read it. Whether a head is linear is computed
+#: from the built layers (``Layer.linear``); manifests once carried a hand-kept
+#: ``head.linear`` flag, which still loads and is ignored.
+HEAD_LAYERS: dict[str, LayerType] = {
+    "global_average_pooling": LayerType({}, _global_pooling("average")),
+    "global_max_pooling": LayerType({}, _global_pooling("max")),
+    "average_pooling": LayerType(_WINDOW, _pooling("average")),
+    "max_pooling": LayerType(_WINDOW, _pooling("max")),
+    "flatten": LayerType({}, lambda spec, arrays, where, graph: Reshape()),
+    "reshape": LayerType({"shape": list}, _reshape),
+    "dropout": LayerType({}, lambda spec, arrays, where, graph: Identity()),
+    "dense": LayerType({"kernel": str, "bias": str, "activation": str}, _dense),
+    "batch_normalization": LayerType({"scale": str, "offset": str}, _batch_norm),
+    "layer_normalization": LayerType(
+        {"gamma": str, "beta": str, "epsilon": (int, float)}, _layer_norm
+    ),
+    "relu": LayerType({}, lambda spec, arrays, where, graph: Activation("relu")),
+    "activation": LayerType({"function": str}, lambda spec, *rest: _activation(spec)),
+    # The layers after the explained one as a second ONNX graph (features, cotangent) ->
+    # (logits, gradient); the file must be listed in ``files``.
+    "graph": LayerType({"file": str}, _graph),
+}
+
+
 def _layer(
     spec: dict[str, Any],
     arrays: dict[str, np.ndarray],
@@ -187,52 +280,9 @@ def _layer(
     open_graph: Callable[[str], Any] | None,
 ) -> Layer:
     kind = spec["type"]
-    if kind in ("global_average_pooling", "global_max_pooling"):
-        return GlobalPooling(kind.split("_")[1], bool(spec.get("keepdims", False)))
-    if kind in ("average_pooling", "max_pooling"):
-        padding = spec.get("padding", "valid")
-        if padding not in ("valid", "same"):
-            raise ValueError(f"padding must be 'valid' or 'same', not {padding!r}")
-        return Pooling(
-            kind.split("_")[0], _pair(spec["pool_size"]), _pair(spec["strides"]), padding
-        )
-    if kind == "flatten":
-        return Reshape()
-    if kind == "reshape":
-        shape = spec["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
-            raise ValueError(f"reshape shape must be a list of positive ints, not {shape!r}")
-        return Reshape(tuple(shape))
-    if kind == "dropout":
-        return Identity()
-    if kind == "relu":
-        return Activation("relu")
-    if kind == "activation":
-        return _activation(spec)
-    if kind == "batch_normalization":
-        scale = _array(arrays, spec["scale"], where, ndim=1)
-        offset = _array(arrays, spec["offset"], where, ndim=1)
-        if scale.shape != offset.shape:
-            raise ValueError("scale and offset sizes differ")
-        return ChannelAffine(scale, offset)
-    if kind == "layer_normalization":
-        gamma = _array(arrays, spec["gamma"], where, ndim=1)
-        beta = _array(arrays, spec["beta"], where, ndim=1)
-        if gamma.shape != beta.shape:
-            raise ValueError("gamma and beta sizes differ")
-        return LayerNorm(gamma, beta, float(spec["epsilon"]))
-    if kind == "dense":
-        kernel = _array(arrays, spec["kernel"], where, ndim=2)
-        bias = _array(arrays, spec["bias"], where, ndim=1)
-        if bias.shape[0] != kernel.shape[1]:
-            raise ValueError("kernel and bias sizes differ")
-        return Dense(kernel, bias, _activation({"function": spec["activation"], **spec}))
-    if kind == "graph":
-        if open_graph is None:
-            raise ValueError("a graph head needs an onnxruntime session factory")
-        return GraphVJP(open_graph(spec["file"]))
-    # Manifest validation rejects unknown types first; this guards the mapping.
-    raise ValueError(f"unknown type {kind!r}")
+    if kind not in HEAD_LAYERS:  # manifest validation rejects unknown types first
+        raise ValueError(f"unknown type {kind!r}")
+    return HEAD_LAYERS[kind].build(spec, arrays, where, open_graph)
 
 
 def _activation(spec: dict[str, Any]) -> Activation:

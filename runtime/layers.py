@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BundleError
+from .head import HEAD_LAYERS
 from .head_layers import ACTIVATIONS
 
 FEATURES = "features"
@@ -31,23 +32,9 @@ MAX_EXTRA_LAYERS = 16
 GRADIENTS = ("closed_form", "vjp_graph")
 
 #: Head layer types the runtime can run forward and backward, with the keys each one needs
-#: and their JSON types.
+#: and their JSON types: from the one registry, ``head.HEAD_LAYERS``.
 HEAD_LAYER_TYPES: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "global_average_pooling": {},
-    "global_max_pooling": {},
-    "average_pooling": {"pool_size": (int, list), "strides": (int, list)},
-    "max_pooling": {"pool_size": (int, list), "strides": (int, list)},
-    "flatten": {},
-    "reshape": {"shape": list},
-    "dropout": {},
-    "dense": {"kernel": str, "bias": str, "activation": str},
-    "batch_normalization": {"scale": str, "offset": str},
-    "layer_normalization": {"gamma": str, "beta": str, "epsilon": (int, float)},
-    "relu": {},
-    "activation": {"function": str},
-    # The layers after the explained one as a second ONNX graph (features, cotangent) ->
-    # (logits, gradient); the file must be listed in ``files``.
-    "graph": {"file": str},
+    name: kind.fields for name, kind in HEAD_LAYERS.items()
 }
 DENSE_ACTIVATIONS = ACTIVATIONS
 

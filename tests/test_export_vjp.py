@@ -99,6 +99,7 @@ def test_depthwise_variants_match_gradienttape(tmp_path: Path):
     bundle = export_keras(model, tmp_path / "b", conv_layer="start")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["head"]["layers"][0]["type"] == "graph"
+    assert "linear" not in manifest["head"]  # no hand-kept flag: the runtime works it out
     worst = compare_with_tape(SceneCam.load(bundle, threads=1), model, "start", None)
     assert max(worst.values()) <= TOLERANCE, worst
 

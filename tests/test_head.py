@@ -168,3 +168,54 @@ def test_erf_is_accurate():
     from scenecam_edge.head_layers import erf
 
     assert np.abs(erf(xs) - np.array([math.erf(v) for v in xs])).max() < 2e-7
+
+
+def test_one_registry_of_head_layer_types():
+    """The manifest's schema is the runtime's registry: every type it validates is one the
+    runtime builds, with the same keys (they were declared apart and could drift)."""
+    from scenecam_edge.head import HEAD_LAYERS
+    from scenecam_edge.layers import HEAD_LAYER_TYPES
+
+    assert HEAD_LAYER_TYPES == {name: kind.fields for name, kind in HEAD_LAYERS.items()}
+    arrays = {"k": np.ones((4, 3)), "b": np.zeros(3), "s": np.ones(4), "o": np.zeros(4)}
+    minimal = {
+        "global_average_pooling": {},
+        "global_max_pooling": {},
+        "average_pooling": {"pool_size": 2, "strides": 2},
+        "max_pooling": {"pool_size": 2, "strides": 2},
+        "flatten": {},
+        "reshape": {"shape": [4]},
+        "dropout": {},
+        "dense": {"kernel": "k", "bias": "b", "activation": "relu"},
+        "batch_normalization": {"scale": "s", "offset": "o"},
+        "layer_normalization": {"gamma": "s", "beta": "o", "epsilon": 1e-3},
+        "relu": {},
+        "activation": {"function": "tanh"},
+        "graph": {"file": "head.onnx"},
+    }
+    assert set(minimal) == set(HEAD_LAYERS)
+    for name, spec in minimal.items():
+        assert set(HEAD_LAYERS[name].fields) == set(spec), name
+        if name != "graph":
+            layer = HEAD_LAYERS[name].build({"type": name, **spec}, arrays, "test", None)
+            assert isinstance(layer.linear, bool)
+
+
+def test_linearity_comes_from_the_layers_not_a_flag(tmp_path):
+    """Manifests once carried a hand-kept ``head.linear``; it is no longer written, an old
+    one still loads, and a wrong one changes nothing: linearity is the layers'."""
+    import json
+    import shutil
+
+    from scenecam_edge import SceneCam
+    from scenecam_edge.registry import resolve_model
+
+    for name, linear in (("mnist-tutorial", False), ("scenes-mini", True)):
+        bundle = tmp_path / name
+        shutil.copytree(resolve_model(name), bundle)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["head"]["linear"] = not linear  # a lying flag
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        cam = SceneCam.load(bundle, threads=1)
+        assert cam.head.is_linear is linear
+        assert (cam.head.jacobian is not None) is linear
