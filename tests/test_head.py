@@ -176,7 +176,7 @@ def test_one_registry_of_head_layer_types():
     from scenecam_edge.head import HEAD_LAYERS
     from scenecam_edge.layers import HEAD_LAYER_TYPES
 
-    assert HEAD_LAYER_TYPES == {name: kind.fields for name, kind in HEAD_LAYERS.items()}
+    assert {name: kind.fields for name, kind in HEAD_LAYERS.items()} == HEAD_LAYER_TYPES
     arrays = {"k": np.ones((4, 3)), "b": np.zeros(3), "s": np.ones(4), "o": np.zeros(4)}
     minimal = {
         "global_average_pooling": {},
