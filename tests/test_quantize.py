@@ -215,14 +215,40 @@ class TestQuantizedBundle:
 
 
 @needs_onnx
-def test_cli_defaults_mirror_the_module():
+def test_cli_without_options_quantizes_as_the_api_does(tmp_path: Path, monkeypatch):
+    """``scenecam-edge quantize`` with no thresholds and no image count passes what
+    ``calibration_data`` and ``quantize_bundle`` use when called without them."""
+    import inspect
+
     from scenecam_edge.export import quantize as q
 
-    command = importlib.import_module("scenecam_edge.cli.quantize")  # the module, not the command
+    seen: dict[str, object] = {}
+    real_calibration, real_quantize = q.calibration_data, q.quantize_bundle
 
-    assert command.CALIBRATION_IMAGES == q.DEFAULT_CALIBRATION_IMAGES
-    assert command.MAX_ACCURACY_DROP_POINTS == q.MAX_ACCURACY_DROP_POINTS
-    assert command.MIN_CAM_CORRELATION == q.MIN_CAM_CORRELATION
+    def calibration(source, reference, images, **kwargs):
+        seen["images"] = images
+        return real_calibration(source, reference, 8, **kwargs)
+
+    def quantize(*args, **kwargs):
+        seen.update(kwargs)
+        raise q.QuantizeError("stopped by the test")
+
+    monkeypatch.setattr(q, "calibration_data", calibration)
+    monkeypatch.setattr(q, "quantize_bundle", quantize)
+    folder = _write_folder(tmp_path / "data", None, 4)
+    result = CliRunner().invoke(
+        cli,
+        ["quantize", "--model", "scenes-mini", "--calibration", str(folder),
+         "--out", str(tmp_path / "q8"), "--no-cache", "--threads", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "stopped by the test" in result.output, result.output
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    assert seen["images"] == default(real_calibration, "images")
+    for name in ("max_accuracy_drop_points", "min_cam_correlation"):
+        assert seen[name] == default(real_quantize, name), name
 
 
 @needs_onnx
