@@ -214,7 +214,9 @@ def _reshape(spec: dict[str, Any], arrays: Any, where: str, graph: Any) -> Layer
     return Reshape(tuple(shape))
 
 
-def _batch_norm(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any):
+def _batch_norm(
+    spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any
+) -> Layer:
     scale = _array(arrays, spec["scale"], where, ndim=1)
     offset = _array(arrays, spec["offset"], where, ndim=1)
     if scale.shape != offset.shape:
@@ -222,7 +224,9 @@ def _batch_norm(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str,
     return ChannelAffine(scale, offset)
 
 
-def _layer_norm(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any):
+def _layer_norm(
+    spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any
+) -> Layer:
     gamma = _array(arrays, spec["gamma"], where, ndim=1)
     beta = _array(arrays, spec["beta"], where, ndim=1)
     if gamma.shape != beta.shape:
@@ -230,7 +234,7 @@ def _layer_norm(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str,
     return LayerNorm(gamma, beta, float(spec["epsilon"]))
 
 
-def _dense(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any):
+def _dense(spec: dict[str, Any], arrays: dict[str, np.ndarray], where: str, graph: Any) -> Layer:
     kernel = _array(arrays, spec["kernel"], where, ndim=2)
     bias = _array(arrays, spec["bias"], where, ndim=1)
     if bias.shape[0] != kernel.shape[1]:
@@ -244,7 +248,7 @@ def _graph(spec: dict[str, Any], arrays: Any, where: str, open_graph: Any) -> La
     return GraphVJP(open_graph(spec["file"]))
 
 
-_WINDOW = {"pool_size": (int, list), "strides": (int, list)}
+_WINDOW: dict[str, type | tuple[type, ...]] = {"pool_size": (int, list), "strides": (int, list)}
 
 #: Every head layer type, in one place: its manifest keys and its builder. The manifest's
 #: validation (``layers.HEAD_LAYER_TYPES``), the runtime and the export (which checks each
