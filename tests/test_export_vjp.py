@@ -5,7 +5,7 @@ input gradients the export writes as a grouped ``ConvTranspose`` (``export/grad_
 depthwise with kernels 3, 4 and 5, strides 1 and 2, ``same`` over odd and even sizes (where
 TensorFlow pads more at the bottom and right), ``valid`` with rows the window never reads,
 ``ZeroPadding2D`` before a ``valid`` one (MobileNet's way), a depth multiplier, a dilation,
-and a grouped ``Conv2D``. The EfficientNet-Lite pattern (150 px -> 75 -> 38 -> 19 -> 10 -> 5,
+a ``SeparableConv2D`` and a grouped ``Conv2D``. The EfficientNet-Lite pattern (150 px -> 75 -> 38 -> 19 -> 10 -> 5,
 MBConv without squeeze-excite, ReLU6, 'same') is explained at its stride-16 stage (10x10)
 beside its 5x5 default. Each is held to GradientTape on the Keras model (<= 1e-4); the
 keras.applications families at three depths are in ``tests/test_export_zoo.py``.
@@ -55,6 +55,7 @@ def _variants_model() -> keras.Model:
     z = layers.Conv2D(16, 2, padding="valid", activation="relu")(z)  # 5 -> 4
     z = layers.ZeroPadding2D(1)(z)  # 4 -> 6
     x = layers.Add()([y, z])
+    x = layers.SeparableConv2D(16, 3, padding="same", depth_multiplier=2, activation="elu")(x)
     x = layers.DepthwiseConv2D(4, strides=2, padding="same", activation="relu6")(x)  # 6 -> 3
     x = layers.Conv2D(16, 3, padding="same", groups=4, activation="relu")(x)
     x = layers.GlobalAveragePooling2D()(x)

@@ -1,9 +1,11 @@
 """The model zoo: every keras.applications family (small inputs, random weights, one case
 each), nested models, Normalization, grouped convolutions, max-pool and layer-norm heads, an
-earlier layer (a VJP graph head), a 4-channel input and scaling outside the model.
+earlier layer (a VJP graph head), a 4-channel input and scaling outside the model; and
+Grad-CAM at a middle and an early layer of the depthwise families (``DEPTHS``).
 
-For each: the runtime's logits equal Keras's, and its normalised Grad-CAM maps equal
-GradientTape's, for the logit and the probability target, the predicted class and another.
+For each: the runtime's logits equal Keras's, and its normalised Grad-CAM maps and its
+gradients equal GradientTape's, for the logit and the probability target, the predicted class
+and another.
 The reference (:class:`tests.keras_models.TapeGradCam`) takes the gradient on the Keras
 model itself, not on anything the export built. ``docs/export.md``'s table comes from the
 same cases: ``python benchmarks/export_zoo.py``.
