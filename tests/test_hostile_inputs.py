@@ -143,7 +143,11 @@ def test_pixel_limit_is_configurable(scenecam: SceneCam, corpus: dict[str, Path]
 def test_classify_goes_on_past_every_bad_file(corpus: dict[str, Path], tmp_path: Path):
     (tmp_path / "a_folder.jpg").mkdir()
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    result = CliRunner().invoke(cli, ["classify", str(tmp_path / "*"), "--json"])
+    # catch_exceptions=False: a traceback after the records (issue 26: the size note
+    # reopened the bomb outside the guard) fails here rather than reading as exit 1
+    result = CliRunner().invoke(
+        cli, ["classify", str(tmp_path / "*"), "--json"], catch_exceptions=False
+    )
     assert result.exit_code == 1
     records = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
     for name in FAILS:
@@ -153,7 +157,10 @@ def test_classify_goes_on_past_every_bad_file(corpus: dict[str, Path], tmp_path:
     good = [n for n in corpus if n not in FAILS]
     assert all(records[n]["label"] for n in good)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == len(FAILS) + 2 and all(line.startswith("error: ") for line in lines)
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == len(FAILS) + 2
+    (note,) = [line for line in lines if line not in errors]  # the size note, once
+    assert note.startswith(f"note: {tmp_path}/") and note.endswith("may mean little")
     result = CliRunner().invoke(cli, ["classify", str(corpus["photo.tiff"]), "--max-pixels", "100"])
     assert result.exit_code == 1 and "over the limit of 100" in result.stderr
 
@@ -545,3 +552,77 @@ def test_a_nul_byte_in_a_list_line_is_one_error(tmp_path: Path):
     )
     assert result.exit_code == 1 and result.stderr.startswith("error: /tmp/a\\x00b.jpg: no such")
     assert _records(out) == [{"path": "/tmp/a\0b.jpg", "error": "no such file"}]
+
+
+# -- sparse arrays, the bomb guard everywhere, the first corpus through every command (26) ---
+
+
+def _sparse_npy(path: Path, shape: tuple[int, ...], descr: str = "|u1") -> Path:
+    """A .npy whose header declares ``shape`` over a sparse file of that size: a few
+    kilobytes on disk, gigabytes to whatever reads its data."""
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.truncate(f.tell() + int(np.prod(shape)) * np.dtype(descr).itemsize)
+    return path
+
+
+def test_a_sparse_npy_is_refused_from_its_header(tmp_path: Path):
+    cases = {
+        "flat.npy": ((3_000_000_000,), "must have shape (H, W) or (H, W, bands), not (3000000"),
+        "deep.npy": ((1, 1, 1_000_000_000, 3), "not (1, 1, 1000000000, 3)"),
+        "wide.npy": ((2, 2_000_000_000), "array of 2000000000x2 pixels, over the limit"),
+        "bands.npy": ((4, 4, 1_000_000_000), "must be uint8 pixels"),
+    }
+    for name, (shape, _) in cases.items():
+        _sparse_npy(tmp_path / name, shape)
+    assert sum(p.stat().st_blocks for p in tmp_path.iterdir()) * 512 < 1 << 20
+    # Each in a child process, its peak memory read from /proc (see the zip bomb test):
+    # copying any of them would need gigabytes.
+    script = (
+        "import re, sys\n"
+        "from scenecam_edge import ImageError\n"
+        "from scenecam_edge.images import load_image\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_image(path)\n"
+        "    except ImageError as exc:\n"
+        "        print(exc)\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
+    )
+    paths = [str(tmp_path / name) for name in cases]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=120
+    )
+    *errors, peak_kib = done.stdout.splitlines()
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert len(errors) == len(cases)
+    for line, (name, (_, reason)) in zip(errors, cases.items(), strict=True):
+        assert line.startswith(f"{tmp_path / name}: ") and reason in line, line
+    assert int(peak_kib) < 400 << 10, f"peak memory {int(peak_kib) >> 10} MiB"
+    result = CliRunner().invoke(cli, ["classify", *paths, *MINI], catch_exceptions=False)
+    assert result.exit_code == 1 and result.stderr.count("\nerror: ") == len(cases) - 1
+
+
+def test_the_size_note_reads_headers_through_the_guard(tmp_path: Path, sample_images):
+    from scenecam_edge.images import mismatch
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header_only(60_000, 60_000))  # over Pillow's own guard
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    assert mismatch(bomb, 3, 150, 150) is None and mismatch(fifo, 3, 150, 150) is None
+    assert mismatch(sample_images[0], 1, 28, 28) is not None  # colour for a grey model
+    done = subprocess.run(
+        [_exe(), "classify", str(bomb), str(sample_images[0]), "--model", "mnist-tutorial"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {bomb}: image declares 3600000000 pixels, over the limit of 64000000"
+    ]
+    assert "note: " in done.stderr and sample_images[0].name in done.stdout
