@@ -81,10 +81,18 @@ class Stretch:
     source: str = "percentiles"
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, B) numbers to uint8 (NaN becomes 0; masks say which pixels are valid)."""
-        low = np.asarray(self.low, dtype=np.float32)
-        span = np.maximum(np.asarray(self.high, dtype=np.float32) - low, 1e-12)
-        scaled = (pixels.astype(np.float32) - low) * (255.0 / span)
+        """(H, W, B) numbers to uint8 (NaN becomes 0; masks say which pixels are valid).
+
+        float64 values are mapped in float64, and by halves (x/2 - low/2 over high/2 -
+        low/2): values anywhere in float64's range, up to 1.8e308, neither overflow nor
+        lose their differences (in float32 they became inf, and inf - inf a black scene).
+        Every other type fits float32."""
+        kind = np.float64 if pixels.dtype == np.float64 else np.float32
+        low = np.asarray(self.low, np.float64) * 0.5
+        span = np.maximum(np.asarray(self.high, np.float64) * 0.5 - low, 1e-12)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = pixels.astype(kind) * kind(0.5) - low.astype(kind)
+            scaled *= (255.0 / span).astype(kind)
         np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
@@ -155,9 +163,14 @@ def percentile_stretch(bands: Iterable[np.ndarray], percentiles: tuple[float, fl
             lows.append(0.0)
             highs.append(255.0)
             continue
-        low, high = np.percentile(values, list(percentiles))
+        with np.errstate(over="ignore", invalid="ignore"):
+            low, high = np.percentile(values, list(percentiles))
+        if not np.isfinite([low, high]).all():  # interpolating near 1e308 overflowed
+            low, high = np.percentile(values, list(percentiles), method="nearest")
         lows.append(float(low))
-        highs.append(float(high) if high > low else float(low) + 1.0)
+        if high <= low:  # a constant band: a span of 1 (the next float where 1 is lost)
+            high = low + 1.0 if low + 1.0 > low else np.nextafter(low, np.inf)
+        highs.append(float(high))
     return Stretch(tuple(lows), tuple(highs))
 
 
