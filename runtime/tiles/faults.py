@@ -48,20 +48,29 @@ def _restorable(handler: Handler) -> Any:
 @contextmanager
 def interruptible() -> Iterator[None]:
     """While the block runs (main thread only), SIGINT, SIGTERM and SIGHUP raise
-    :class:`Interrupted` (``.signum``): the job unwinds as it does for Ctrl-C."""
+    :class:`Interrupted` (``.signum``): the job unwinds as it does for Ctrl-C. Only the
+    first does: later ones (a second Ctrl-C) are ignored while it unwinds and after, when
+    the caller exits (the handlers that were there come back only when the block ends
+    without a signal)."""
     if not _main_thread():
         yield
         return
+    fired: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(signum)
+        if not fired:
+            fired.append(signum)
+            # ignored by the system, not by a Python handler: the interpreter puts its own
+            # handlers back to the default while it exits, when a second signal would kill
+            # the process (exit -2 instead of 130)
+            for other in SIGNALS:
+                signal.signal(other, signal.SIG_IGN)
+            raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, _restorable(old))
+    yield
+    for signum, old in previous.items():
+        signal.signal(signum, _restorable(old))
 
 
 @contextmanager

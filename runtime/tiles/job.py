@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ImageError
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
+from .faults import deferred_signals
 from .raster import StretchChoice
 from .tiler import DEFAULT_MIN_VALID, DEFAULT_SCENE_MAX_PIXELS, SceneTiler, TileRow
 from .writers import OutputSet, ProbabilityFormat, SceneOutputs
@@ -110,15 +111,16 @@ def classify_scene(
     _remove_leftovers(outputs)
     with ExitStack() as stack:
         tiler = stack.enter_context(options.tiler(model, scene))
-        writers = stack.enter_context(
-            SceneOutputs(
-                outputs,
-                tiler,
-                probabilities=options.probabilities,
-                explain=explain if options.heatmap else None,
-                cog=options.cog,
+        with deferred_signals():  # a signal acts once the files are in the stack's care
+            writers = stack.enter_context(
+                SceneOutputs(
+                    outputs,
+                    tiler,
+                    probabilities=options.probabilities,
+                    explain=explain if options.heatmap else None,
+                    cog=options.cog,
+                )
             )
-        )
         count = len(model.class_names)
         totals = _Totals(
             class_tiles=np.zeros(count, np.int64), class_pixels=np.zeros(count, np.int64)

@@ -232,10 +232,11 @@ def _check_georeferencing(scene: Scene) -> None:
     carry it and the summary's areas could not be written as JSON."""
     transform = tuple(scene.dataset.transform)[:6]
     area, _ = scene.pixel_area()
-    if not all(math.isfinite(v) for v in transform) or not math.isfinite(
-        area * scene.width * scene.height
-    ):
-        shown = ", ".join(f"{v:g}" for v in transform)
-        raise ImageError(
-            scene.path, f"its geotransform ({shown}) is not finite: fix its georeferencing"
-        )
+    shown = ", ".join(f"{v:g}" for v in transform)
+    if not all(math.isfinite(v) for v in transform):
+        reason = f"its geotransform ({shown}) is not finite"
+    elif not math.isfinite(area * scene.width * scene.height):
+        reason = f"its geotransform ({shown}) makes the scene's area overflow"
+    else:
+        return
+    raise ImageError(scene.path, f"{reason}: fix its georeferencing")

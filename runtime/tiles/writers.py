@@ -130,7 +130,11 @@ class StagedRaster:
         self.resampling = resampling
         self.sidecar: str | None = None
         self.temporaries = [temporary_beside(target)]
-        self.dataset = rio.open(self.temporaries[0], "w", driver="GTiff", **profile)
+        try:
+            self.dataset = rio.open(self.temporaries[0], "w", driver="GTiff", **profile)
+        except BaseException:
+            self.temporaries[0].unlink(missing_ok=True)
+            raise
 
     def finish(self) -> None:
         """Close the file and make its COG (the long part); nothing is renamed yet."""
@@ -138,8 +142,9 @@ class StagedRaster:
 
         self.dataset.close()
         if self.cog:
-            final = temporary_beside(self.target)
-            self.temporaries.append(final)
+            with deferred_signals():  # a temporary file is never left unrecorded
+                final = temporary_beside(self.target)
+                self.temporaries.append(final)
             rasterio.shutil.copy(
                 self.temporaries[0],
                 final,
@@ -203,41 +208,50 @@ class SceneOutputs(Closing):
             f"bottom {grid.padded_height - grid.height} px",
         }
         try:
-            on_grid = {"crs": src.crs, "transform": grid.transform(src.transform)}
-            self.classes = self._stage(
-                outputs.classes,
-                {**on_grid, **_grid_profile(grid, 1, "uint8"), "nodata": CLASS_NODATA},
-                cog,
-                "NEAREST",
-            )
-            colours = class_colours(len(names))
-            self.classes.dataset.write_colormap(1, colours)
-            self.classes.dataset.set_band_description(1, "class")
-            self.classes.dataset.update_tags(**tags)
-            self.classes.sidecar = category_sidecar(names, colours)
-            if probabilities != "none":
-                uint8 = probabilities == "uint8"
-                profile = _grid_profile(grid, len(names) + 1, "uint8" if uint8 else "float32")
-                nodata = 255 if uint8 else float("nan")
-                self.probabilities = probs = self._stage(
-                    outputs.probabilities, {**on_grid, **profile, "nodata": nodata}, cog, "AVERAGE"
+            # signals wait while files are created: each temporary file is recorded
+            with deferred_signals():
+                on_grid = {"crs": src.crs, "transform": grid.transform(src.transform)}
+                self.classes = self._stage(
+                    outputs.classes,
+                    {**on_grid, **_grid_profile(grid, 1, "uint8"), "nodata": CLASS_NODATA},
+                    cog,
+                    "NEAREST",
                 )
-                for i, name in enumerate([*(f"p_{n}" for n in names), "valid_fraction"], 1):
-                    probs.dataset.set_band_description(i, name)
-                if uint8:
-                    probs.dataset.scales = (1 / UINT8_SCALE,) * (len(names) + 1)
-                probs.dataset.update_tags(**tags)
-            if explain is not None:
-                cams = self._stage(outputs.heatmap, _mosaic_profile(grid, src), cog, "AVERAGE")
-                cams.dataset.set_band_description(1, f"{explain.method} ({explain.target_space})")
-                target = "prediction" if explain.target is None else names[explain.target]
-                cams.dataset.update_tags(
-                    method=explain.method,
-                    target_space=explain.target_space,
-                    target=target,
-                    source=tags["source"],
-                )
-                self.mosaic = Mosaic(cams.dataset, grid, tiler.model.manifest.features_shape[:2])
+                colours = class_colours(len(names))
+                self.classes.dataset.write_colormap(1, colours)
+                self.classes.dataset.set_band_description(1, "class")
+                self.classes.dataset.update_tags(**tags)
+                self.classes.sidecar = category_sidecar(names, colours)
+                if probabilities != "none":
+                    uint8 = probabilities == "uint8"
+                    profile = _grid_profile(grid, len(names) + 1, "uint8" if uint8 else "float32")
+                    nodata = 255 if uint8 else float("nan")
+                    self.probabilities = probs = self._stage(
+                        outputs.probabilities,
+                        {**on_grid, **profile, "nodata": nodata},
+                        cog,
+                        "AVERAGE",
+                    )
+                    for i, name in enumerate([*(f"p_{n}" for n in names), "valid_fraction"], 1):
+                        probs.dataset.set_band_description(i, name)
+                    if uint8:
+                        probs.dataset.scales = (1 / UINT8_SCALE,) * (len(names) + 1)
+                    probs.dataset.update_tags(**tags)
+                if explain is not None:
+                    cams = self._stage(outputs.heatmap, _mosaic_profile(grid, src), cog, "AVERAGE")
+                    cams.dataset.set_band_description(
+                        1, f"{explain.method} ({explain.target_space})"
+                    )
+                    target = "prediction" if explain.target is None else names[explain.target]
+                    cams.dataset.update_tags(
+                        method=explain.method,
+                        target_space=explain.target_space,
+                        target=target,
+                        source=tags["source"],
+                    )
+                    self.mosaic = Mosaic(
+                        cams.dataset, grid, tiler.model.manifest.features_shape[:2]
+                    )
         except BaseException:
             self.close()
             raise
@@ -301,6 +315,7 @@ class SceneOutputs(Closing):
                 except BaseException:
                     for path in placed:  # this run's files: none without the summary
                         path.unlink(missing_ok=True)
+                        Path(f"{path}.aux.xml").unlink(missing_ok=True)
                     raise
         finally:
             staged.unlink(missing_ok=True)
