@@ -626,3 +626,71 @@ def test_the_size_note_reads_headers_through_the_guard(tmp_path: Path, sample_im
         f"error: {bomb}: image declares 3600000000 pixels, over the limit of 64000000"
     ]
     assert "note: " in done.stderr and sample_images[0].name in done.stdout
+
+
+def _corpus_through(command: str, corpus: dict[str, Path], tmp_path: Path) -> tuple[str, str]:
+    """Run ``command`` on the whole first corpus (plus a 60000 x 60000 PNG, over Pillow's
+    own guard): its stdout and stderr. A traceback fails the test (catch_exceptions=False)."""
+    files = [*corpus.values(), tmp_path / "bomb60k.png"]
+    files[-1].write_bytes(_png_header_only(60_000, 60_000))
+    if command == "evaluate":
+        data = tmp_path / "data" / "forest"
+        data.mkdir(parents=True)
+        for path in files:
+            shutil.copy(path, data / path.name)
+        args = ["evaluate", str(data.parent), "--report", str(tmp_path / "rep"), "--gallery", "1"]
+    elif command == "batch":
+        args = ["batch", *map(str, files), "--out", str(tmp_path / "r.jsonl")]
+    elif command == "tiles":  # one scene per output name: truncated.jpg, not truncated.png too
+        scenes = {p.stem: p for p in reversed(files)}.values()
+        args = ["tiles", *map(str, scenes), "--out-dir", str(tmp_path / "maps"), "--tile", "32"]
+    else:
+        args = ["classify", *map(str, files), "--json", "--save-dir", str(tmp_path / "panels")]
+    result = CliRunner().invoke(cli, [*args, *MINI], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    return result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("command", ["classify", "batch", "evaluate", "tiles", "api"])
+def test_the_first_corpus_through_every_command(
+    command: str, corpus: dict[str, Path], tmp_path: Path
+):
+    """Every command that reads images: one line per bad input, naming it, and it goes on."""
+    bad = {**FAILS, "bomb60k.png": "over the limit"}
+    if command == "api":
+        cam = SceneCam.load("scenes-mini", threads=1)
+        bomb = tmp_path / "bomb60k.png"
+        bomb.write_bytes(_png_header_only(60_000, 60_000))
+        paths = [*corpus.values(), bomb]
+        for how in (cam.classify, cam.explain):
+            for path in paths:
+                if path.name in bad:
+                    with pytest.raises(ImageError, match=re.escape(bad[path.name])):
+                        how(path)
+                else:
+                    assert how(path).label
+        results = cam.classify_batch(paths, explain=True)
+        failed = {Path(r.subject).name for r in results if isinstance(r, ImageError)}
+        assert failed == set(bad)
+        return
+    folder = tmp_path / "data" / "forest" if command == "evaluate" else tmp_path
+    stdout, stderr = _corpus_through(command, corpus, tmp_path)
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    named = sorted(line.removeprefix(f"error: {folder}/").split(":")[0] for line in errors)
+    if command == "tiles":  # GDAL reads most photos as scenes; the bad ones fail alike
+        assert set(bad) - {"truncated.png"} <= set(named) and len(named) == len(set(named))
+        assert all(n not in named for n in ("photo.tiff", "photo.webp", "gray.png"))
+        assert "bomb.png: scene declares 100000x100000 pixels, over the limit" in stderr
+        return
+    assert named == sorted(bad), stderr
+    for line in errors:
+        name = line.removeprefix(f"error: {folder}/").split(":")[0]
+        assert bad[name] in line, line
+    if command == "evaluate":
+        good = len(corpus) - len(FAILS)
+        assert f"on {good} images" in stderr + stdout
+    elif command == "batch":
+        assert len(_records(tmp_path / "r.jsonl")) == len(corpus) + 1
+    else:
+        assert len(stdout.splitlines()) == len(corpus) + 1
