@@ -694,3 +694,31 @@ def test_the_first_corpus_through_every_command(
         assert len(_records(tmp_path / "r.jsonl")) == len(corpus) + 1
     else:
         assert len(stdout.splitlines()) == len(corpus) + 1
+
+
+def test_camera_frames_get_the_stills_conversion(tmp_path: Path, sample_images: list[Path]):
+    """A grey model on a colour video (it ended in an onnxruntime INVALID_ARGUMENT
+    traceback): each frame is made grey as a still is, and gets the still's answer."""
+    cv2 = pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 5.0, (64, 48))
+    assert writer.isOpened()
+    for path in sample_images[:4]:
+        writer.write(cv2.resize(cv2.imread(str(path)), (64, 48)))
+    writer.release()
+    out = tmp_path / "o.jsonl"
+    args = ["camera", "--model", "mnist-tutorial", "--source", str(video), "--headless"]
+    result = CliRunner().invoke(
+        cli, [*args, "--jsonl", str(out), "--every", "2"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4 and {r["heatmap"] for r in records} == {"computed", "reused"}
+    # the first frame, as OpenCV decodes it, given to the API as an RGB still
+    capture = cv2.VideoCapture(str(video))
+    ok, first = capture.read()
+    capture.release()
+    assert ok
+    still = SceneCam.load("mnist-tutorial", threads=1).classify(first[:, :, ::-1].copy())
+    assert records[0]["label"] == still.label
+    assert records[0]["confidence"] == pytest.approx(still.confidence, abs=1e-6)
