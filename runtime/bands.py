@@ -71,6 +71,10 @@ def is_raster_model(channels: int, scaling: Stretch | None) -> bool:
     return channels not in (1, 3) or scaling is not None
 
 
+#: Stretch ranges within this are mapped in float32 (see :meth:`Stretch.apply`).
+_FLOAT32_SAFE = 1e30
+
+
 @dataclass(frozen=True)
 class Stretch:
     """A linear map of each band from [low, high] to [0, 255], clipped; ``source`` says
@@ -83,16 +87,21 @@ class Stretch:
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """(H, W, B) numbers to uint8 (NaN becomes 0; masks say which pixels are valid).
 
-        float64 values are mapped in float64, and by halves (x/2 - low/2 over high/2 -
-        low/2): values anywhere in float64's range, up to 1.8e308, neither overflow nor
-        lose their differences (in float32 they became inf, and inf - inf a black scene).
-        Every other type fits float32."""
-        kind = np.float64 if pixels.dtype == np.float64 else np.float32
-        low = np.asarray(self.low, np.float64) * 0.5
-        span = np.maximum(np.asarray(self.high, np.float64) * 0.5 - low, 1e-12)
-        with np.errstate(over="ignore", invalid="ignore"):
-            scaled = pixels.astype(kind) * kind(0.5) - low.astype(kind)
-            scaled *= (255.0 / span).astype(kind)
+        In float32 (training and serving share these numbers), unless the stretch's range
+        itself is beyond what float32 holds (float64 values near 1e308, whose differences
+        became inf - inf, a black scene): then in float64 and by halves (x/2 - low/2 over
+        high/2 - low/2), which overflows nowhere in float64's range. A value outside the
+        range saturates, silently."""
+        if max(map(abs, (*self.low, *self.high))) > _FLOAT32_SAFE:
+            low = np.asarray(self.low, np.float64) * 0.5
+            half_span = np.maximum(np.asarray(self.high, np.float64) * 0.5 - low, 1e-12)
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = (pixels.astype(np.float64) * 0.5 - low) * (255.0 / half_span)
+        else:
+            low32 = np.asarray(self.low, dtype=np.float32)
+            span32 = np.maximum(np.asarray(self.high, dtype=np.float32) - low32, 1e-12)
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = (pixels.astype(np.float32) - low32) * (255.0 / span32)
         np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
