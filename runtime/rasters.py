@@ -33,6 +33,7 @@ from .bands import (
 )
 from .closing import Closing
 from .errors import ImageError
+from .fileio import not_regular_reason
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class Raster(Closing):
     ) -> None:
         rio = require_rasterio()
         self.path = os.fspath(path)
+        if (reason := not_regular_reason(self.path)) is not None:  # GDAL would block on a FIFO
+            raise ImageError(self.path, reason)
         self.channels = channels
         self._env = ExitStack()
         self._env.enter_context(rio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
@@ -178,6 +181,8 @@ def read_still(
     fill of invalid pixels are those of ``tiles``."""
     name = os.fspath(path)
     rio = require_rasterio()
+    if (reason := not_regular_reason(name)) is not None:
+        raise ImageError(name, reason)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)

@@ -289,3 +289,43 @@ def test_the_file_size_limit_exits_5_in_one_line(tmp_path: Path):
     assert done.returncode == 5, done.stderr
     assert done.stderr == f"error: {out.parent}/m.cam.tif: File too large\n"
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_signal_dropped_inside_a_callback_from_c_is_raised_at_the_next_row():
+    """A handler's exception raised inside a callback from C (rasterio's GDAL logging) is
+    dropped there, with a traceback: none is printed, and the job still stops."""
+    import sys
+
+    from scenecam_edge.batch import Interrupted
+    from scenecam_edge.tiles.faults import check_interrupted, interruptible
+
+    hook = sys.unraisablehook
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as info, interruptible():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # the handler runs in here
+        except Interrupted:
+            pass  # what the C callback does with it
+        os.kill(os.getpid(), signal.SIGTERM)  # later signals are ignored, not fatal
+        time.sleep(0.1)
+        check_interrupted()
+        pytest.fail("check_interrupted did not raise")
+    assert info.value.signum == signal.SIGTERM
+    assert sys.unraisablehook is hook
+    signal.signal(signal.SIGTERM, before)  # interruptible leaves them ignored after a signal
+
+
+def test_a_fifo_scene_is_refused_by_type(tmp_path: Path):
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    good = _scene(tmp_path / "good.tif", _noise((3, 40, 50)))
+    done = subprocess.run(  # in a child with a timeout: it blocked for ever in GDAL's open
+        [_exe(), "tiles", str(fifo), str(good), "--out-dir", str(tmp_path / "o"), *MINI],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert _lines(done.stderr) == [f"error: {fifo}: is a named pipe (FIFO), not a regular file"]
+    assert (tmp_path / "o" / "good.json").is_file()

@@ -15,7 +15,7 @@ from ..batch import Interrupted
 from ..cam import TargetSpace
 from ..errors import SceneCamError
 from ..model import DEFAULT_BATCH, SceneCam
-from ..tiles.faults import interruptible, libtiff_lines_hidden
+from ..tiles.faults import check_interrupted, interruptible, libtiff_lines_hidden
 from ..tiles.tiler import DEFAULT_SCENE_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -260,9 +260,15 @@ def _run(
             with tqdm(
                 desc=path.name, unit="tile", file=sys.stderr, disable=not tty, leave=False
             ) as bar:
+
+                def progress(tiles: int, bar: Any = bar) -> None:
+                    check_interrupted()
+                    bar.update(tiles)
+
                 outcome = run_scene(
-                    scenecam, path, outputs, options, resume=resume, progress=bar.update
+                    scenecam, path, outputs, options, resume=resume, progress=progress
                 )
+            check_interrupted()
             scene_bar.update(1)
             if outcome.write_error is not None and is_storage_error(outcome.write_error):
                 raise outcome.write_error

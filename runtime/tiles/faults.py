@@ -52,14 +52,15 @@ def interruptible() -> Iterator[None]:
     first does: later ones (a second Ctrl-C) are ignored while it unwinds and after, when
     the caller exits (the handlers that were there come back only when the block ends
     without a signal)."""
+    global _FIRED
     if not _main_thread():
         yield
         return
-    fired: list[int] = []
+    _FIRED = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if not fired:
-            fired.append(signum)
+        if not _FIRED:
+            _FIRED.append(signum)
             # ignored by the system, not by a Python handler: the interpreter puts its own
             # handlers back to the default while it exits, when a second signal would kill
             # the process (exit -2 instead of 130)
@@ -67,10 +68,34 @@ def interruptible() -> Iterator[None]:
                 signal.signal(other, signal.SIG_IGN)
             raise Interrupted(signum)
 
+    def unraisable(info: Any) -> None:
+        # raised inside a callback from C (rasterio's GDAL logging) it is dropped there:
+        # no traceback; check_interrupted raises it again at the next row
+        if not isinstance(info.exc_value, Interrupted):
+            hook(info)
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
-    yield
-    for signum, old in previous.items():
-        signal.signal(signum, _restorable(old))
+    try:
+        yield
+    except BaseException:
+        raise  # the handlers stay: later signals are ignored while the caller exits
+    else:
+        for signum, old in previous.items():
+            signal.signal(signum, _restorable(old))
+    finally:
+        sys.unraisablehook = hook
+        _FIRED = None
+
+
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` again when a signal arrived inside :func:`interruptible`
+    but its exception was dropped (raised inside a callback from C): call between rows."""
+    if _FIRED:
+        raise Interrupted(_FIRED[0])
+
+
+_FIRED: list[int] | None = None
 
 
 @contextmanager
@@ -225,7 +250,11 @@ def libtiff_lines_hidden() -> Iterator[None]:
     if _FILTER is not None:
         yield
         return
-    _FILTER = _StderrFilter()
+    try:
+        _FILTER = _StderrFilter()
+    except OSError:  # no stderr to filter (closed)
+        yield
+        return
     try:
         yield
     finally:
