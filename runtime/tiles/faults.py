@@ -56,11 +56,12 @@ def interruptible() -> Iterator[None]:
     if not _main_thread():
         yield
         return
-    _FIRED = []
+    fired: list[int] = []
+    _FIRED = fired
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if not _FIRED:
-            _FIRED.append(signum)
+        if not fired:
+            fired.append(signum)
             # ignored by the system, not by a Python handler: the interpreter puts its own
             # handlers back to the default while it exits, when a second signal would kill
             # the process (exit -2 instead of 130)
