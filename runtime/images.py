@@ -148,7 +148,11 @@ def open_image(
         # Pillow's own guard, at a higher limit than ours, fired while reading the header.
         declared = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{declared.group(1)} pixels" if declared else "too many pixels"
-        raise ImageError(name, f"image declares {size}, over the limit of {max_pixels}") from None
+        if declared and int(declared.group(1)) <= max_pixels:  # within ours, over Pillow's
+            limit = f"{2 * (Image.MAX_IMAGE_PIXELS or 0)}, Pillow's own"
+        else:
+            limit = str(max_pixels)
+        raise ImageError(name, f"image declares {size}, over the limit of {limit}") from None
     except UnidentifiedImageError:
         raise _Unrecognised(name, "not an image (unrecognised format)") from None
     except PermissionError:

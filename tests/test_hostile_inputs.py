@@ -722,3 +722,28 @@ def test_camera_frames_get_the_stills_conversion(tmp_path: Path, sample_images: 
     still = SceneCam.load("mnist-tutorial", threads=1).classify(first[:, :, ::-1].copy())
     assert records[0]["label"] == still.label
     assert records[0]["confidence"] == pytest.approx(still.confidence, abs=1e-6)
+
+
+def test_pillows_own_bomb_warning_and_limit_are_one_line(tmp_path: Path):
+    """Past 89 megapixels Pillow warns in two raw lines; past 179 it refuses whatever
+    --max-pixels allows: each is one line naming the limit that applied."""
+    warned = tmp_path / "b10k.png"
+    warned.write_bytes(_png_header_only(10_000, 10_000))
+    bomb = tmp_path / "b60k.png"
+    bomb.write_bytes(_png_header_only(60_000, 60_000))
+    command = [_exe(), "classify", str(warned), str(bomb), *MINI]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: {warned}: image declares 10000x10000 pixels, over the limit of 64000000",
+        f"error: {bomb}: image declares 3600000000 pixels, over the limit of 64000000",
+    ]
+    done = subprocess.run(
+        [*command, "--max-pixels", "4000000000"], capture_output=True, text=True, timeout=120
+    )
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"error: {warned}: truncated or corrupt")
+    assert lines[1] == (
+        f"error: {bomb}: image declares 3600000000 pixels, over the limit of 178956970, "
+        "Pillow's own"
+    )
