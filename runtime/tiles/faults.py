@@ -22,7 +22,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -252,12 +252,12 @@ def libtiff_lines_hidden() -> Iterator[None]:
         yield
         return
     try:
-        _FILTER = _StderrFilter()
-    except OSError:  # no stderr to filter (closed)
-        yield
-        return
-    try:
+        # signals wait: fd 2 is never left on a pipe nobody reads; no stderr (closed): no filter
+        with deferred_signals(), suppress(OSError):
+            _FILTER = _StderrFilter()
         yield
     finally:
         active, _FILTER = _FILTER, None
-        active.close()
+        if active is not None:
+            with deferred_signals():
+                active.close()
