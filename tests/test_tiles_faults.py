@@ -329,3 +329,41 @@ def test_a_fifo_scene_is_refused_by_type(tmp_path: Path):
     assert done.returncode == 1
     assert _lines(done.stderr) == [f"error: {fifo}: is a named pipe (FIFO), not a regular file"]
     assert (tmp_path / "o" / "good.json").is_file()
+
+
+def test_a_row_of_tiles_too_big_for_memory_is_refused(tmp_path: Path, monkeypatch):
+    import rasterio
+
+    wide = tmp_path / "wide.tif"  # 300 bytes: within the pixel limit, one row is 11 GiB
+    with rasterio.open(
+        wide,
+        "w",
+        driver="GTiff",
+        width=1_000_000_000,
+        height=4,
+        count=3,
+        dtype="uint8",
+        sparse_ok=True,
+        blockysize=1,
+    ):
+        pass
+    good = _scene(tmp_path / "good.tif", _noise((3, 40, 50)))
+    result = run_tiles(str(wide), str(good), "--out-dir", str(tmp_path / "o"), *MINI)
+    assert result.exit_code == 1  # it ended in a MemoryError traceback
+    assert _lines(result.stderr) == [
+        f"error: {wide}: a row of tiles (150 x 1000000050 px) needs 4191.0 GiB, over the "
+        "limit of 4 GiB: choose a smaller --tile, or split the scene"
+    ]
+    assert (tmp_path / "o" / "good.json").is_file()
+    # and memory that runs out anyway is one line for that scene, its files removed
+    from scenecam_edge.tiles import Scene
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 11.2 GiB")
+
+    monkeypatch.setattr(Scene, "read_row", no_memory)
+    result = run_tiles(str(good), "--out", str(tmp_path / "m" / "m.tif"), *MINI)
+    assert _lines(result.stderr) == [
+        f"error: {good}: not enough memory (Unable to allocate 11.2 GiB)"
+    ]
+    assert list((tmp_path / "m").iterdir()) == []

@@ -288,6 +288,8 @@ def run_scene(
         return SceneOutcome(scene, outputs, error=exc.reason)
     except ValueError as exc:
         return SceneOutcome(scene, outputs, error=str(exc))
+    except MemoryError as exc:  # its outputs were removed on the way out; the next may fit
+        return SceneOutcome(scene, outputs, error=f"not enough memory ({exc})")
     except OSError as exc:
         reason = f"cannot write {exc.filename or outputs.classes}: {exc.strerror or exc}"
         return SceneOutcome(scene, outputs, error=reason, write_error=exc)

@@ -31,6 +31,8 @@ from .raster import Scene, Stretch, StretchChoice, fill_invalid, model_stretch
 
 #: Tiles with less than this share of valid pixels are nodata (``min_valid``).
 DEFAULT_MIN_VALID = 0.5
+#: The memory a row of tiles may take while it is read and stretched (see _check_row_memory).
+ROW_BYTES_LIMIT = 4 << 30
 #: Scenes that declare more pixels are refused when opened (``max_pixels``, ``--max-pixels``):
 #: 4 gigapixels, a 63,000 px square (a Sentinel-2 tile is 10,980 px square).
 DEFAULT_SCENE_MAX_PIXELS = 4_000_000_000
@@ -100,6 +102,7 @@ class SceneTiler(Closing):
             self.grid = TileGrid(
                 self.source.height, self.source.width, size, stride if stride else size
             )
+            _check_row_memory(self.source, self.grid)
         except BaseException:
             self.source.close()
             raise
@@ -240,3 +243,18 @@ def _check_georeferencing(scene: Scene) -> None:
     else:
         return
     raise ImageError(scene.path, f"{reason}: fix its georeferencing")
+
+
+def _check_row_memory(scene: Scene, grid: TileGrid) -> None:
+    """Refuse a scene whose row of tiles would not fit in memory (a 300-byte sparse TIFF of
+    1,000,000,000 x 4 pixels is within the pixel limit, and its one row is 11 GiB)."""
+    itemsize = max(np.dtype(scene.dataset.dtypes[b - 1]).itemsize for b in scene.bands)
+    # the values as read, as float (the stretch), and as uint8 pixels, for every chosen band
+    need = grid.tile * grid.padded_width * len(scene.bands) * (itemsize + 8 + 1)
+    if need > ROW_BYTES_LIMIT:
+        raise ImageError(
+            scene.path,
+            f"a row of tiles ({grid.tile} x {grid.padded_width} px) needs "
+            f"{need / 2**30:.1f} GiB, over the limit of {ROW_BYTES_LIMIT / 2**30:.0f} GiB: "
+            "choose a smaller --tile, or split the scene",
+        )
