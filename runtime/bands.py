@@ -71,6 +71,10 @@ def is_raster_model(channels: int, scaling: Stretch | None) -> bool:
     return channels not in (1, 3) or scaling is not None
 
 
+#: Stretch ranges within this are mapped in float32 (see :meth:`Stretch.apply`).
+_FLOAT32_SAFE = 1e30
+
+
 @dataclass(frozen=True)
 class Stretch:
     """A linear map of each band from [low, high] to [0, 255], clipped; ``source`` says
@@ -81,10 +85,23 @@ class Stretch:
     source: str = "percentiles"
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, B) numbers to uint8 (NaN becomes 0; masks say which pixels are valid)."""
-        low = np.asarray(self.low, dtype=np.float32)
-        span = np.maximum(np.asarray(self.high, dtype=np.float32) - low, 1e-12)
-        scaled = (pixels.astype(np.float32) - low) * (255.0 / span)
+        """(H, W, B) numbers to uint8 (NaN becomes 0; masks say which pixels are valid).
+
+        In float32 (training and serving share these numbers), unless the stretch's range
+        itself is beyond what float32 holds (float64 values near 1e308, whose differences
+        became inf - inf, a black scene): then in float64 and by halves (x/2 - low/2 over
+        high/2 - low/2), which overflows nowhere in float64's range. A value outside the
+        range saturates, silently."""
+        if max(map(abs, (*self.low, *self.high))) > _FLOAT32_SAFE:
+            low = np.asarray(self.low, np.float64) * 0.5
+            half_span = np.maximum(np.asarray(self.high, np.float64) * 0.5 - low, 1e-12)
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = (pixels.astype(np.float64) * 0.5 - low) * (255.0 / half_span)
+        else:
+            low32 = np.asarray(self.low, dtype=np.float32)
+            span32 = np.maximum(np.asarray(self.high, dtype=np.float32) - low32, 1e-12)
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = (pixels.astype(np.float32) - low32) * (255.0 / span32)
         np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
@@ -155,9 +172,14 @@ def percentile_stretch(bands: Iterable[np.ndarray], percentiles: tuple[float, fl
             lows.append(0.0)
             highs.append(255.0)
             continue
-        low, high = np.percentile(values, list(percentiles))
+        with np.errstate(over="ignore", invalid="ignore"):
+            low, high = np.percentile(values, list(percentiles))
+        if not np.isfinite([low, high]).all():  # interpolating near 1e308 overflowed
+            low, high = np.percentile(values, list(percentiles), method="nearest")
         lows.append(float(low))
-        highs.append(float(high) if high > low else float(low) + 1.0)
+        if high <= low:  # a constant band: a span of 1 (the next float where 1 is lost)
+            high = low + 1.0 if low + 1.0 > low else np.nextafter(low, np.inf)
+        highs.append(float(high))
     return Stretch(tuple(lows), tuple(highs))
 
 

@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 from . import bands, rasters
 from .bands import RASTER_SUFFIXES, Stretch, is_raster_model
 from .errors import ImageError, MissingExtraError
+from .fileio import not_regular_reason
 from .resize import resize_map as resize_map
 from .resize import resize_to as resize_to
 
@@ -100,28 +101,60 @@ def load_still(
 def _from_path(
     path: Path, channels: int, name: str, max_pixels: int, stretch: Stretch | None
 ) -> np.ndarray:
-    if not path.exists():
-        reason = "broken symbolic link" if path.is_symlink() else "no such file"
-        raise ImageError(name, reason)
-    if path.is_dir():
-        raise ImageError(name, "is a directory, not an image")
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        _check_path(path, name)
         return _from_npy(path, channels, name, max_pixels, stretch)
     if suffix in RASTER_SUFFIXES and is_raster_model(channels, stretch):
+        _check_path(path, name)
         return rasters.read_still(path, channels, stretch, max_pixels)
     try:
-        with Image.open(path) as img:
-            return _from_pil(img, channels, name, max_pixels, stretch)
+        img = open_image(path, name, max_pixels)
+    except _Unrecognised:
+        if suffix in RASTER_SUFFIXES:  # 16-bit colour, 5+ bands: Pillow has no mode for them
+            return _raster_for_photo_model(path, channels, name, max_pixels)
+        raise
+    with img:
+        return _from_pil(img, channels, name, max_pixels, stretch)
+
+
+class _Unrecognised(ImageError):
+    """Pillow does not know the format (a TIFF may still be a raster rasterio reads)."""
+
+
+def _check_path(path: Path, name: str) -> None:
+    """Refuse what is not a regular file before anything opens it (a FIFO would block)."""
+    if not path.exists():
+        raise ImageError(name, "broken symbolic link" if path.is_symlink() else "no such file")
+    if path.is_dir():
+        raise ImageError(name, "is a directory, not an image")
+    if (reason := not_regular_reason(path)) is not None:
+        raise ImageError(name, reason)
+
+
+def open_image(
+    path: str | os.PathLike[str], name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """The one guarded way a file is opened with Pillow: special files refused by type,
+    the header's pixel count checked against ``max_pixels`` before any decoding, every
+    decoder failure an :class:`ImageError` naming the file (``name``, default the path).
+    The caller closes the image (``with open_image(...) as img``)."""
+    path = Path(path)
+    name = describe(path) if name is None else name
+    _check_path(path, name)
+    try:
+        img = Image.open(path)
     except Image.DecompressionBombError as exc:
         # Pillow's own guard, at a higher limit than ours, fired while reading the header.
         declared = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{declared.group(1)} pixels" if declared else "too many pixels"
-        raise ImageError(name, f"image declares {size}, over the limit of {max_pixels}") from None
+        if declared and int(declared.group(1)) <= max_pixels:  # within ours, over Pillow's
+            limit = f"{2 * (Image.MAX_IMAGE_PIXELS or 0)}, Pillow's own"
+        else:
+            limit = str(max_pixels)
+        raise ImageError(name, f"image declares {size}, over the limit of {limit}") from None
     except UnidentifiedImageError:
-        if suffix in RASTER_SUFFIXES:  # 16-bit colour, 5+ bands: Pillow has no mode for them
-            return _raster_for_photo_model(path, channels, name, max_pixels)
-        raise ImageError(name, "not an image (unrecognised format)") from None
+        raise _Unrecognised(name, "not an image (unrecognised format)") from None
     except PermissionError:
         raise ImageError(name, "permission denied") from None
     except OSError as exc:
@@ -130,6 +163,13 @@ def _from_path(
         raise ImageError(name, f"truncated or corrupt image ({exc})") from None
     except _DECODER_ERRORS as exc:
         raise ImageError(name, f"corrupt image ({type(exc).__name__}: {exc})") from None
+    if img.width * img.height > max_pixels:
+        img.close()
+        raise ImageError(
+            name,
+            f"image declares {img.width}x{img.height} pixels, over the limit of {max_pixels}",
+        )
+    return img
 
 
 # Pillow's decoders signal damaged files with more than OSError (found by fuzzing, e.g.
@@ -229,16 +269,54 @@ def _raster_for_photo_model(path: Path, channels: int, name: str, max_pixels: in
 def _from_npy(
     path: Path, channels: int, name: str, max_pixels: int, stretch: Stretch | None
 ) -> np.ndarray:
-    """A ``.npy`` array, (H, W) or (H, W, bands), read as the same array given to the API."""
+    """A ``.npy`` array, (H, W) or (H, W, bands), read as the same array given to the API.
+
+    Its header's shape and type are checked first (every dimension, the pixels against
+    ``max_pixels``, the bands against the model): a few-kilobyte sparse file declaring
+    billions of elements is refused before a byte of data is read or mapped."""
+    fmt = np.lib.format
     try:
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-        if mapped.ndim >= 2 and mapped.shape[0] * mapped.shape[1] > max_pixels:
-            h, w = mapped.shape[:2]
-            raise ImageError(name, f"array of {w}x{h} pixels, over the limit of {max_pixels}")
-        arr = np.array(mapped)
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not read")
+        _check_array_shape(tuple(shape), np.dtype(dtype), channels, name, max_pixels, stretch)
+        arr = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
     except (ValueError, OSError, EOFError) as exc:
         raise ImageError(name, f"not a readable .npy array ({bands.first_line(exc)})") from None
     return _from_values(arr, channels, name, stretch)
+
+
+def _check_array_shape(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    channels: int,
+    name: str,
+    max_pixels: int,
+    stretch: Stretch | None,
+) -> None:
+    """Refuse a shape no model takes, or one over the pixel limit, from the shape alone."""
+    shown = str(shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ImageError(name, f"arrays must have shape (H, W) or (H, W, bands), not {shown}")
+    h, w = shape[:2]
+    if h * w > max_pixels:
+        raise ImageError(name, f"array of {w}x{h} pixels, over the limit of {max_pixels}")
+    count = shape[2] if len(shape) == 3 else 1
+    if is_raster_model(channels, stretch):
+        bands.check_count(name, count, channels)
+        if dtype.kind not in "uif":
+            raise ImageError(name, f"arrays must hold numbers, not {dtype}")
+    elif count not in (1, 3, 4) or dtype != np.uint8:
+        raise ImageError(
+            name,
+            f"arrays must be uint8 pixels (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), not "
+            f"{shown} {dtype}",
+        )
 
 
 def _from_values(arr: np.ndarray, channels: int, name: str, stretch: Stretch | None) -> np.ndarray:
@@ -269,6 +347,8 @@ def _from_array(arr: np.ndarray, channels: int, name: str) -> np.ndarray:
 #: ASPECT_FACTOR (panoramas, strips; ordinary 4:3 and 16:9 photos are not noted).
 MISMATCH_FACTOR = 2.0
 ASPECT_FACTOR = 3.0
+#: :func:`mismatch` reads only a header: no pixel limit of its own (Pillow's guard stays).
+_HEADER_ONLY = 2**63
 
 
 def mismatch(path: str | os.PathLike[str], channels: int, height: int, width: int) -> str | None:
@@ -276,9 +356,9 @@ def mismatch(path: str | os.PathLike[str], channels: int, height: int, width: in
     was trained on, from its header alone; None when it is not (or cannot be read: decoding
     reports that). Serving still converts and resizes it; the caller says so."""
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels=_HEADER_ONLY) as img:
             mode, (w, h) = img.mode, img.size
-    except (OSError, ValueError):
+    except ImageError:  # decoding reports it; a note has nothing to add
         return None
     if channels == 1 and mode not in ("1", "L", "LA", "I", "I;16", "F"):
         return f"a colour image ({mode}) for a model of grey images: it was made grey"

@@ -33,6 +33,7 @@ from .bands import (
 )
 from .closing import Closing
 from .errors import ImageError
+from .fileio import not_regular_reason
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,12 @@ class Raster(Closing):
         bands: Sequence[int] | None = None,
         stretch: StretchChoice = "model",
         scaling: Stretch | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         rio = require_rasterio()
         self.path = os.fspath(path)
+        if (reason := not_regular_reason(self.path)) is not None:  # GDAL would block on a FIFO
+            raise ImageError(self.path, reason)
         self.channels = channels
         self._env = ExitStack()
         self._env.enter_context(rio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
@@ -68,6 +72,12 @@ class Raster(Closing):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
                 self.dataset = self._env.enter_context(rio.open(self.path))
+            if max_pixels is not None and self.width * self.height > max_pixels:
+                raise ImageError(
+                    self.path,
+                    f"scene declares {self.width}x{self.height} pixels, over the limit of "
+                    f"{max_pixels} (--max-pixels)",
+                )
             self.bands = self._check_bands(bands)
             self.stretch = self._plan_stretch(stretch, scaling)
             flags = [self.dataset.mask_flag_enums[b - 1] for b in self.bands]
@@ -96,10 +106,11 @@ class Raster(Closing):
         if bands is None:
             if count >= channels:
                 return tuple(range(1, channels + 1))
-            if channels == 3:
+            if channels == 3 and count == 1:  # one band: grey, repeated
                 return (1,)
+            also = " (--bands 1: band 1 as grey)" if channels == 3 else ""
             raise ValueError(
-                f"the model takes {channels} bands and the scene has {count}: choose --bands"
+                f"the model takes {channels} bands and the scene has {count}: choose --bands{also}"
             )
         chosen = tuple(bands)
         bad = [b for b in chosen if not 1 <= b <= count]
@@ -170,6 +181,8 @@ def read_still(
     fill of invalid pixels are those of ``tiles``."""
     name = os.fspath(path)
     rio = require_rasterio()
+    if (reason := not_regular_reason(name)) is not None:
+        raise ImageError(name, reason)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)

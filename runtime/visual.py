@@ -125,8 +125,11 @@ def fit_picture(picture: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(resized)
 
 
-#: Panels show each picture at least this many pixels high (photos of 150 px are enlarged).
+#: Panels show each picture at least this many pixels high (photos of 150 px are enlarged),
+#: but enlarge none past PANEL_MAX_WIDTH: a 3000 x 4 strip made 256 px high would be 192,000 px
+#: wide, and its title's type as big (gigabytes).
 PANEL_MIN_HEIGHT = 256
+PANEL_MAX_WIDTH = 2048
 
 
 def panel(image: np.ndarray, colours: np.ndarray, blended: np.ndarray, title: str) -> np.ndarray:
@@ -136,8 +139,9 @@ def panel(image: np.ndarray, colours: np.ndarray, blended: np.ndarray, title: st
     ``title`` may have several lines; the type grows with the panel, so a title stays
     readable at any ``--display-size``."""
     rgb = rgb_view(image)
-    h = max(rgb.shape[0], PANEL_MIN_HEIGHT)
-    scale = h / rgb.shape[0]
+    scale = max(rgb.shape[0], PANEL_MIN_HEIGHT) / rgb.shape[0]
+    scale = min(scale, max(1.0, PANEL_MAX_WIDTH / rgb.shape[1]))
+    h = max(1, round(rgb.shape[0] * scale))
     w = max(1, round(rgb.shape[1] * scale))
     gap = np.full((h, 6, 3), 255, np.uint8)
     pictures = [fit_picture(p, h, w) for p in (rgb, colours, blended)]

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .. import visual
+from ..bands import check_count, is_raster_model
 from ..cam import METHODS, TargetSpace
 from ..fileio import write_bytes_atomic
 from ..model import SceneCam
@@ -158,6 +159,9 @@ class CameraLoop:
             raise ValueError(f"max_frames must be at least 1, not {settings.max_frames}")
         if settings.out is not None:
             video_fourcc(settings.out)
+        channels = scenecam.manifest.input.channels
+        if is_raster_model(channels, scenecam.band_stretch):
+            check_count(source.name, 3, channels)  # frames are colour: three bands
         self.scenecam = scenecam
         self.source = source
         self.settings = settings
@@ -266,6 +270,8 @@ class CameraLoop:
         if bgr.ndim == 2 or bgr.shape[2] == 1:
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
         self._rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=_fit(self._rgb, bgr.shape))
+        # the stills' conversion: grey for a one-channel model, a model's band stretch
+        pixels = self.scenecam.load_image(self._rgb)
         name = f"{self.source.name}#{frame.index}"
         every = self.settings.every
         status: HeatmapStatus = "off"
@@ -273,7 +279,7 @@ class CameraLoop:
         if self.heatmap_on and (
             self._since >= every or (every > 1 and self._colour.shape != bgr.shape)
         ):
-            explained = self.scenecam.predict([self._rgb], [name], explain=self.options)[0]
+            explained = self.scenecam.predict([pixels], [name], explain=self.options)[0]
             result: Classification = explained
             self._out = cv2.cvtColor(
                 explained.overlay, cv2.COLOR_RGB2BGR, dst=_fit(self._out, bgr.shape)
@@ -287,7 +293,7 @@ class CameraLoop:
             self.heatmaps += 1
             status, image = "computed", self._out
         else:
-            result = self.scenecam.predict([self._rgb], [name])[0]
+            result = self.scenecam.predict([pixels], [name])[0]
             if self.heatmap_on:  # the same blend as visual.overlay, in BGR
                 alpha = self.options.alpha
                 self._out = cv2.addWeighted(

@@ -10,9 +10,11 @@ full, read-only, file size limit, a symbolic link at the output path); 130 inter
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import click
+from PIL import Image
 
 from .._version import __version__
 from ..errors import MissingExtraError
@@ -43,6 +45,9 @@ def cli(verbose: int) -> None:
     """Classify scene photos and explain each answer with a Grad-CAM heatmap."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Images are refused by --max-pixels from their header, in one line; Pillow's own
+    # warning past 89 megapixels would add two raw lines (its error past 179 stays guarded)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 #: One line each for ``scenecam-edge --help``: click would cut the docstrings' first

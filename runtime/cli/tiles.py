@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..batch import Interrupted
 from ..cam import TargetSpace
 from ..errors import SceneCamError
-from ..model import DEFAULT_BATCH
+from ..model import DEFAULT_BATCH, SceneCam
+from ..tiles.faults import check_interrupted, interruptible, libtiff_lines_hidden
+from ..tiles.tiler import DEFAULT_SCENE_MAX_PIXELS
 
 if TYPE_CHECKING:
-    from ..tiles import OutputSet, StretchChoice
+    from ..tiles import OutputSet, StretchChoice, TileOptions
 
+from .batch import EXIT_SIGNAL_BASE
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_MODEL,
     EXIT_USAGE,
     cam_options,
+    error_line,
     explain_options,
     fail,
+    is_storage_error,
+    keep_going_past_file_size_limit,
     load_model,
     model_options,
+    shown,
+    write_failed,
 )
 
 
@@ -94,6 +105,13 @@ from .common import (
 )
 @cam_options(alpha=False)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SCENE_MAX_PIXELS,
+    show_default=True,
+    help="Refuse scenes that declare more pixels than this (before reading them).",
+)
 @model_options
 def tiles(
     scenes: tuple[str, ...],
@@ -111,6 +129,7 @@ def tiles(
     target_space: TargetSpace,
     method: str,
     batch_size: int,
+    max_pixels: int,
     model: str | None,
     threads: int | None,
 ) -> None:
@@ -123,7 +142,9 @@ def tiles(
     bounded by a row of tiles. Needs the geo extra: pip install 'scenecam-edge[geo]'.
 
     Exit codes: 0 done; 1 a scene could not be read or written (the others are done);
-    2 usage error; 3 the model could not be loaded, or rasterio is missing.
+    2 usage error; 3 the model could not be loaded, or rasterio is missing; 5 an output
+    could not be written (disk full, read-only); 130/143/129 interrupted by SIGINT, SIGTERM,
+    SIGHUP (finished scenes are kept whole, the scene in progress leaves nothing).
     """
     from ..tiles import (
         OutputSet,
@@ -132,7 +153,6 @@ def tiles(
         outputs_in,
         parse_bands,
         require_rasterio,
-        run_scene,
     )
 
     try:
@@ -178,12 +198,57 @@ def tiles(
         batch_size=batch_size,
         explain=explain if heatmap else None,
         heatmap=heatmap,
+        max_pixels=max_pixels,
     )
+    keep_going_past_file_size_limit()
+    counts = _Counts()
+    start = time.perf_counter()
+    try:
+        with interruptible(), libtiff_lines_hidden():
+            _run(scenecam, paths, sets, options, resume=out is None, counts=counts)
+    except KeyboardInterrupt as exc:  # Interrupted (SIGTERM, SIGHUP) is one
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        click.echo(
+            f"interrupted ({signal.Signals(signum).name}) after {counts.done} scene(s) done; "
+            "a scene is written whole or not at all: run again to go on",
+            err=True,
+        )
+        sys.exit(EXIT_SIGNAL_BASE + signum)
+    except OSError as exc:  # an output could not be written: the next would fail alike
+        write_failed(exc, "output")
+    if len(paths) > 1:
+        click.echo(
+            f"summary: {len(paths)} scenes, {counts.done} done, {counts.skipped} skipped, "
+            f"{counts.failed} failed in {time.perf_counter() - start:.1f} s",
+            err=True,
+        )
+    if counts.failed:
+        sys.exit(EXIT_FAILED_INPUTS)
+
+
+@dataclass
+class _Counts:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def _run(
+    scenecam: SceneCam,
+    paths: list[Path],
+    sets: list[OutputSet],
+    options: TileOptions,
+    *,
+    resume: bool,
+    counts: _Counts,
+) -> None:
+    """Every scene in turn; a storage error (disk full, read-only) is raised: it stops the
+    job."""
     from tqdm import tqdm
 
+    from ..tiles import run_scene
+
     tty = sys.stderr.isatty()
-    failed = skipped = 0
-    start = time.perf_counter()
     with tqdm(
         total=len(paths),
         desc="scenes",
@@ -195,27 +260,29 @@ def tiles(
             with tqdm(
                 desc=path.name, unit="tile", file=sys.stderr, disable=not tty, leave=False
             ) as bar:
+
+                def progress(tiles: int, bar: Any = bar) -> None:
+                    check_interrupted()
+                    bar.update(tiles)
+
                 outcome = run_scene(
-                    scenecam, path, outputs, options, resume=out is None, progress=bar.update
+                    scenecam, path, outputs, options, resume=resume, progress=progress
                 )
+            check_interrupted()
             scene_bar.update(1)
+            if outcome.write_error is not None and is_storage_error(outcome.write_error):
+                raise outcome.write_error
             if outcome.error is not None:
-                failed += 1
-                click.echo(f"error: {path}: {outcome.error}", err=True)
+                counts.failed += 1
+                error_line(str(path), outcome.error)
             elif outcome.skipped:
-                skipped += 1
-                click.echo(f"{path}: finished before ({outputs.summary}), skipped", err=True)
+                counts.skipped += 1
+                click.echo(
+                    f"{shown(str(path))}: finished before ({outputs.summary}), skipped", err=True
+                )
             elif outcome.summary is not None:
+                counts.done += 1
                 click.echo(_describe(outcome.summary), err=True)
-    if len(paths) > 1:
-        done = len(paths) - failed - skipped
-        click.echo(
-            f"summary: {len(paths)} scenes, {done} done, {skipped} skipped, {failed} failed "
-            f"in {time.perf_counter() - start:.1f} s",
-            err=True,
-        )
-    if failed:
-        sys.exit(EXIT_FAILED_INPUTS)
 
 
 def _describe(summary: dict[str, Any]) -> str:

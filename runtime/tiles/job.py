@@ -9,6 +9,7 @@ reported and the job goes on.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,10 +21,10 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from ..errors import ImageError
-from ..fileio import write_json_atomic
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
+from .faults import deferred_signals
 from .raster import StretchChoice
-from .tiler import DEFAULT_MIN_VALID, SceneTiler, TileRow
+from .tiler import DEFAULT_MIN_VALID, DEFAULT_SCENE_MAX_PIXELS, SceneTiler, TileRow
 from .writers import OutputSet, ProbabilityFormat, SceneOutputs
 
 #: Files a folder argument contributes as scenes.
@@ -51,6 +52,7 @@ class TileOptions:
     batch_size: int = DEFAULT_BATCH
     explain: ExplainOptions | None = None
     heatmap: bool = False
+    max_pixels: int | None = DEFAULT_SCENE_MAX_PIXELS
 
     def tiler(self, model: SceneCam, scene: str | os.PathLike[str]) -> SceneTiler:
         """``scene`` opened for reading in tiles as these options say."""
@@ -62,6 +64,7 @@ class TileOptions:
             bands=self.bands,
             stretch=self.stretch,
             min_valid=self.min_valid,
+            max_pixels=self.max_pixels,
         )
 
 
@@ -108,15 +111,16 @@ def classify_scene(
     _remove_leftovers(outputs)
     with ExitStack() as stack:
         tiler = stack.enter_context(options.tiler(model, scene))
-        writers = stack.enter_context(
-            SceneOutputs(
-                outputs,
-                tiler,
-                probabilities=options.probabilities,
-                explain=explain if options.heatmap else None,
-                cog=options.cog,
+        with deferred_signals():  # a signal acts once the files are in the stack's care
+            writers = stack.enter_context(
+                SceneOutputs(
+                    outputs,
+                    tiler,
+                    probabilities=options.probabilities,
+                    explain=explain if options.heatmap else None,
+                    cog=options.cog,
+                )
             )
-        )
         count = len(model.class_names)
         totals = _Totals(
             class_tiles=np.zeros(count, np.int64), class_pixels=np.zeros(count, np.int64)
@@ -131,11 +135,15 @@ def classify_scene(
             totals.add(row)
             if progress is not None:
                 progress(len(row.indices))
-        writers.commit()
+        writers.finish()
         summary = _summary(tiler, options, totals, writers.written)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         summary["tiles_per_second"] = round(tiler.grid.count / summary["seconds"], 2)
-    write_json_atomic(outputs.summary, summary)
+        try:
+            data = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+        except ValueError:  # a NaN or inf: JSON has none (the geotransform is checked first)
+            raise ImageError(tiler.scene, "its summary has non-finite numbers") from None
+        writers.place(data.encode("utf-8"))
     return summary
 
 
@@ -251,13 +259,15 @@ def outputs_in(out_dir: Path, scenes: Sequence[Path]) -> list[OutputSet]:
 @dataclass(frozen=True)
 class SceneOutcome:
     """What became of one scene: ``summary`` when done now, ``skipped`` when an earlier run
-    finished it, ``error`` (one line) when it failed."""
+    finished it, ``error`` (one line) when it failed; ``write_error`` when that was an
+    output that could not be written (naming it: disk full, read-only, ...)."""
 
     scene: Path
     outputs: OutputSet
     summary: dict[str, Any] | None = None
     skipped: bool = False
     error: str | None = None
+    write_error: OSError | None = None
 
 
 def run_scene(
@@ -278,6 +288,9 @@ def run_scene(
         return SceneOutcome(scene, outputs, error=exc.reason)
     except ValueError as exc:
         return SceneOutcome(scene, outputs, error=str(exc))
+    except MemoryError as exc:  # its outputs were removed on the way out; the next may fit
+        return SceneOutcome(scene, outputs, error=f"not enough memory ({exc})")
     except OSError as exc:
-        return SceneOutcome(scene, outputs, error=f"cannot write: {exc.strerror or exc}")
+        reason = f"cannot write {exc.filename or outputs.classes}: {exc.strerror or exc}"
+        return SceneOutcome(scene, outputs, error=reason, write_error=exc)
     return SceneOutcome(scene, outputs, summary=summary)

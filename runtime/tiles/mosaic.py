@@ -77,9 +77,18 @@ class Mosaic:
             block = np.where((counts > 0) & self.valid[rows, :width], sums / counts, np.nan)
         self._wait()
         self._pending = self._writer.submit(
-            self.dst.write, block.astype(np.float32)[None], window=Window(0, y, width, end - y)
+            _write, self.dst, block.astype(np.float32)[None], Window(0, y, width, end - y)
         )
         self.written = end
+
+
+def _write(dst: Any, block: np.ndarray, window: Any) -> None:
+    """One window, written in the writer thread under rasterio's error handling (GDAL's
+    handlers are per thread: without it, GDAL prints its errors raw on stderr)."""
+    import rasterio
+
+    with rasterio.Env():
+        dst.write(block, window=window)
 
 
 def _bilinear_matrix(size: int, out: int) -> np.ndarray:

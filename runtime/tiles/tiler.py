@@ -13,6 +13,7 @@ valid pixels, band by band; ``TileRow.valid`` records the share of the tile that
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..closing import Closing
+from ..errors import ImageError
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
 from ..results import Explanation
 from .grid import TileGrid
@@ -29,6 +31,11 @@ from .raster import Scene, Stretch, StretchChoice, fill_invalid, model_stretch
 
 #: Tiles with less than this share of valid pixels are nodata (``min_valid``).
 DEFAULT_MIN_VALID = 0.5
+#: The memory a row of tiles may take while it is read and stretched (see _check_row_memory).
+ROW_BYTES_LIMIT = 4 << 30
+#: Scenes that declare more pixels are refused when opened (``max_pixels``, ``--max-pixels``):
+#: 4 gigapixels, a 63,000 px square (a Sentinel-2 tile is 10,980 px square).
+DEFAULT_SCENE_MAX_PIXELS = 4_000_000_000
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class SceneTiler(Closing):
         bands: Sequence[int] | None = None,
         stretch: StretchChoice = "model",
         min_valid: float = DEFAULT_MIN_VALID,
+        max_pixels: int | None = DEFAULT_SCENE_MAX_PIXELS,
     ) -> None:
         if not 0.0 < min_valid <= 1.0:
             raise ValueError(f"min_valid must be in (0, 1], not {min_valid}")
@@ -86,12 +94,15 @@ class SceneTiler(Closing):
             bands=bands,
             stretch=stretch,
             scaling=model_stretch(model.manifest),
+            max_pixels=max_pixels,
         )
         try:
+            _check_georeferencing(self.source)
             size = tile if tile is not None else model.input_size[0]
             self.grid = TileGrid(
                 self.source.height, self.source.width, size, stride if stride else size
             )
+            _check_row_memory(self.source, self.grid)
         except BaseException:
             self.source.close()
             raise
@@ -216,4 +227,34 @@ class SceneTiler(Closing):
             cell_pixels=cell_pixels.astype(np.int64),
             cams=np.full((cols, *cam_shape), np.nan, np.float32) if explaining else None,
             mask=mask,
+        )
+
+
+def _check_georeferencing(scene: Scene) -> None:
+    """Refuse a geotransform with NaN or inf, or whose areas overflow: the outputs would
+    carry it and the summary's areas could not be written as JSON."""
+    transform = tuple(scene.dataset.transform)[:6]
+    area, _ = scene.pixel_area()
+    shown = ", ".join(f"{v:g}" for v in transform)
+    if not all(math.isfinite(v) for v in transform):
+        reason = f"its geotransform ({shown}) is not finite"
+    elif not math.isfinite(area * scene.width * scene.height):
+        reason = f"its geotransform ({shown}) makes the scene's area overflow"
+    else:
+        return
+    raise ImageError(scene.path, f"{reason}: fix its georeferencing")
+
+
+def _check_row_memory(scene: Scene, grid: TileGrid) -> None:
+    """Refuse a scene whose row of tiles would not fit in memory (a 300-byte sparse TIFF of
+    1,000,000,000 x 4 pixels is within the pixel limit, and its one row is 11 GiB)."""
+    itemsize = max(np.dtype(scene.dataset.dtypes[b - 1]).itemsize for b in scene.bands)
+    # the values as read, as float (the stretch), and as uint8 pixels, for every chosen band
+    need = grid.tile * grid.padded_width * len(scene.bands) * (itemsize + 8 + 1)
+    if need > ROW_BYTES_LIMIT:
+        raise ImageError(
+            scene.path,
+            f"a row of tiles ({grid.tile} x {grid.padded_width} px) needs "
+            f"{need / 2**30:.1f} GiB, over the limit of {ROW_BYTES_LIMIT / 2**30:.0f} GiB: "
+            "choose a smaller --tile, or split the scene",
         )

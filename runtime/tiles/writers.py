@@ -12,8 +12,9 @@ Per scene, beside the class map ``NAME.tif``:
   outside the footprint and in nodata tiles.
 
 Each file is first written as a plain GeoTIFF under a temporary name, then (``cog=True``)
-copied to a cloud-optimised GeoTIFF (GDAL's COG driver: tiled, deflate, overviews), and
-renamed to its final name only when every row is done.
+copied to a cloud-optimised GeoTIFF (GDAL's COG driver: tiled, deflate, overviews); when
+every file is done, they are renamed to their final names together with the summary, with
+signals held back (:mod:`.faults`): all of a scene's files or none.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from ..closing import Closing
 from ..fileio import temporary_beside, write_bytes_atomic
 from ..model import ExplainOptions
+from .faults import deferred_signals, writing
 from .grid import TileGrid
 from .mosaic import Mosaic
 from .raster import require_rasterio
@@ -117,8 +119,9 @@ def category_sidecar(names: Sequence[str], colours: dict[int, tuple[int, int, in
 
 
 class StagedRaster:
-    """A GeoTIFF written under a temporary name beside ``target``; :meth:`commit` turns it
-    into a COG (or keeps it as it is) and renames it; :meth:`discard` removes what exists."""
+    """A GeoTIFF written under a temporary name beside ``target``; :meth:`finish` turns it
+    into a COG (or keeps it as it is), :meth:`place` renames it; :meth:`discard` removes
+    what exists."""
 
     def __init__(self, target: Path, profile: dict[str, Any], *, cog: bool, resampling: str):
         rio = require_rasterio()
@@ -127,16 +130,21 @@ class StagedRaster:
         self.resampling = resampling
         self.sidecar: str | None = None
         self.temporaries = [temporary_beside(target)]
-        self.dataset = rio.open(self.temporaries[0], "w", driver="GTiff", **profile)
+        try:
+            self.dataset = rio.open(self.temporaries[0], "w", driver="GTiff", **profile)
+        except BaseException:
+            self.temporaries[0].unlink(missing_ok=True)
+            raise
 
-    def commit(self) -> None:
+    def finish(self) -> None:
+        """Close the file and make its COG (the long part); nothing is renamed yet."""
         import rasterio.shutil
 
         self.dataset.close()
-        final = self.temporaries[0]
         if self.cog:
-            final = temporary_beside(self.target)
-            self.temporaries.append(final)
+            with deferred_signals():  # a temporary file is never left unrecorded
+                final = temporary_beside(self.target)
+                self.temporaries.append(final)
             rasterio.shutil.copy(
                 self.temporaries[0],
                 final,
@@ -146,12 +154,15 @@ class StagedRaster:
                 RESAMPLING=self.resampling,
                 BIGTIFF="IF_SAFER",
             )
+
+    def place(self) -> None:
+        """Rename the finished file (and write its sidecar) into place."""
         sidecar = Path(f"{self.target}.aux.xml")
         if self.sidecar is not None:
             write_bytes_atomic(sidecar, self.sidecar.encode("utf-8"))
         else:
             sidecar.unlink(missing_ok=True)
-        os.replace(final, self.target)
+        os.replace(self.temporaries[-1], self.target)
         self.discard()
 
     def discard(self) -> None:
@@ -164,8 +175,8 @@ class StagedRaster:
 
 class SceneOutputs(Closing):
     """A scene's output rasters, open under temporary names: :meth:`add` writes each row of
-    results, :meth:`commit` puts every file in place; leaving the ``with`` block without a
-    commit removes them."""
+    results, :meth:`finish` completes them, :meth:`place` puts every file and the summary in
+    place; leaving the ``with`` block before that removes them."""
 
     def __init__(
         self,
@@ -197,41 +208,50 @@ class SceneOutputs(Closing):
             f"bottom {grid.padded_height - grid.height} px",
         }
         try:
-            on_grid = {"crs": src.crs, "transform": grid.transform(src.transform)}
-            self.classes = self._stage(
-                outputs.classes,
-                {**on_grid, **_grid_profile(grid, 1, "uint8"), "nodata": CLASS_NODATA},
-                cog,
-                "NEAREST",
-            )
-            colours = class_colours(len(names))
-            self.classes.dataset.write_colormap(1, colours)
-            self.classes.dataset.set_band_description(1, "class")
-            self.classes.dataset.update_tags(**tags)
-            self.classes.sidecar = category_sidecar(names, colours)
-            if probabilities != "none":
-                uint8 = probabilities == "uint8"
-                profile = _grid_profile(grid, len(names) + 1, "uint8" if uint8 else "float32")
-                nodata = 255 if uint8 else float("nan")
-                self.probabilities = probs = self._stage(
-                    outputs.probabilities, {**on_grid, **profile, "nodata": nodata}, cog, "AVERAGE"
+            # signals wait while files are created: each temporary file is recorded
+            with deferred_signals():
+                on_grid = {"crs": src.crs, "transform": grid.transform(src.transform)}
+                self.classes = self._stage(
+                    outputs.classes,
+                    {**on_grid, **_grid_profile(grid, 1, "uint8"), "nodata": CLASS_NODATA},
+                    cog,
+                    "NEAREST",
                 )
-                for i, name in enumerate([*(f"p_{n}" for n in names), "valid_fraction"], 1):
-                    probs.dataset.set_band_description(i, name)
-                if uint8:
-                    probs.dataset.scales = (1 / UINT8_SCALE,) * (len(names) + 1)
-                probs.dataset.update_tags(**tags)
-            if explain is not None:
-                cams = self._stage(outputs.heatmap, _mosaic_profile(grid, src), cog, "AVERAGE")
-                cams.dataset.set_band_description(1, f"{explain.method} ({explain.target_space})")
-                target = "prediction" if explain.target is None else names[explain.target]
-                cams.dataset.update_tags(
-                    method=explain.method,
-                    target_space=explain.target_space,
-                    target=target,
-                    source=tags["source"],
-                )
-                self.mosaic = Mosaic(cams.dataset, grid, tiler.model.manifest.features_shape[:2])
+                colours = class_colours(len(names))
+                self.classes.dataset.write_colormap(1, colours)
+                self.classes.dataset.set_band_description(1, "class")
+                self.classes.dataset.update_tags(**tags)
+                self.classes.sidecar = category_sidecar(names, colours)
+                if probabilities != "none":
+                    uint8 = probabilities == "uint8"
+                    profile = _grid_profile(grid, len(names) + 1, "uint8" if uint8 else "float32")
+                    nodata = 255 if uint8 else float("nan")
+                    self.probabilities = probs = self._stage(
+                        outputs.probabilities,
+                        {**on_grid, **profile, "nodata": nodata},
+                        cog,
+                        "AVERAGE",
+                    )
+                    for i, name in enumerate([*(f"p_{n}" for n in names), "valid_fraction"], 1):
+                        probs.dataset.set_band_description(i, name)
+                    if uint8:
+                        probs.dataset.scales = (1 / UINT8_SCALE,) * (len(names) + 1)
+                    probs.dataset.update_tags(**tags)
+                if explain is not None:
+                    cams = self._stage(outputs.heatmap, _mosaic_profile(grid, src), cog, "AVERAGE")
+                    cams.dataset.set_band_description(
+                        1, f"{explain.method} ({explain.target_space})"
+                    )
+                    target = "prediction" if explain.target is None else names[explain.target]
+                    cams.dataset.update_tags(
+                        method=explain.method,
+                        target_space=explain.target_space,
+                        target=target,
+                        source=tags["source"],
+                    )
+                    self.mosaic = Mosaic(
+                        cams.dataset, grid, tiler.model.manifest.features_shape[:2]
+                    )
         except BaseException:
             self.close()
             raise
@@ -239,7 +259,8 @@ class SceneOutputs(Closing):
     def _stage(
         self, target: Path, profile: dict[str, Any], cog: bool, resampling: str
     ) -> StagedRaster:
-        raster = StagedRaster(target, profile, cog=cog, resampling=resampling)
+        with writing(target):
+            raster = StagedRaster(target, profile, cog=cog, resampling=resampling)
         self.staged.append(raster)
         return raster
 
@@ -255,24 +276,58 @@ class SceneOutputs(Closing):
         }
 
     def add(self, row: TileRow) -> None:
-        write_class_row(self.classes.dataset, row)
+        with writing(self.classes.target):
+            write_class_row(self.classes.dataset, row)
         if self.probabilities is not None:
-            write_probability_row(self.probabilities.dataset, row, self.format)
+            with writing(self.probabilities.target):
+                write_probability_row(self.probabilities.dataset, row, self.format)
         if self.mosaic is not None:
-            self.mosaic.add(row)
+            with writing(self.outputs.heatmap):
+                self.mosaic.add(row)
 
-    def commit(self) -> None:
+    def finish(self) -> None:
+        """Every file written whole under its temporary name (COGs made)."""
         if self.mosaic is not None:
-            self.mosaic.finish()
+            with writing(self.outputs.heatmap):
+                self.mosaic.finish()
         for raster in self.staged:
-            raster.commit()
+            with writing(raster.target):
+                raster.finish()
+
+    def place(self, summary: bytes) -> None:
+        """Rename every finished file into place, the summary (``summary``, written
+        beside it first) last: all of them or, when one fails, none. Signals wait."""
+        staged = temporary_beside(self.outputs.summary)
+        try:
+            with writing(self.outputs.summary), open(staged, "wb") as f:
+                f.write(summary)
+                f.flush()
+                os.fsync(f.fileno())
+            placed: list[Path] = []
+            with deferred_signals():
+                try:
+                    for raster in self.staged:
+                        with writing(raster.target):
+                            raster.place()
+                        placed.append(raster.target)
+                    with writing(self.outputs.summary):
+                        os.replace(staged, self.outputs.summary)
+                except BaseException:
+                    for path in placed:  # this run's files: none without the summary
+                        path.unlink(missing_ok=True)
+                        Path(f"{path}.aux.xml").unlink(missing_ok=True)
+                    raise
+        finally:
+            staged.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Stop the mosaic's writer and remove every temporary file (committed files stay)."""
-        if self.mosaic is not None:
-            self.mosaic.close()
-        for raster in self.staged:
-            raster.discard()
+        """Stop the mosaic's writer and remove every temporary file (placed files stay);
+        a signal meanwhile (a second Ctrl-C) waits until they are gone."""
+        with deferred_signals():
+            if self.mosaic is not None:
+                self.mosaic.close()
+            for raster in self.staged:
+                raster.discard()
 
 
 def _grid_profile(grid: TileGrid, count: int, dtype: str) -> dict[str, Any]:
