@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 from . import bands, rasters
 from .bands import RASTER_SUFFIXES, Stretch, is_raster_model
 from .errors import ImageError, MissingExtraError
+from .names import too_long
 from .resize import resize_map as resize_map
 from .resize import resize_to as resize_to
 
@@ -100,6 +101,8 @@ def load_still(
 def _from_path(
     path: Path, channels: int, name: str, max_pixels: int, stretch: Stretch | None
 ) -> np.ndarray:
+    if (too_long_reason := too_long(path)) is not None:
+        raise ImageError(name, too_long_reason)
     if not path.exists():
         reason = "broken symbolic link" if path.is_symlink() else "no such file"
         raise ImageError(name, reason)

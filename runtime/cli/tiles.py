@@ -21,10 +21,12 @@ from .common import (
     EXIT_MODEL,
     EXIT_USAGE,
     cam_options,
+    error_line,
     explain_options,
     fail,
     load_model,
     model_options,
+    shown,
 )
 
 
@@ -193,7 +195,11 @@ def tiles(
     ) as scene_bar:
         for path, outputs in zip(paths, sets, strict=True):
             with tqdm(
-                desc=path.name, unit="tile", file=sys.stderr, disable=not tty, leave=False
+                desc=shown(path.name, 40),
+                unit="tile",
+                file=sys.stderr,
+                disable=not tty,
+                leave=False,
             ) as bar:
                 outcome = run_scene(
                     scenecam, path, outputs, options, resume=out is None, progress=bar.update
@@ -201,10 +207,13 @@ def tiles(
             scene_bar.update(1)
             if outcome.error is not None:
                 failed += 1
-                click.echo(f"error: {path}: {outcome.error}", err=True)
+                error_line(str(path), outcome.error)
             elif outcome.skipped:
                 skipped += 1
-                click.echo(f"{path}: finished before ({outputs.summary}), skipped", err=True)
+                click.echo(
+                    f"{shown(str(path))}: finished before ({shown(str(outputs.summary))}), skipped",
+                    err=True,
+                )
             elif outcome.summary is not None:
                 click.echo(_describe(outcome.summary), err=True)
     if len(paths) > 1:

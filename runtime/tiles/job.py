@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import ImageError
 from ..fileio import write_json_atomic
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
+from ..names import too_long
 from .raster import StretchChoice
 from .tiler import DEFAULT_MIN_VALID, SceneTiler, TileRow
 from .writers import OutputSet, ProbabilityFormat, SceneOutputs
@@ -215,7 +216,9 @@ def expand_scenes(arguments: Iterable[str]) -> list[Path]:
     found: list[Path] = []
     for arg in arguments:
         path = Path(arg)
-        if path.is_dir():
+        if too_long(arg):
+            items = [path]  # one bad scene: run_scene names it and the others go on
+        elif path.is_dir():
             items = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -270,6 +273,10 @@ def run_scene(
     progress: Callable[[int], None] | None = None,
 ) -> SceneOutcome:
     """One scene of a job: skipped when finished, its error caught and reported."""
+    if (reason := too_long(scene)) is not None:
+        return SceneOutcome(scene, outputs, error=reason)
+    if any(too_long(target) for target in (*outputs.rasters(), outputs.summary)):
+        return SceneOutcome(scene, outputs, error="its output names would be too long")
     if resume and outputs.summary.is_file():
         return SceneOutcome(scene, outputs, skipped=True)
     try:
