@@ -117,7 +117,7 @@ def for_html(text: str, limit: int | None = SHOWN_MAX) -> str:
     return html.escape(shown(text, limit), quote=True)
 
 
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&])")
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>#|~&])")
 
 
 def for_markdown(text: str, limit: int | None = SHOWN_MAX) -> str:

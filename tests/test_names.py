@@ -141,3 +141,117 @@ def test_camera_source_over_the_limit_is_one_line(tmp_path: Path):
     assert result.exit_code == 3, result.output
     (line,) = _error_lines(result.stderr)
     assert "file name in the path is too long" in line and len(line) < 400
+
+
+# -- undecodable bytes: one rule for people and for files ----------------------------------
+
+CAFE = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: not UTF-8, legal on Linux
+
+
+def _odd_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    for i, name in enumerate([CAFE, "=HYPERLINK(1).jpg", "-x.jpg", "'+'.jpg", "plain.jpg"]):
+        _photo(folder / name, i)
+    return folder
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_results_files_are_utf8_keep_the_exact_name_and_resume(tmp_path: Path, suffix: str):
+    folder = _odd_folder(tmp_path)
+    out = tmp_path / f"r.{suffix}"
+    args = ["batch", str(folder), "--out", str(out), *MINI]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    records = _jsonl_records(out) if suffix == "jsonl" else _csv_rows(out)
+    assert len(records) == 5
+    by_name = {Path(names.original_path(r)).name: r for r in records}
+    odd = by_name[CAFE]
+    assert Path(odd["path"]).name == "caf\\xe9.jpg"  # readable, valid UTF-8
+    assert base64.b64decode(odd["path_bytes"]) == os.fsencode(folder / CAFE)
+    assert not by_name["plain.jpg"].get("path_bytes")  # only where it is needed
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "0 done, 5 skipped" in again.stderr
+
+
+def test_csv_cells_never_start_a_formula(tmp_path: Path):
+    folder = _odd_folder(tmp_path)
+    out = tmp_path / "r.csv"
+    listing = b"".join(name + b"\n" for name in sorted(os.listdir(os.fsencode(folder))))
+    args = ["batch", "--from-list", "-", "--out", str(out), *MINI]
+    cwd = os.getcwd()
+    os.chdir(folder)  # relative paths: the names start the cells
+    try:
+        result = CliRunner().invoke(cli, args, input=listing)
+        assert result.exit_code == 0, result.output
+        rows = _csv_rows(out)
+        cells = [row["path"] for row in rows]
+        assert "'=HYPERLINK(1).jpg" in cells and "'-x.jpg" in cells and "''+'.jpg" in cells
+        for row in rows:  # read with csv.DictReader, no cell starts a formula
+            for value in row.values():
+                assert not value or value[0] not in "=+-@\t\r", value
+        again = CliRunner().invoke(cli, args, input=listing)  # resume undoes the escape
+        assert again.exit_code == 0 and "0 done, 5 skipped" in again.stderr
+    finally:
+        os.chdir(cwd)
+
+
+def test_csv_cell_escape_reads_back_exactly():
+    for text in ["=1+1", "+a", "-", "@x", "\tx", "\rx", "'=x", "''-x", "'", "'a", "a=b", "", "x"]:
+        cell = names.csv_cell(text)
+        assert not cell or cell[0] not in "=+-@\t\r"
+        assert names.csv_value(cell) == text
+    assert names.csv_cell(-1.5) == -1.5  # numbers stay numbers
+
+
+def test_a_csv_written_before_the_path_bytes_column_still_resumes(tmp_path: Path):
+    folder = _odd_folder(tmp_path)
+    out = tmp_path / "r.csv"
+    args = ["batch", str(folder), "--out", str(out), *MINI]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    text = out.read_text()
+    header = text.split("\n", 1)[0] + "\n" if text.startswith("#") else ""
+    rows = list(csv.reader(io.StringIO(text[len(header) :], newline="")))
+    assert rows[0][-1] == "path_bytes"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerows(row[:-1] for row in rows if "caf" not in row[0])  # as an older version
+    out.write_text(header + buffer.getvalue())
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "1 done, 4 skipped" in again.stderr
+    rows = _csv_rows(out)
+    assert len(rows) == 5 and "path_bytes" not in rows[-1]
+    assert Path(rows[-1]["path"]).name == "caf\\xe9.jpg"
+
+
+def test_classify_json_is_valid_utf8_with_the_exact_name(tmp_path: Path):
+    folder = _odd_folder(tmp_path)
+    result = CliRunner().invoke(cli, ["classify", str(folder), "--json", *MINI])
+    assert result.exit_code == 0, result.output
+    assert "\\udc" not in result.stdout  # no lone surrogates, escaped or not
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    (odd,) = [r for r in records if "path_bytes" in r]
+    assert names.original_path(odd) == str(folder / CAFE)
+
+
+def test_evaluate_report_escapes_every_name(tmp_path: Path):
+    data = tmp_path / "data"
+    _photo(data / "forest" / CAFE)
+    _photo(data / "forest" / "x\u202etxt.jpg", 1)
+    _photo(data / "sea" / "a\x1b[31m.png", 2)
+    (data / "sea" / "<script>alert(1)<\\script>|*x*\u202e.jpg").write_bytes(b"junk")
+    report = tmp_path / "report"
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(data), "--report", str(report), "--gallery", "3", *MINI]
+    )
+    assert result.exit_code == 1, result.output  # the unreadable one
+    page = (report / "report.html").read_bytes().decode("utf-8")
+    markdown = (report / "metrics.md").read_bytes().decode("utf-8")
+    metrics = json.loads((report / "metrics.json").read_bytes().decode("utf-8"))
+    for text in (page, markdown):
+        assert "\u202e" not in text and "\x1b" not in text and "<script>" not in text
+        assert "\\u202e" in text
+    assert "&lt;script&gt;" in page and "caf\\xe9.jpg" in page and "a\\x1b[31m.png" in page
+    assert r"\<script\>alert(1)\<\\\\script\>\|\*x\*\\u202e.jpg" in markdown
+    (skipped,) = metrics["skipped"]
+    assert skipped["path"].endswith("|*x*\u202e.jpg")  # JSON: the name as it is

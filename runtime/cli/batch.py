@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import signal
 import sys
@@ -214,8 +215,10 @@ def _drive(job: BatchJob, sources: Iterator[Any]) -> None:
 
 def _list_lines(path: str) -> Iterator[str]:
     """The non-blank lines of a list file (or standard input), without their line ends."""
-    if path == "-":
-        yield from (line.rstrip("\r\n") for line in sys.stdin if line.strip())
+    if path == "-":  # as bytes: a name that is not UTF-8 reads as the file system has it
+        stdin = getattr(sys.stdin, "buffer", None)
+        lines = sys.stdin if stdin is None else io.TextIOWrapper(stdin, "utf-8", "surrogateescape")
+        yield from (line.rstrip("\r\n") for line in lines if line.strip())
         return
     with open(path, encoding="utf-8", errors="surrogateescape") as fh:
         yield from (line.rstrip("\r\n") for line in fh if line.strip())

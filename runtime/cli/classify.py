@@ -14,6 +14,7 @@ from ..errors import ImageError
 from ..fileio import write_png_atomic
 from ..images import mismatch, resize_to
 from ..model import DEFAULT_BATCH, SceneCam
+from ..names import for_record
 from ..outputs import OutputNamer, is_inside
 from ..results import Classification, Explanation
 from ..sources import SourceItem, iter_sources
@@ -222,11 +223,11 @@ class _JsonPrinter:
         record = result.to_dict()
         if saved is not None:
             record["heatmap"] = str(saved)
-        click.echo(json.dumps(record))
+        click.echo(json.dumps(for_record(record)))
 
     def failure(self, path: str, reason: str) -> None:
         error_line(path, reason)
-        click.echo(json.dumps({"path": path, "error": reason}))
+        click.echo(json.dumps(for_record({"path": path, "error": reason})))
 
     def close(self) -> None:
         pass
