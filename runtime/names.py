@@ -206,3 +206,31 @@ def csv_cell(value: Any) -> Any:
 def csv_value(cell: str) -> str:
     """A cell read back: the ``'`` that :func:`csv_cell` added, removed."""
     return cell[1:] if _ESCAPED_FORMULA.match(cell) else cell
+
+
+# -- display width -------------------------------------------------------------------------
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: East Asian wide and full-width characters
+    count 2, combining marks 0, the rest 1."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def fit_left(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` columns; a longer one keeps its end, after
+    ``...``."""
+    if display_width(text) > width:
+        tail, used = [], 3
+        for ch in reversed(text):
+            used += display_width(ch)
+            if used > width:
+                break
+            tail.append(ch)
+        text = "..." + "".join(reversed(tail))
+    return text + " " * (width - display_width(text))

@@ -255,3 +255,53 @@ def test_evaluate_report_escapes_every_name(tmp_path: Path):
     assert r"\<script\>alert(1)\<\\\\script\>\|\*x\*\\u202e.jpg" in markdown
     (skipped,) = metrics["skipped"]
     assert skipped["path"].endswith("|*x*\u202e.jpg")  # JSON: the name as it is
+
+
+# -- panel titles and the table: letters of any script ---------------------------------------
+
+
+def test_panel_titles_use_a_font_that_has_the_letters():
+    from scenecam_edge.fonts import covers, default_font, title_font
+    from scenecam_edge.visual import panel
+
+    assert not covers(default_font(20), "Ö")  # Pillow's own font: ASCII only (boxes before)
+    assert title_font("plain.jpg", 20) == (default_font(20), "plain.jpg")
+    for line in ["Ölberg_café.jpg", "№ 5.jpg", "東京タワー.jpg", "Ölberg 東京 №"]:
+        font, text = title_font(line, 20)
+        assert covers(font, text), (line, text)  # never a box: every glyph is in the font
+        # drawn as written where a font here has the letters, else as escapes
+        assert text == line or (
+            "\\u" in text and set(text) - set(line) <= set("\\u0123456789abcdef")
+        )
+    if covers(title_font("Ö", 20)[0], "Ölberg_café№"):  # a system font with Latin (fontconfig)
+        assert title_font("Ölberg_café.jpg", 20)[1] == "Ölberg_café.jpg"
+    picture = np.zeros((40, 40, 3), np.uint8)
+    out = panel(picture, picture, picture, "東京タワー.jpg\nforest 90%  |  map of forest")
+    assert out.ndim == 3 and out.shape[2] == 3
+
+
+def test_classify_table_columns_line_up_in_display_width(tmp_path: Path):
+    folder = tmp_path / "in"
+    for i, name in enumerate(["東京タワー.png", "abc.png", "Ölberg_café.png"]):
+        _photo(folder / name, i)
+    result = CliRunner().invoke(cli, ["classify", str(folder), *MINI])
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert len(rows) == 3
+    start = names.display_width(header[: header.index("LABEL")])
+    for row in rows:  # the label starts in the same terminal column on every line
+        label_at = len(row) - len(row[row.index(".png") + 4 :].lstrip())
+        assert names.display_width(row[:label_at]) == start, row
+    assert names.display_width("東京") == 4 and names.display_width("e\u0301") == 1
+    cut = names.fit_left("東京タワー.png", 9)
+    assert cut == "...ー.png" and names.display_width(cut) == 9
+
+
+def test_a_title_with_undecodable_bytes_and_controls_is_drawn_escaped(tmp_path: Path):
+    folder = tmp_path / "in"
+    _photo(folder / CAFE)
+    _photo(folder / "x\u202e\x1b.png", 1)
+    out = tmp_path / "panels"
+    result = CliRunner().invoke(cli, ["classify", str(folder), "--save-dir", str(out), *MINI])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.iterdir())) == 2
