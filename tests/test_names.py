@@ -305,3 +305,43 @@ def test_a_title_with_undecodable_bytes_and_controls_is_drawn_escaped(tmp_path: 
     result = CliRunner().invoke(cli, ["classify", str(folder), "--save-dir", str(out), *MINI])
     assert result.exit_code == 0, result.output
     assert len(list(out.iterdir())) == 2
+
+
+def test_tiles_names_a_scene_gdal_cannot_open_and_reads_list_files_as_bytes(tmp_path: Path):
+    pytest.importorskip("rasterio")
+    good = _photo(tmp_path / "scene.png")
+    _photo(tmp_path / CAFE)
+    listing = tmp_path / "scenes.txt"
+    listing.write_bytes(b"scene.png\ncaf\xe9.jpg\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["tiles", str(listing), "--out-dir", str(out), *MINI])
+    assert result.exit_code == 1, result.output
+    (line,) = _error_lines(result.stderr)
+    assert line.endswith("caf\\xe9.jpg: GDAL cannot open a file whose name is not UTF-8; rename it")
+    assert (out / "scene.json").is_file() and good.is_file()
+
+
+def test_names_that_look_like_options_or_are_only_spaces(tmp_path: Path):
+    folder = tmp_path / "in"
+    for i, name in enumerate(["-x.jpg", "--help.jpg", "   .jpg", "new\nline.jpg", "tab\t.jpg"]):
+        _photo(folder / name, i)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = CliRunner().invoke(cli, ["classify", *MINI, "--", "-x.jpg", "--help.jpg"])
+        assert result.exit_code == 0, result.output
+        assert [line.split()[0] for line in result.stdout.splitlines()[1:]] == [
+            "-x.jpg",
+            "--help.jpg",
+        ]
+        out = tmp_path / "r.csv"
+        args = ["batch", ".", "--out", str(out), *MINI]
+        assert CliRunner().invoke(cli, args).exit_code == 0
+        paths = sorted(names.csv_value(row["path"]) for row in _csv_rows(out))
+        assert paths == sorted(os.listdir("."))  # each once, exactly as named
+        table = CliRunner().invoke(cli, ["classify", ".", *MINI]).stdout
+        assert "new\\x0aline.jpg" in table and "tab\\x09.jpg" in table
+        again = CliRunner().invoke(cli, args)
+        assert again.exit_code == 0 and "0 done, 5 skipped" in again.stderr
+    finally:
+        os.chdir(cwd)

@@ -221,7 +221,7 @@ def expand_scenes(arguments: Iterable[str]) -> list[Path]:
         elif path.is_dir():
             items = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
             entries = [ln.split("#", 1)[0].strip() for ln in lines]
             items = [path.parent / e for e in entries if e]
         elif not path.exists() and glob.has_magic(arg):
