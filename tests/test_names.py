@@ -280,6 +280,19 @@ def test_panel_titles_use_a_font_that_has_the_letters():
     assert out.ndim == 3 and out.shape[2] == 3
 
 
+def test_the_panel_draws_its_title_in_the_chosen_font(monkeypatch: pytest.MonkeyPatch):
+    from scenecam_edge import visual
+    from scenecam_edge.fonts import default_font, title_font
+
+    if title_font("Ölberg", 17)[0] is default_font(17):
+        pytest.skip("no system font with Latin letters here (fontconfig)")
+    picture = np.zeros((40, 40, 3), np.uint8)
+    drawn = visual.panel(picture, picture, picture, "Ölberg_café")
+    monkeypatch.setattr(visual, "title_font", lambda line, size: (default_font(size), line))
+    boxes = visual.panel(picture, picture, picture, "Ölberg_café")  # as before: boxes
+    assert drawn.shape == boxes.shape and not np.array_equal(drawn, boxes)
+
+
 def test_classify_table_columns_line_up_in_display_width(tmp_path: Path):
     folder = tmp_path / "in"
     for i, name in enumerate(["東京タワー.png", "abc.png", "Ölberg_café.png"]):
