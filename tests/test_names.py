@@ -358,3 +358,12 @@ def test_names_that_look_like_options_or_are_only_spaces(tmp_path: Path):
         assert again.exit_code == 0 and "0 done, 5 skipped" in again.stderr
     finally:
         os.chdir(cwd)
+
+
+def test_a_heatmap_folder_whose_name_is_not_utf8_is_refused(tmp_path: Path):
+    good = _photo(tmp_path / "good.png")
+    maps = tmp_path / os.fsdecode(b"maps\xe9")
+    args = ["batch", str(good), "--out", str(tmp_path / "r.jsonl"), "--heatmaps", str(maps)]
+    result = CliRunner().invoke(cli, [*args, *MINI])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "maps\\xe9: the name is not UTF-8" in result.stderr and not maps.exists()

@@ -19,6 +19,7 @@ from ..errors import SceneCamError
 from ..filelock import ResultsBusy
 from ..heatmaps import HEATMAP_FORMATS, HeatmapFormat
 from ..model import DEFAULT_BATCH
+from ..names import is_readable
 from ..results_file import OutputFormat, ResultsFile, format_for
 from ..sources import iter_sources
 from .common import (
@@ -146,10 +147,14 @@ def batch(
         fail("give INPUTS or --from-list FILE", EXIT_USAGE)
     if heatmap_format is not None and heatmaps is None:
         fail("--heatmap-format needs --heatmaps DIR", EXIT_USAGE)
+    if heatmaps is not None and not is_readable(str(heatmaps)):
+        # Records name their heatmaps in UTF-8 (scenecam_edge.names): such a folder's would
+        # not read back as the files, and a rerun could reuse their names.
+        fail(f"--heatmaps {heatmaps}: the name is not UTF-8; choose another", EXIT_USAGE)
     named = format_for(out)
     if fmt is not None and named is not None and fmt != named:
         fail(
-            f"--{fmt} does not match --out {shown(out.name)} (a {named} name); "
+            f"--{fmt} does not match --out {out.name} (a {named} name); "
             "drop the flag or rename --out",
             EXIT_USAGE,
         )
