@@ -147,10 +147,6 @@ def batch(
         fail("give INPUTS or --from-list FILE", EXIT_USAGE)
     if heatmap_format is not None and heatmaps is None:
         fail("--heatmap-format needs --heatmaps DIR", EXIT_USAGE)
-    if heatmaps is not None and not is_readable(str(heatmaps)):
-        # Records name their heatmaps in UTF-8 (scenecam_edge.names): such a folder's would
-        # not read back as the files, and a rerun could reuse their names.
-        fail(f"--heatmaps {heatmaps}: the name is not UTF-8; choose another", EXIT_USAGE)
     named = format_for(out)
     if fmt is not None and named is not None and fmt != named:
         fail(
@@ -158,6 +154,10 @@ def batch(
             "drop the flag or rename --out",
             EXIT_USAGE,
         )
+    if heatmaps is not None and not is_readable(str(heatmaps)):
+        # Records name their heatmaps in UTF-8 (scenecam_edge.names): such a folder's would
+        # not read back as the files, and a rerun could reuse their names.
+        fail(f"--heatmaps {heatmaps}: the name is not UTF-8; choose another", EXIT_USAGE)
     scenecam = load_model(model, threads, spin=False, max_pixels=max_pixels, tta=tta)
     options = explain_options(scenecam, target, method, target_space, alpha, layer=layer)
     explaining = heatmaps is not None or target is not None
