@@ -60,12 +60,15 @@ def class_folders(root: Path) -> list[str]:
     return names
 
 
-def list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names and (path, label) pairs of a class-per-folder tree, in a stable order."""
+def list_folder(
+    root: Path, problems: list[tuple[str, str]] | None = None
+) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names and (path, label) pairs of a class-per-folder tree, in a stable order;
+    folders inside that cannot be read go into ``problems`` (see ``image_files``)."""
     names = class_folders(root)
     items: list[tuple[Path, int]] = []
     for label, name in enumerate(names):
-        items.extend((path, label) for path in image_files(root / name))
+        items.extend((path, label) for path in image_files(root / name, problems))
     return names, items
 
 
@@ -88,7 +91,8 @@ def load_dataset(
         return _load_npz(path, size, channels)
     if not path.is_dir():
         raise ValueError(f"{path}: not a folder of class folders, nor an .npz file")
-    names, items = list_folder(path)
+    unscanned: list[tuple[str, str]] = []
+    names, items = list_folder(path, unscanned)
     if not items:
         raise ValueError(f"{path}: no images in the class folders")
     key = hashlib.sha256(
@@ -118,7 +122,7 @@ def load_dataset(
 
     images = np.empty((len(items), *size, channels), dtype=np.uint8)
     keep: list[int] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(unscanned)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, out in enumerate(pool.map(decode, items)):
             if isinstance(out, str):

@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .names import clean
+
 #: errno values that mean "nothing more can be written here": a job stops at the first one.
 STORAGE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EROFS, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM}
@@ -170,7 +172,8 @@ def _read_umask() -> int:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    return write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    """``data`` as indented JSON, valid UTF-8 (undecodable bytes in names as ``\\xNN``)."""
+    return write_bytes_atomic(path, (json.dumps(clean(data), indent=2) + "\n").encode("utf-8"))
 
 
 def write_png_atomic(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:

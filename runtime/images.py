@@ -28,6 +28,7 @@ from . import bands, rasters
 from .bands import RASTER_SUFFIXES, Stretch, is_raster_model
 from .errors import ImageError, MissingExtraError
 from .fileio import not_regular_reason
+from .names import too_long
 from .resize import resize_map as resize_map
 from .resize import resize_to as resize_to
 
@@ -101,6 +102,8 @@ def load_still(
 def _from_path(
     path: Path, channels: int, name: str, max_pixels: int, stretch: Stretch | None
 ) -> np.ndarray:
+    if (too_long_reason := too_long(path)) is not None:
+        raise ImageError(name, too_long_reason)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         _check_path(path, name)

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .names import for_markdown
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
@@ -85,7 +87,7 @@ def figures_markdown(figures: dict[str, Any], *, confused: int = 3) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     for name, c in figures["per_class"].items():
         p, r, f1 = class_cells(figures, name)
-        lines.append(f"| {name} | {p} | {r} | {f1} | {c['support']} |")
+        lines.append(f"| {for_markdown(name, None)} | {p} | {r} | {f1} | {c['support']} |")
     lines.append(f"| **accuracy** | | | **{figures['accuracy']:.3f}** | {figures['count']} |")
     for label in ("macro_avg", "weighted_avg"):
         a = figures[label]
@@ -95,15 +97,16 @@ def figures_markdown(figures: dict[str, Any], *, confused: int = 3) -> str:
         )
     cm = np.array(figures["confusion_matrix"])
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
-    lines.append("| | " + " | ".join(names) + " |")
+    shown = [for_markdown(name, None) for name in names]
+    lines.append("| | " + " | ".join(shown) + " |")
     lines.append("|---|" + "---:|" * len(names))
-    for i, name in enumerate(names):
+    for i, name in enumerate(shown):
         lines.append(f"| {name} | " + " | ".join(str(v) for v in cm[i]) + " |")
     off = cm.copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(-off, axis=None, kind="stable")[:confused]
     mistakes = [
-        f"{off.flat[k]} {names[k // len(names)]} called {names[k % len(names)]}"
+        f"{off.flat[k]} {shown[k // len(names)]} called {shown[k % len(names)]}"
         for k in order
         if off.flat[k] > 0
     ]

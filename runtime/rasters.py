@@ -34,6 +34,7 @@ from .bands import (
 from .closing import Closing
 from .errors import ImageError
 from .fileio import not_regular_reason
+from .names import is_readable
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,11 @@ class Raster(Closing):
         scaling: Stretch | None = None,
         max_pixels: int | None = None,
     ) -> None:
-        rio = require_rasterio()
         self.path = os.fspath(path)
+        refuse_undecodable(self.path)
         if (reason := not_regular_reason(self.path)) is not None:  # GDAL would block on a FIFO
             raise ImageError(self.path, reason)
+        rio = require_rasterio()
         self.channels = channels
         self._env = ExitStack()
         self._env.enter_context(rio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
@@ -173,6 +175,12 @@ class Raster(Closing):
         return pixels, valid
 
 
+def refuse_undecodable(name: str) -> None:
+    """GDAL takes names as UTF-8: one that is not (Latin-1 bytes, say) is one bad input."""
+    if not is_readable(name):
+        raise ImageError(name, "GDAL cannot open a file whose name is not UTF-8; rename it")
+
+
 def read_still(
     path: str | os.PathLike[str], channels: int, scaling: Stretch | None, max_pixels: int
 ) -> np.ndarray:
@@ -180,6 +188,7 @@ def read_still(
     (one band for a 3-channel model is repeated, as ``tiles`` does); the stretch, masks and
     fill of invalid pixels are those of ``tiles``."""
     name = os.fspath(path)
+    refuse_undecodable(name)
     rio = require_rasterio()
     if (reason := not_regular_reason(name)) is not None:
         raise ImageError(name, reason)

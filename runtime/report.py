@@ -10,6 +10,7 @@ import datetime
 import html
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .faithfulness import Faithfulness
 from .fileio import write_bytes_atomic, write_json_atomic
 from .metrics import class_cells, figures_markdown
 from .model import SceneCam
+from .names import for_html, for_markdown, path_fields
 
 
 def write_report(
@@ -43,28 +45,29 @@ def write_report(
     model's default)."""
     out = Path(out_dir)
     made = provenance(cam)
-    left_out = [{"path": path, "reason": reason} for path, reason in skipped or []]
+    left_out = [{**path_fields(path), "reason": reason} for path, reason in skipped or []]
     metrics: dict[str, Any] = {"title": title, **made, **result.figures, "skipped": left_out}
     if faithfulness:
         metrics["faithfulness"] = faithfulness_rows(faithfulness)
         metrics["faithfulness_layer"] = layer or cam.manifest.conv_layer
     write_json_atomic(out / "metrics.json", metrics)
-    markdown = f"# {title}\n\n{_provenance_line(made)}\n\n{_skipped_text(left_out)}"
+    markdown = f"# {for_markdown(title, None)}\n\n{for_markdown(_provenance_line(made), None)}"
+    markdown += f"\n\n{_skipped_text(skipped or [], for_markdown)}"
     markdown += figures_markdown(result.figures)
     if faithfulness:
         markdown += f"\n## Faithfulness\n\n{faithfulness_markdown(faithfulness)}"
-    write_bytes_atomic(out / "metrics.md", markdown.encode())
+    write_bytes_atomic(out / "metrics.md", markdown.encode("utf-8"))
     sections = [
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p class=meta>{html.escape(_provenance_line(made))}</p>",
-        f"<p class=meta>{html.escape(_skipped_text(left_out))}</p>" if left_out else "",
+        f"<h1>{for_html(title, None)}</h1>",
+        f"<p class=meta>{for_html(_provenance_line(made), None)}</p>",
+        f"<p class=meta>{_skipped_text(skipped, for_html)}</p>" if skipped else "",
         _summary(result.figures),
         _confusion(result.figures),
         _per_class(result.figures),
         faithfulness_html(faithfulness) if faithfulness else "",
         _gallery(cam, data, result, gallery_per_class, layer),
     ]
-    page = _PAGE.format(title=html.escape(title), body="\n".join(sections))
+    page = _PAGE.format(title=for_html(title, None), body="\n".join(sections))
     return write_bytes_atomic(out / "report.html", page.encode("utf-8"))
 
 
@@ -78,11 +81,13 @@ def provenance(cam: SceneCam) -> dict[str, str]:
     }
 
 
-def _skipped_text(left_out: list[dict[str, str]]) -> str:
-    """A paragraph naming the images that could not be read (and so are not counted)."""
+def _skipped_text(left_out: list[tuple[str, str]], escape: Callable[[str], str]) -> str:
+    """A paragraph naming the images that could not be read (and so are not counted), each
+    name and reason through ``escape`` (:func:`~scenecam_edge.names.for_html` or
+    :func:`~scenecam_edge.names.for_markdown`)."""
     if not left_out:
         return ""
-    named = "; ".join(f"{item['path']}: {item['reason']}" for item in left_out[:10])
+    named = "; ".join(f"{escape(path)}: {escape(reason)}" for path, reason in left_out[:10])
     more = f"; and {len(left_out) - 10} more" if len(left_out) > 10 else ""
     return f"{len(left_out)} image(s) could not be read and are not counted: {named}{more}.\n\n"
 
@@ -115,10 +120,10 @@ def _confusion(f: dict[str, Any]) -> str:
             light = 100 - 55 * share
             style = f"background:hsl({hue},70%,{light:.0f}%)"
             cells.append(
-                f'<td style="{style}" title="{share:.1%} of {html.escape(name)}">{cm[i, j]}</td>'
+                f'<td style="{style}" title="{share:.1%} of {for_html(name, None)}">{cm[i, j]}</td>'
             )
-        rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+        rows.append(f"<tr><th>{for_html(name, None)}</th>{''.join(cells)}</tr>")
+    head = "".join(f"<th>{for_html(n, None)}</th>" for n in names)
     return (
         "<h2>Confusion matrix</h2><p>Rows: true class; columns: predicted. Shade: share of the row.</p>"
         f"<table class=cm><tr><th></th>{head}</tr>{''.join(rows)}</table>"
@@ -127,7 +132,7 @@ def _confusion(f: dict[str, Any]) -> str:
 
 def _per_class(f: dict[str, Any]) -> str:
     rows = [
-        f"<tr><th>{html.escape(n)}</th>"
+        f"<tr><th>{for_html(n, None)}</th>"
         + "".join(f"<td>{cell}</td>" for cell in class_cells(f, n))
         + f"<td>{c['support']}</td></tr>"
         for n, c in f["per_class"].items()
@@ -169,7 +174,7 @@ def _gallery(
         )
         cards = [_card(data, i, c, e) for i, e in zip(chosen, explained, strict=True)]
         parts.append(
-            f"<h3>{html.escape(name)} ({len(wrong)} of {len(members)} misclassified)</h3>"
+            f"<h3>{for_html(name, None)} ({len(wrong)} of {len(members)} misclassified)</h3>"
             f"<div class=row>{''.join(cards)}</div>"
         )
     return "\n".join(parts)
@@ -178,19 +183,19 @@ def _gallery(
 def _card(data: LabelledImages, i: int, true: int, e: Any) -> str:
     """One gallery card: photo and overlay side by side, what the map explains below."""
     ok = e.index == true
-    name = html.escape(Path(data.sources[i]).name)
+    name = for_html(Path(data.sources[i]).name)
     verdict = (
-        f"&#10003; {html.escape(e.label)} {e.confidence:.0%}"
+        f"&#10003; {for_html(e.label, None)} {e.confidence:.0%}"
         if ok
-        else f"&#10007; called {html.escape(e.label)} {e.confidence:.0%}, "
-        f"truly {html.escape(data.class_names[true])}"
+        else f"&#10007; called {for_html(e.label, None)} {e.confidence:.0%}, "
+        f"truly {for_html(data.class_names[true], None)}"
     )
     return (
         f'<figure class="{"ok" if ok else "bad"}" tabindex=0 '
         "onclick=\"this.classList.toggle('big')\">"
         f'<img src="data:image/jpeg;base64,{_jpeg(e.picture)}" alt="{name}">'
         f'<img src="data:image/jpeg;base64,{_jpeg(e.overlay)}" alt="Grad-CAM of {name}">'
-        f"<figcaption>{verdict}<br><small>map explains: {html.escape(e.target_label)}"
+        f"<figcaption>{verdict}<br><small>map explains: {for_html(e.target_label, None)}"
         f"</small><br><small>{name}</small></figcaption></figure>"
     )
 
@@ -299,7 +304,7 @@ def faithfulness_html(table: dict[str, Faithfulness]) -> str:
         for _, attr, fmt, _ in _FAITHFULNESS_COLUMNS:
             text = fmt.format(getattr(f, attr))
             cells.append(f"<td><b>{text}</b></td>" if best[attr] == name else f"<td>{text}</td>")
-        rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
+        rows.append(f"<tr><th>{for_html(name, None)}</th>{''.join(cells)}</tr>")
     head = "".join(
         f"<th>{name} {'&uarr;' if higher else '&darr;'}</th>"
         for name, _, _, higher in _FAITHFULNESS_COLUMNS

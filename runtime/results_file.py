@@ -29,6 +29,7 @@ from typing import Any
 
 from .fileio import refuse_symlink, write_bytes_atomic
 from .filelock import exclusive_lock
+from .names import original_path
 from .results_format import (
     CSV_COLUMNS,
     HEADER_KEY,
@@ -142,7 +143,7 @@ class ResultsFile:
                 if entry.record:
                     prior.base = self._check_header(entry.record)
                 continue
-            key = result_key(entry.record["path"], prior.base)
+            key = result_key(original_path(entry.record), prior.base)
             (prior.failed if entry.record.get("error") else prior.done).add(key)
             prior.heatmaps.extend(
                 str(entry.record[k]) for k in ("heatmap", "cam") if entry.record.get(k)

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
+from . import names
 from .errors import SceneCamError
 
 #: Results file formats.
 OutputFormat: TypeAlias = Literal["jsonl", "csv"]
 #: The CSV columns before the one probability column per class (named ``p_<class>``).
 CSV_COLUMNS = ("path", "label", "index", "confidence", "error", "heatmap")
+#: The last CSV column (and a JSON key only where needed): the exact bytes of a name that is
+#: not valid UTF-8, in base64 (see :mod:`scenecam_edge.names`); empty for the others.
+PATH_BYTES = "path_bytes"
 HEADER_KEY = "scenecam_edge_results"
 CSV_HEADER_PREFIX = b"# scenecam-edge results "
 #: Longest header line read (a manifest's identity is a few hundred bytes).
@@ -59,7 +63,8 @@ class LineFormat:
             raise ValueError(f"format must be 'jsonl' or 'csv', not {fmt!r}")
         self.format = fmt
         self.class_names = tuple(class_names)
-        self.columns = (*CSV_COLUMNS, *(f"p_{name}" for name in self.class_names))
+        probabilities = tuple(f"p_{name}" for name in self.class_names)
+        self.columns = (*CSV_COLUMNS, *probabilities, PATH_BYTES)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -70,20 +75,23 @@ class LineFormat:
         return CSV_HEADER_PREFIX + json_line(header) + csv_line(list(self.columns))
 
     def record_bytes(self, record: dict[str, Any]) -> bytes:
-        """One record as one whole line (CSV: one row, text fields quoted)."""
+        """One record as one whole line (CSV: one row, text fields quoted), its path and
+        text as :mod:`scenecam_edge.names` writes them into files."""
+        record = names.for_record(record)
         if self.format == "jsonl":
             return json_line(record)
         probabilities = record.get("probabilities") or {}
-        row = [
-            record["path"],
-            record.get("label", ""),
-            record.get("index", ""),
-            record.get("confidence", ""),
-            record.get("error") or "",
-            record.get("heatmap") or "",
-            *(probabilities.get(name, "") for name in self.class_names),
-        ]
-        return csv_line(row)
+        cells = {
+            "path": record["path"],
+            "label": record.get("label", ""),
+            "index": record.get("index", ""),
+            "confidence": record.get("confidence", ""),
+            "error": record.get("error") or "",
+            "heatmap": record.get("heatmap") or "",
+            **{f"p_{name}": probabilities.get(name, "") for name in self.class_names},
+            PATH_BYTES: record.get(PATH_BYTES, ""),
+        }
+        return csv_line([cells.get(column, "") for column in self.columns])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -168,6 +176,8 @@ class LineFormat:
         text = chunk.decode("utf-8", "surrogateescape")
         row = next(csv.reader(io.StringIO(text, newline="")), [])
         if number == 2:
+            if tuple(row) == self.columns[:-1]:  # written before the path_bytes column
+                self.columns = tuple(row)
             if tuple(row) != self.columns:
                 raise ResultsMismatch(
                     path,
@@ -177,19 +187,23 @@ class LineFormat:
             return Entry(number, start, chunk, {}, header=True)
         if len(row) != len(self.columns):
             return Entry(number, start, chunk, None)
-        return Entry(number, start, chunk, dict(zip(self.columns, row, strict=True)))
+        cells = (names.csv_value(cell) for cell in row)
+        return Entry(number, start, chunk, dict(zip(self.columns, cells, strict=True)))
 
 
 def json_line(record: Mapping[str, Any]) -> bytes:
-    return (json.dumps(record) + "\n").encode("utf-8", "surrogateescape")
+    """One JSON line, valid UTF-8 (undecodable bytes as ``\\xNN``: see ``names``)."""
+    return (json.dumps(names.clean(dict(record))) + "\n").encode("utf-8")
 
 
 def csv_line(row: list[Any]) -> bytes:
+    """One CSV row, valid UTF-8, each text cell safe from spreadsheet formulas."""
     buffer = io.StringIO()
     # Every text field quoted: a name holding CR, LF, quotes or commas reads back whole
     # (the minimal quoting of Python's csv leaves a lone CR unquoted).
-    csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC).writerow(row)
-    return buffer.getvalue().encode("utf-8", "surrogateescape")
+    cells = [names.csv_cell(names.clean(cell)) for cell in row]
+    csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC).writerow(cells)
+    return buffer.getvalue().encode("utf-8")
 
 
 def parse_json(raw: bytes, key: str = "path") -> dict[str, Any] | None:

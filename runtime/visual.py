@@ -10,12 +10,11 @@ levels round half up, so an exact tie may take the next one), and :func:`overlay
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .cam import normalize
+from .fonts import title_font
 from .images import resize_map
 
 DEFAULT_ALPHA = 0.4
@@ -148,15 +147,9 @@ def panel(image: np.ndarray, colours: np.ndarray, blended: np.ndarray, title: st
     row = np.concatenate([pictures[0], gap, pictures[1], gap, pictures[2]], axis=1)
     lines = title.splitlines() or [""]
     size = max(12, round(row.shape[1] / 45))
-    font = _font(size)
     bar = Image.new("RGB", (row.shape[1], round(size * 1.35) * len(lines) + size), (255, 255, 255))
     draw = ImageDraw.Draw(bar)
     for i, line in enumerate(lines):
-        draw.text((size // 2, size // 2 + i * round(size * 1.35)), line, fill=(0, 0, 0), font=font)
+        font, text = title_font(line, size)  # a font that has the letters, never boxes
+        draw.text((size // 2, size // 2 + i * round(size * 1.35)), text, fill=(0, 0, 0), font=font)
     return np.concatenate([np.asarray(bar), row], axis=0)
-
-
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's bundled font at ``size`` px (its bitmap font where FreeType is missing)."""
-    return ImageFont.load_default(size)

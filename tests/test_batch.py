@@ -177,7 +177,8 @@ def test_csv_and_jsonl_agree(mixed_folder: Path, tmp_path: Path, scenecam):
     run_batch(str(mixed_folder), "--out", str(table))  # the format from the extension
     rows = read_csv(table)
     columns = ["path", "label", "index", "confidence", "error", "heatmap"]
-    assert list(rows[0]) == columns + [f"p_{n}" for n in scenecam.class_names]
+    probabilities = [f"p_{n}" for n in scenecam.class_names]
+    assert list(rows[0]) == columns + probabilities + ["path_bytes"]
     records = {r["path"]: r for r in read_jsonl(jsonl)}
     assert sorted(records) == sorted(r["path"] for r in rows)
     for row in rows:

@@ -15,6 +15,7 @@ from typing import Literal
 import cv2
 
 from ..errors import SourceError
+from ..names import too_long
 from .sources import (
     STREAM_TIMEOUT,
     Capture,
@@ -121,6 +122,8 @@ def open_source(
 
 
 def _file_problem(path: Path) -> str | None:
+    if (reason := too_long(path)) is not None:
+        return reason
     if not path.exists():
         return "broken symbolic link" if path.is_symlink() else "no such file"
     if path.is_dir():

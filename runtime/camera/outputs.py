@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import SceneCamError
 from ..fileio import temporary_beside
+from ..names import clean
 
 #: Container suffix -> FourCC for the annotated video (codecs that OpenCV's own FFmpeg writes).
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
@@ -204,7 +205,7 @@ class JsonlOut:
 
     def write(self, record: dict[str, Any]) -> None:
         try:
-            self._stream.write(json.dumps(record) + "\n")
+            self._stream.write(json.dumps(clean(record)) + "\n")
             self._stream.flush()
         except OSError as exc:
             raise OutputError(self.name, os_reason(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import signal
 import sys
@@ -18,6 +19,7 @@ from ..errors import SceneCamError
 from ..filelock import ResultsBusy
 from ..heatmaps import HEATMAP_FORMATS, HeatmapFormat
 from ..model import DEFAULT_BATCH
+from ..names import is_readable
 from ..results_file import OutputFormat, ResultsFile, format_for
 from ..sources import iter_sources
 from .common import (
@@ -148,10 +150,14 @@ def batch(
     named = format_for(out)
     if fmt is not None and named is not None and fmt != named:
         fail(
-            f"--{fmt} does not match --out {shown(out.name)} (a {named} name); "
+            f"--{fmt} does not match --out {out.name} (a {named} name); "
             "drop the flag or rename --out",
             EXIT_USAGE,
         )
+    if heatmaps is not None and not is_readable(str(heatmaps)):
+        # Records name their heatmaps in UTF-8 (scenecam_edge.names): such a folder's would
+        # not read back as the files, and a rerun could reuse their names.
+        fail(f"--heatmaps {heatmaps}: the name is not UTF-8; choose another", EXIT_USAGE)
     scenecam = load_model(model, threads, spin=False, max_pixels=max_pixels, tta=tta)
     options = explain_options(scenecam, target, method, target_space, alpha, layer=layer)
     explaining = heatmaps is not None or target is not None
@@ -214,8 +220,10 @@ def _drive(job: BatchJob, sources: Iterator[Any]) -> None:
 
 def _list_lines(path: str) -> Iterator[str]:
     """The non-blank lines of a list file (or standard input), without their line ends."""
-    if path == "-":
-        yield from (line.rstrip("\r\n") for line in sys.stdin if line.strip())
+    if path == "-":  # as bytes: a name that is not UTF-8 reads as the file system has it
+        stdin = getattr(sys.stdin, "buffer", None)
+        lines = sys.stdin if stdin is None else io.TextIOWrapper(stdin, "utf-8", "surrogateescape")
+        yield from (line.rstrip("\r\n") for line in lines if line.strip())
         return
     with open(path, encoding="utf-8", errors="surrogateescape") as fh:
         yield from (line.rstrip("\r\n") for line in fh if line.strip())

@@ -17,6 +17,7 @@ import click
 
 from ..cam import TargetSpace
 from ..errors import SceneCamError
+from ..names import REASON_MAX, shown
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
@@ -245,7 +246,7 @@ def _serve(address: tuple[str, int], name: str, max_viewers: int) -> LiveView:
 
 
 def _usage(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {shown(message, REASON_MAX)}", err=True)
     sys.exit(EXIT_USAGE)
 
 

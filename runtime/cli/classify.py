@@ -14,6 +14,7 @@ from ..errors import ImageError
 from ..fileio import write_png_atomic
 from ..images import mismatch, resize_to
 from ..model import DEFAULT_BATCH, SceneCam
+from ..names import display_width, fit_left, for_record
 from ..outputs import OutputNamer, is_inside
 from ..results import Classification, Explanation
 from ..sources import SourceItem, iter_sources
@@ -209,7 +210,7 @@ def _title(result: Explanation, notes: str = "") -> str:
     """Two lines: the file, then the answer and what the map shows (``notes``: the layer and
     the flip, when asked for). A class-agnostic method (Eigen-CAM) says so instead of naming a
     class and a target space it does not use."""
-    name = Path(result.source).name if result.source else "image"
+    name = shown(Path(result.source).name) if result.source else "image"
     if not get_method(result.method).uses_target:
         explained = f"{result.method}{notes}: the same map for every class"
     else:
@@ -222,11 +223,11 @@ class _JsonPrinter:
         record = result.to_dict()
         if saved is not None:
             record["heatmap"] = str(saved)
-        click.echo(json.dumps(record))
+        click.echo(json.dumps(for_record(record)))
 
     def failure(self, path: str, reason: str) -> None:
         error_line(path, reason)
-        click.echo(json.dumps({"path": path, "error": reason}))
+        click.echo(json.dumps(for_record({"path": path, "error": reason})))
 
     def close(self) -> None:
         pass
@@ -234,7 +235,8 @@ class _JsonPrinter:
 
 class _TablePrinter:
     def __init__(self, items: list[SourceItem], top_k: int) -> None:
-        self.width = min(60, max([len("FILE"), *(len(shown(i.path)) for i in items)]))
+        widths = (display_width(shown(i.path)) for i in items)  # in terminal columns
+        self.width = min(60, max([len("FILE"), *widths]))
         self.top_k = top_k
         self.header_done = False
 
@@ -245,10 +247,12 @@ class _TablePrinter:
 
     def result(self, result: Classification, saved: Path | None) -> None:
         self._header()
-        name = shown(result.source)
-        path = name if len(name) <= self.width else "..." + name[-(self.width - 3) :]
-        top = ", ".join(f"{name} {p:.2f}" for name, p in result.top_k)
-        click.echo(f"{path:<{self.width}}  {result.label:<12} {result.confidence:>6.1%}  {top}")
+        path = fit_left(shown(result.source), self.width)
+        label = (
+            fit_left(shown(result.label), 12) if display_width(result.label) <= 12 else result.label
+        )
+        top = ", ".join(f"{shown(name)} {p:.2f}" for name, p in result.top_k)
+        click.echo(f"{path}  {label} {result.confidence:>6.1%}  {top}")
 
     def failure(self, path: str, reason: str) -> None:
         error_line(path, reason)

@@ -8,7 +8,6 @@ import re
 import signal
 import sys
 import threading
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar, overload
@@ -20,6 +19,8 @@ from ..errors import MissingExtraError, SceneCamError
 from ..fileio import STORAGE_ERRNOS
 from ..images import DEFAULT_MAX_PIXELS
 from ..model import SceneCam
+from ..names import REASON_MAX
+from ..names import shown as shown
 from ..options import ExplainOptions, UnknownLayerError
 from ..visual import DEFAULT_ALPHA
 
@@ -197,35 +198,15 @@ def max_pixels_option(fn: F) -> F:
     )(fn)
 
 
-def shown(text: str) -> str:
-    """``text`` safe to print on a terminal, on one line: control and format characters
-    (CR, LF, ESC, bidi overrides, ...) and undecodable bytes become visible escapes, so a
-    file name cannot forge output lines or drive the terminal."""
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            code = ord(ch)
-            if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, from surrogateescape
-                out.append(f"\\x{code - 0xDC00:02x}")
-            elif code < 0x100:
-                out.append(f"\\x{code:02x}")
-            else:
-                out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def error_line(subject: str, reason: str) -> None:
     """One line on stderr naming the input and the reason."""
-    click.echo(f"error: {shown(subject)}: {shown(reason)}", err=True)
+    click.echo(f"error: {shown(subject)}: {shown(reason, REASON_MAX)}", err=True)
 
 
 def write_failed(exc: OSError, fallback: object) -> NoReturn:
     """One line naming the file that could not be written, exit :data:`EXIT_WRITE`."""
-    fail(f"{shown(str(exc.filename or fallback))}: {exc.strerror or exc}", EXIT_WRITE)
+    error_line(str(exc.filename or fallback), str(exc.strerror or exc))
+    sys.exit(EXIT_WRITE)
 
 
 def is_storage_error(exc: OSError) -> bool:
@@ -246,7 +227,7 @@ def fail(exc: SceneCamError | str, code: int = EXIT_MODEL) -> NoReturn:
     elif isinstance(exc, SceneCamError):
         error_line(exc.subject, exc.reason)
     else:
-        click.echo(f"error: {shown(exc)}", err=True)
+        click.echo(f"error: {shown(exc, REASON_MAX)}", err=True)
     sys.exit(code)
 
 

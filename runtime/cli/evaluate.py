@@ -28,6 +28,7 @@ from .common import (
     layer_option,
     load_model,
     model_options,
+    shown,
     split_options,
     tta_option,
 )
@@ -144,7 +145,8 @@ def evaluate(
     )
     if table:
         click.echo(faithfulness_markdown(table))
-    click.echo(f"wrote {report_dir / 'metrics.json'}, {report_dir / 'metrics.md'} and {report}")
+    where = shown(str(report_dir))
+    click.echo(f"wrote {where}/metrics.json, {where}/metrics.md and {where}/{report.name}")
     if skipped:
         sys.exit(EXIT_FAILED_INPUTS)
 

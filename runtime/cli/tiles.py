@@ -258,7 +258,11 @@ def _run(
     ) as scene_bar:
         for path, outputs in zip(paths, sets, strict=True):
             with tqdm(
-                desc=path.name, unit="tile", file=sys.stderr, disable=not tty, leave=False
+                desc=shown(path.name, 40),
+                unit="tile",
+                file=sys.stderr,
+                disable=not tty,
+                leave=False,
             ) as bar:
 
                 def progress(tiles: int, bar: Any = bar) -> None:
@@ -278,7 +282,8 @@ def _run(
             elif outcome.skipped:
                 counts.skipped += 1
                 click.echo(
-                    f"{shown(str(path))}: finished before ({outputs.summary}), skipped", err=True
+                    f"{shown(str(path))}: finished before ({shown(str(outputs.summary))}), skipped",
+                    err=True,
                 )
             elif outcome.summary is not None:
                 counts.done += 1

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ImageError
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
 from .faults import deferred_signals
+from ..names import too_long
 from .raster import StretchChoice
 from .tiler import DEFAULT_MIN_VALID, DEFAULT_SCENE_MAX_PIXELS, SceneTiler, TileRow
 from .writers import OutputSet, ProbabilityFormat, SceneOutputs
@@ -223,10 +224,12 @@ def expand_scenes(arguments: Iterable[str]) -> list[Path]:
     found: list[Path] = []
     for arg in arguments:
         path = Path(arg)
-        if path.is_dir():
+        if too_long(arg):
+            items = [path]  # one bad scene: run_scene names it and the others go on
+        elif path.is_dir():
             items = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
             entries = [ln.split("#", 1)[0].strip() for ln in lines]
             items = [path.parent / e for e in entries if e]
         elif not path.exists() and glob.has_magic(arg):
@@ -280,6 +283,10 @@ def run_scene(
     progress: Callable[[int], None] | None = None,
 ) -> SceneOutcome:
     """One scene of a job: skipped when finished, its error caught and reported."""
+    if (reason := too_long(scene)) is not None:
+        return SceneOutcome(scene, outputs, error=reason)
+    if any(too_long(target) for target in (*outputs.rasters(), outputs.summary)):
+        return SceneOutcome(scene, outputs, error="its output names would be too long")
     if resume and outputs.summary.is_file():
         return SceneOutcome(scene, outputs, skipped=True)
     try:
