@@ -22,8 +22,8 @@ import numpy as np
 
 from ..errors import ImageError
 from ..model import DEFAULT_BATCH, ExplainOptions, SceneCam
-from .faults import deferred_signals
 from ..names import too_long
+from .faults import deferred_signals
 from .raster import StretchChoice
 from .tiler import DEFAULT_MIN_VALID, DEFAULT_SCENE_MAX_PIXELS, SceneTiler, TileRow
 from .writers import OutputSet, ProbabilityFormat, SceneOutputs
