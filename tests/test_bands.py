@@ -291,7 +291,7 @@ def test_evaluate_and_batch_read_chip_folders_with_the_model_stretch(tmp_path: P
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    records = [r for r in lines if "path" in r]  # after the file's header record
+    records = [r for r in lines if "path" in r]
     assert len(records) == len(truth)
     for record in records:
         want = expected[record["path"]]

@@ -307,7 +307,7 @@ def test_export_and_batch_command_lines(model, bundles, tmp_path: Path):
     assert bad.exit_code == 3
     (line,) = bad.stderr.strip().splitlines()
     assert "no layer named 'nope'" in line
-    # batch records the layer in its results file's header, so a rerun cannot mix layers
+    # batch records the layer in its results file's description, so a rerun cannot mix layers
     from PIL import Image
 
     image = tmp_path / "x.png"
@@ -315,7 +315,7 @@ def test_export_and_batch_command_lines(model, bundles, tmp_path: Path):
     results = tmp_path / "r.jsonl"
     run = ["batch", str(image), "--out", str(results), "--model", str(bundles[1]), "--target", "1"]
     assert CliRunner().invoke(cli, [*run, "--layer", EXTRA]).exit_code == 0
-    header = json.loads(results.read_text().splitlines()[0])
+    header = json.loads((tmp_path / "r.jsonl.meta.json").read_text())
     assert header["options"]["explain"]["layer"] == EXTRA
     again = CliRunner().invoke(cli, run)  # the default layer: refused, naming the difference
     assert again.exit_code == 2 and "layer" in again.stderr

@@ -130,8 +130,9 @@ def batch(
     and the job goes on. Images are decoded in parallel with inference and memory stays flat
     however many there are. Rerunning with the same --out skips every input it already holds
     (failed ones too, unless --retry-failed), so a killed job picks up where it stopped. The
-    file's first line records the model and the options; a rerun with others is refused
-    unless --restart. One run at a time may write a file (it holds a lock file beside it,
+    file holds records only (CSV: after its column names); its description beside it
+    (named like it with .meta.json added) records the model and the options, and a rerun
+    with others is refused unless --restart. One run at a time may write a file (it holds a lock file beside it,
     named like it with .lock added).
 
     Exit codes: 0 every input done; 1 some inputs failed (now or in an earlier run, see
@@ -231,6 +232,11 @@ def _summary(counts: JobCounts, seconds: float, out: Path, interrupted: bool) ->
         err=True,
     )
     notes = []
+    if counts.migrated:
+        notes.append(
+            "rewrote the file of an earlier version: its first line, the run's description, "
+            f"is now in {shown(out.name + '.meta.json')} beside it"
+        )
     if counts.dropped_torn:
         notes.append("dropped an incomplete last line, left by an interrupted run")
     if counts.retried:
