@@ -513,3 +513,43 @@ def test_ray_predictor_equals_batch(tmp_path: Path, sample_images: list[Path]):
         np.testing.assert_allclose(
             probs, [record["probabilities"][n] for n in names], atol=2e-6, rtol=0
         )
+
+
+def test_map_flags_without_heatmaps_are_refused(tmp_path: Path, sample_images: list[Path]):
+    """batch --method/--alpha/--layer/--target without --heatmaps would be ignored: refused in
+    one line, exit 2, before anything is written."""
+    out = tmp_path / "r.jsonl"
+    for flags in (
+        ["--method", "gradcam++", "--alpha", "0.3", "--layer", "stage3_block2_out"],
+        ["--target", "forest"],
+        ["--max-channels", "8"],
+    ):
+        result = run_batch(str(sample_images[0]), "--out", str(out), *flags)
+        assert result.exit_code == 2, (flags, result.output)
+        assert result.stderr.count("\n") == 1
+        assert "only used for heatmaps, and batch makes heatmaps only with --heatmaps DIR" in (
+            result.stderr
+        )
+        assert result.stderr.startswith(f"error: {flags[0]}")
+    assert not out.exists()
+    used = run_batch(
+        str(sample_images[0]), "--out", str(out), "--method", "gradcam++", "--max-channels",
+        "8", "--heatmaps", str(tmp_path / "maps"),
+    )  # fmt: skip
+    assert used.exit_code == 0, used.output
+    assert (
+        json.loads((tmp_path / "r.jsonl.meta.json").read_text())["options"]["explain"][
+            "max_channels"
+        ]
+        == 8
+    )
+
+
+def test_an_empty_folder_is_nothing_to_do(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    result = run_batch(str(tmp_path / "empty"), "--out", str(tmp_path / "e.jsonl"))
+    assert result.exit_code == 1  # the folder itself is a failed input
+    assert result.stderr.splitlines()[-1] == (
+        f"summary: nothing to do: no image in the inputs (1 input(s) failed) -> {tmp_path / 'e.jsonl'}"
+    )
+    assert "images/s" not in result.stderr

@@ -402,7 +402,7 @@ def test_writes_never_follow_a_symlink(tmp_path: Path, sample_images: list[Path]
             "classify",
             str(tmp_path / "ok.jpg"),
             str(tmp_path / "other.jpg"),
-            "--save-dir",
+            "--heatmaps",
             str(saves),
             "--json",
             *MINI,
@@ -454,7 +454,7 @@ def test_classify_goes_on_after_a_failed_panel(tmp_path: Path):
     folder = tmp_path / "in"
     _photos(folder, 5)
     done = subprocess.run(
-        [_exe(), "classify", str(folder), "--save-dir", str(tmp_path / "panels"), "--json", *MINI],
+        [_exe(), "classify", str(folder), "--heatmaps", str(tmp_path / "panels"), "--json", *MINI],
         capture_output=True,
         text=True,
         timeout=300,
@@ -515,7 +515,7 @@ def test_a_full_disk_and_a_read_only_one(tmp_path: Path, small_fs: Path):
             "classify",
             str(folder / "p0001.png"),
             str(folder / "p0002.png"),
-            "--save-dir",
+            "--heatmaps",
             str(small_fs / "panels"),
             *MINI,
         ],

@@ -314,6 +314,7 @@ def test_export_and_batch_command_lines(model, bundles, tmp_path: Path):
     Image.fromarray(wave_images(1)[0]).save(image)
     results = tmp_path / "r.jsonl"
     run = ["batch", str(image), "--out", str(results), "--model", str(bundles[1]), "--target", "1"]
+    run += ["--heatmaps", str(tmp_path / "maps")]
     assert CliRunner().invoke(cli, [*run, "--layer", EXTRA]).exit_code == 0
     header = json.loads((tmp_path / "r.jsonl.meta.json").read_text())
     assert header["options"]["explain"]["layer"] == EXTRA

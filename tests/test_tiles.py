@@ -156,7 +156,7 @@ def test_overlapping_tiles_and_heatmap_mosaic(tmp_path: Path, rgb_scene: Path, s
         str(out),
         "--stride",
         "75",
-        "--heatmap",
+        "--heatmaps",
         "--probabilities",
         "none",
         "--batch-size",
@@ -190,7 +190,7 @@ def test_scene_not_a_multiple_of_the_tile_is_covered_to_the_edge(tmp_path: Path,
     photo = np.asarray(Image.open(SAMPLES / "sea_62.jpg").convert("RGB"))
     pixels[150:, 300:] = photo[:50, :20]  # the corner strip is sea, the rest black
     scene = write_scene(tmp_path / "odd.tif", np.moveaxis(pixels, -1, 0))
-    result = run_tiles(str(scene), "--out", str(tmp_path / "m.tif"), "--heatmap")
+    result = run_tiles(str(scene), "--out", str(tmp_path / "m.tif"), "--heatmaps")
     assert result.exit_code == 0, result.output
     mosaic = read(tmp_path / "m.cam.tif")[0][0]
     assert mosaic.shape == (200, 320) and not np.isnan(mosaic).any()
@@ -274,12 +274,16 @@ def test_usage_errors_are_one_line(tmp_path: Path, rgb_scene: Path):
         (["--bands", "x"], 2, "comma-separated"),
         (["--stretch", "50,10"], 2, "LOW < HIGH"),
         (["--stride", "200"], 2, "larger than the tile"),
-        (["--target", "volcano", "--heatmap"], 2, "unknown class"),
-        (["--method", "gradcam++"], 2, "--method only shape the heatmap: add --heatmap"),
+        (["--target", "volcano", "--heatmaps"], 2, "unknown class"),
+        (["--method", "gradcam++"], 2, "--method: only used for heatmaps, and tiles makes"),
+        (["--target", "sea"], 2, "--target: only used for heatmaps"),
     ]:
         result = run_tiles(str(rgb_scene), "--out", out, *args)
         assert result.exit_code == code, (args, result.output)
         assert result.stderr.count("\n") == 1 and words in result.stderr, (args, result.stderr)
+    old = run_tiles(str(rgb_scene), "--out", str(tmp_path / "old" / "o.tif"), "--heatmap")
+    assert old.exit_code == 0 and "note: --heatmap is now --heatmaps" in old.stderr
+    assert (tmp_path / "old" / "o.cam.tif").is_file()  # the old name, with a note
     for args, words in [
         (["--out", str(tmp_path / "m.png")], "name them .tif or .tiff, not .png"),
         (["--out", out, "--out-dir", str(tmp_path)], "give --out (one scene) or --out-dir"),

@@ -24,7 +24,6 @@ from .common import (
     error_line,
     explain_options,
     fail,
-    layer_option,
     load_model,
     model_options,
 )
@@ -92,7 +91,6 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     help="Network streams: seconds to wait to open the stream, and for each frame.",
 )
 @cam_options(alpha=True)
-@layer_option
 @click.option(
     "--snapshot-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -116,6 +114,7 @@ def camera(
     target_space: TargetSpace,
     method: str,
     layer: str | None,
+    max_channels: int,
     alpha: float,
     snapshot_dir: Path,
 ) -> None:

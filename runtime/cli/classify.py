@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-from click.core import ParameterSource
 
 from ..cam import TargetSpace, get_method
 from ..errors import ImageError
@@ -20,20 +19,20 @@ from ..sources import SourceItem, iter_sources
 from ..visual import blend, colorize_levels, levels_at, panel
 from .common import (
     EXIT_FAILED_INPUTS,
-    EXIT_USAGE,
     EXIT_WRITE,
     cam_options,
     error_line,
     explain_options,
-    fail,
     is_storage_error,
     keep_going_past_file_size_limit,
-    layer_option,
     load_model,
     max_pixels_option,
     model_options,
+    refuse_unused_map_flags,
+    renamed_option,
     shown,
     tta_option,
+    with_renamed,
 )
 
 
@@ -42,13 +41,16 @@ from .common import (
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line and per image.")
 @click.option(
-    "--save-dir",
+    "--heatmaps",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    metavar="DIR",
     help="Write original | heatmap | overlay panels (PNG) here.",
 )
+@renamed_option(
+    "--save-dir", "--heatmaps", "heatmaps", type=click.Path(file_okay=False, path_type=Path)
+)
 @cam_options(alpha=True)
-@layer_option
 @tta_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option(
@@ -58,13 +60,6 @@ from .common import (
     metavar="N",
     help="Show the image and its heatmap at N x N in the panels (e.g. 500 for 28 x 28 digits).",
 )
-@click.option(
-    "--max-channels",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="scorecam: channels it masks the image with (one forward pass each).",
-)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @max_pixels_option
 def classify(
@@ -72,7 +67,7 @@ def classify(
     model: str | None,
     threads: int | None,
     as_json: bool,
-    save_dir: Path | None,
+    heatmaps: Path | None,
     target: str | None,
     target_space: TargetSpace,
     method: str,
@@ -89,24 +84,27 @@ def classify(
 
     Prints a table, or JSON lines with --json. An input that cannot be read is reported on
     stderr as one line (and as {"path", "error"} with --json); the rest go on, and the exit
-    code is then 1. Inputs inside --save-dir are left out (they are earlier panels). A panel
+    code is then 1. Inputs inside --heatmaps are left out (they are earlier panels). A panel
     that cannot be written is one error line; after a full disk or a read-only folder no
     more panels are tried, the other inputs are still classified, and the exit code is 5.
+    Maps are made only for --heatmaps; --target alone adds the target's probability to the
+    table (and `target`, `target_probability` to --json's records).
     """
     keep_going_past_file_size_limit()
+    save_dir: Path | None = with_renamed("heatmaps", heatmaps, "--heatmaps")
+    refuse_unused_map_flags(save_dir is not None, "--heatmaps DIR")
     scenecam = load_model(model, threads, max_pixels=max_pixels, tta=tta)
     options = explain_options(scenecam, target, method, target_space, alpha, max_channels, layer)
-    explaining = save_dir is not None or target is not None
+    explaining = save_dir is not None
     notes = (f", layer {options.layer}" if options.layer else "") + (", flip" if tta else "")
-    if not explaining:
-        _refuse_unused_heatmap_options()
+    target_name = None if options.target is None else scenecam.class_names[options.target]
     items = list(iter_sources(paths))
     excluded = 0
     if save_dir is not None:
         kept = [i for i in items if i.error is not None or not is_inside(i.path, save_dir)]
         excluded, items = len(items) - len(kept), kept
     namer = OutputNamer(save_dir, ".cam.png", [i.path for i in items]) if save_dir else None
-    printer = _JsonPrinter() if as_json else _TablePrinter(items, top_k)
+    printer = _JsonPrinter(target_name) if as_json else _TablePrinter(items, top_k, target_name)
     failed = panels = unwritten = 0
     stop_panels = False
     # The stream engine decodes ahead in threads, in bounded memory, and gives the results
@@ -147,22 +145,6 @@ def classify(
         raise SystemExit(EXIT_WRITE)
     if failed:
         raise SystemExit(EXIT_FAILED_INPUTS)
-
-
-def _refuse_unused_heatmap_options() -> None:
-    """Heatmap options given where no heatmap is made are refused, not silently ignored."""
-    context = click.get_current_context()
-    given = [
-        "--" + name.replace("_", "-")
-        for name in ("method", "target_space", "alpha", "display_size", "max_channels", "layer")
-        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE
-    ]
-    if given:
-        fail(
-            f"{', '.join(given)}: only used for heatmaps, and classify makes heatmaps only "
-            "with --save-dir or --target",
-            EXIT_USAGE,
-        )
 
 
 def _mismatch_note(scenecam: SceneCam, items: list[SourceItem]) -> None:
@@ -218,8 +200,15 @@ def _title(result: Explanation, notes: str = "") -> str:
 
 
 class _JsonPrinter:
+    def __init__(self, target: str | None) -> None:
+        self.target = target
+
     def result(self, result: Classification, saved: Path | None) -> None:
         record = result.to_dict()
+        if self.target is not None and not isinstance(result, Explanation):
+            record.update(
+                target=self.target, target_probability=record["probabilities"][self.target]
+            )
         if saved is not None:
             record["heatmap"] = str(saved)
         click.echo(json.dumps(record))
@@ -233,22 +222,38 @@ class _JsonPrinter:
 
 
 class _TablePrinter:
-    def __init__(self, items: list[SourceItem], top_k: int) -> None:
+    """The table; with a target, a column of its probability (``P(forest)``) after CONF."""
+
+    def __init__(self, items: list[SourceItem], top_k: int, target: str | None) -> None:
         self.width = min(60, max([len("FILE"), *(len(shown(i.path)) for i in items)]))
         self.top_k = top_k
+        self.target = target
+        self.target_head = "" if target is None else f"P({shown(target)})"
         self.header_done = False
 
     def _header(self) -> None:
         if not self.header_done:
-            click.echo(f"{'FILE':<{self.width}}  {'LABEL':<12} {'CONF':>6}  TOP-{self.top_k}")
+            extra = f"{self.target_head:>{max(6, len(self.target_head))}}  " if self.target else ""
+            click.echo(
+                f"{'FILE':<{self.width}}  {'LABEL':<12} {'CONF':>6}  {extra}TOP-{self.top_k}"
+            )
             self.header_done = True
+
+    def _target_cell(self, result: Classification) -> str:
+        if self.target is None:
+            return ""
+        width = max(6, len(self.target_head))
+        return f"{result.probabilities[self.target]:>{width}.1%}  "
 
     def result(self, result: Classification, saved: Path | None) -> None:
         self._header()
         name = shown(result.source)
         path = name if len(name) <= self.width else "..." + name[-(self.width - 3) :]
         top = ", ".join(f"{name} {p:.2f}" for name, p in result.top_k)
-        click.echo(f"{path:<{self.width}}  {result.label:<12} {result.confidence:>6.1%}  {top}")
+        cell = self._target_cell(result)
+        click.echo(
+            f"{path:<{self.width}}  {result.label:<12} {result.confidence:>6.1%}  {cell}{top}"
+        )
 
     def failure(self, path: str, reason: str) -> None:
         error_line(path, reason)

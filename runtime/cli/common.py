@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar, overload
 
 import click
+from click.core import ParameterSource
 
 from ..cam import DEFAULT_MAX_CHANNELS, METHODS, TARGET_SPACES, TargetSpace
 from ..errors import MissingExtraError, SceneCamError
@@ -132,11 +133,23 @@ def training_split_options(fn: F) -> F:
     )
 
 
-def cam_options(*, alpha: bool) -> Callable[[F], F]:
-    """--target, --method and --target-space (and --alpha for overlays): how heatmaps are
-    made, the same on every command that saves them."""
+def cam_options(*, alpha: bool, layer: bool = True, max_channels: bool = True) -> Callable[[F], F]:
+    """The explain flags, the same on every command that explains: --target, --target-space,
+    --method, --alpha (for overlays), --layer and --max-channels. They arrive as loose
+    parameters; :func:`explain_options` makes them one :class:`ExplainOptions`, and
+    :func:`refuse_unused_map_flags` refuses the ones nothing would use."""
 
     def decorate(fn: F) -> F:
+        if max_channels:
+            fn = click.option(
+                "--max-channels",
+                type=click.IntRange(min=1),
+                default=DEFAULT_MAX_CHANNELS,
+                show_default=True,
+                help="scorecam: channels it masks the image with (one forward pass each).",
+            )(fn)
+        if layer:
+            fn = layer_option(fn)
         if alpha:
             fn = click.option(
                 "--alpha",
@@ -159,6 +172,85 @@ def cam_options(*, alpha: bool) -> Callable[[F], F]:
         return fn
 
     return decorate
+
+
+#: The flags that only shape maps: given where no map is made, they are refused.
+MAP_FLAGS = (
+    "method",
+    "target_space",
+    "alpha",
+    "layer",
+    "max_channels",
+    "display_size",
+    "heatmap_format",
+)
+
+
+def given_on_command_line(*names: str) -> list[str]:
+    """Those of the current command's parameters ``names`` that the command line set, as
+    their flags (``--target-space``)."""
+    context = click.get_current_context()
+    return [
+        "--" + name.replace("_", "-")
+        for name in names
+        if name in context.params
+        and context.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+
+
+def refuse_unused_map_flags(makes_maps: bool, how: str, *, also: tuple[str, ...] = ()) -> None:
+    """The one rule for flags that need an output, on every command: where no map is made
+    (``makes_maps`` false), a map flag given on the command line (:data:`MAP_FLAGS` and
+    ``also``) is a one-line usage error naming it and ``how`` maps are made, exit 2."""
+    if makes_maps:
+        return
+    given = given_on_command_line(*MAP_FLAGS, *also)
+    if given:
+        command = click.get_current_context().info_name
+        fail(
+            f"{', '.join(given)}: only used for heatmaps, and {command} makes heatmaps only "
+            f"with {how}",
+            EXIT_USAGE,
+        )
+
+
+def renamed_option(
+    old: str,
+    new: str,
+    dest: str,
+    *,
+    type: click.ParamType | None = None,
+    is_flag: bool = False,
+    value: Any = None,
+) -> Callable[[F], F]:
+    """An old spelling of ``new``, kept working so scripts do not break: hidden from --help,
+    a one-line note when used. The value goes to ``ctx.meta``; :func:`with_renamed` merges
+    it (a flag stores ``value``)."""
+
+    def store(context: click.Context, param: click.Parameter, given: Any) -> None:
+        if given is None or given is False:
+            return
+        click.echo(f"note: {old} is now {new} (the old name still works)", err=True)
+        context.meta[f"renamed:{dest}"] = (old, value if is_flag else given)
+
+    def decorate(fn: F) -> F:
+        kwargs: dict[str, Any] = {"is_flag": True} if is_flag else {"default": None, "type": type}
+        return click.option(
+            old, f"renamed_{dest}", hidden=True, expose_value=False, callback=store, **kwargs
+        )(fn)
+
+    return decorate
+
+
+def with_renamed(dest: str, given: Any, new: str) -> Any:
+    """``given`` (the value of ``new``), or the value an old spelling of it gave; both is a
+    usage error."""
+    old = click.get_current_context().meta.get(f"renamed:{dest}")
+    if old is None:
+        return given
+    if given is not None:
+        fail(f"{old[0]} and {new} are the same option; give one", EXIT_USAGE)
+    return old[1]
 
 
 def layer_option(fn: F) -> F:

@@ -25,6 +25,9 @@ from .common import (
     fail,
     load_model,
     model_options,
+    refuse_unused_map_flags,
+    renamed_option,
+    with_renamed,
 )
 
 
@@ -90,9 +93,10 @@ from .common import (
     help="Cloud-optimised GeoTIFFs (tiled, compressed, overviews) or plain ones.",
 )
 @click.option(
-    "--heatmap", is_flag=True, help="Also write NAME.cam.tif, the CAM mosaic at full resolution."
+    "--heatmaps", is_flag=True, help="Also write NAME.cam.tif, the CAM mosaic at full resolution."
 )
-@cam_options(alpha=False)
+@renamed_option("--heatmap", "--heatmaps", "heatmaps", is_flag=True, value=True)
+@cam_options(alpha=False, layer=False)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @model_options
 def tiles(
@@ -106,10 +110,11 @@ def tiles(
     min_valid: float,
     probabilities: str,
     cog: bool,
-    heatmap: bool,
+    heatmaps: bool,
     target: str | None,
     target_space: TargetSpace,
     method: str,
+    max_channels: int,
     batch_size: int,
     model: str | None,
     threads: int | None,
@@ -125,6 +130,8 @@ def tiles(
     Exit codes: 0 done; 1 a scene could not be read or written (the others are done);
     2 usage error; 3 the model could not be loaded, or rasterio is missing.
     """
+    heatmap = bool(with_renamed("heatmaps", heatmaps or None, "--heatmaps"))
+    refuse_unused_map_flags(heatmap, "--heatmaps", also=("target",))
     from ..tiles import (
         OutputSet,
         TileOptions,
@@ -158,15 +165,10 @@ def tiles(
     channels = scenecam.manifest.input.channels
     if band_list is not None and len(band_list) not in ({1, 3} if channels == 3 else {channels}):
         fail(f"--bands: the model takes {channels} bands, not {len(band_list)}", EXIT_USAGE)
-    ctx = click.get_current_context()
-    cam_flags = [f"--{n.replace('_', '-')}" for n in ("target", "method", "target_space")
-                 if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]  # fmt: skip
-    if cam_flags and not heatmap:
-        fail(f"{', '.join(cam_flags)} only shape the heatmap: add --heatmap", EXIT_USAGE)
     size = tile if tile is not None else scenecam.input_size[0]
     if stride is not None and stride > size:
         fail(f"--stride {stride} is larger than the tile ({size} px)", EXIT_USAGE)
-    explain = explain_options(scenecam, target, method, target_space)
+    explain = explain_options(scenecam, target, method, target_space, max_channels=max_channels)
     options = TileOptions(
         tile=tile,
         stride=stride,
@@ -177,7 +179,6 @@ def tiles(
         cog=cog,
         batch_size=batch_size,
         explain=explain if heatmap else None,
-        heatmap=heatmap,
     )
     from tqdm import tqdm
 

@@ -39,7 +39,8 @@ RowSource: TypeAlias = Callable[[SceneTiler, ExplainOptions | None], Iterable[Ti
 
 @dataclass(frozen=True)
 class TileOptions:
-    """How to tile and what to write (the same for every scene of a job)."""
+    """How to tile and what to write (the same for every scene of a job). With ``explain``
+    the CAM mosaic (NAME.cam.tif) is written too; without it no map is computed."""
 
     tile: int | None = None
     stride: int | None = None
@@ -50,7 +51,11 @@ class TileOptions:
     cog: bool = True
     batch_size: int = DEFAULT_BATCH
     explain: ExplainOptions | None = None
-    heatmap: bool = False
+
+    @property
+    def heatmap(self) -> bool:
+        """Whether the CAM mosaic is written: exactly when there are explain options."""
+        return self.explain is not None
 
     def tiler(self, model: SceneCam, scene: str | os.PathLike[str]) -> SceneTiler:
         """``scene`` opened for reading in tiles as these options say."""
@@ -103,8 +108,6 @@ def classify_scene(
     """
     started = time.perf_counter()
     explain = options.explain
-    if options.heatmap and explain is None:
-        explain = model.explain_options()
     _remove_leftovers(outputs)
     with ExitStack() as stack:
         tiler = stack.enter_context(options.tiler(model, scene))
@@ -113,7 +116,7 @@ def classify_scene(
                 outputs,
                 tiler,
                 probabilities=options.probabilities,
-                explain=explain if options.heatmap else None,
+                explain=explain,
                 cog=options.cog,
             )
         )
