@@ -26,6 +26,9 @@ from .common import (
     fail,
     load_model,
     model_options,
+    refuse_unused_map_flags,
+    renamed_option,
+    with_renamed,
 )
 
 if TYPE_CHECKING:
@@ -92,11 +95,14 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
 )
 @cam_options(alpha=True)
 @click.option(
-    "--snapshot-dir",
+    "--heatmaps",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Where the s key saves PNG snapshots.",
+    default=None,
+    metavar="DIR",
+    help="Where the s key saves PNG snapshots of the annotated frame [default: .].",
+)
+@renamed_option(
+    "--snapshot-dir", "--heatmaps", "heatmaps", type=click.Path(file_okay=False, path_type=Path)
 )
 def camera(
     source: str,
@@ -116,7 +122,7 @@ def camera(
     layer: str | None,
     max_channels: int,
     alpha: float,
-    snapshot_dir: Path,
+    heatmaps: Path | None,
 ) -> None:
     """Classify every frame of a camera, video file or stream and blend its heatmap over it.
 
@@ -155,6 +161,9 @@ def camera(
     if out is not None and out.suffix.lower() not in VIDEO_SUFFIXES:
         _usage(f"--out {out}: unknown video suffix; use one of {', '.join(VIDEO_SUFFIXES)}")
     address = _address(serve)
+    # maps are shown in the window, the video and the live view; JSON lines alone show none
+    shows_maps = not headless or out is not None or address is not None
+    refuse_unused_map_flags(shows_maps, "a window, --out or --serve", also=("target", "every"))
     _check_outputs(cam.parse_source(source), out, jsonl)
     for path in (out, None if jsonl in (None, "-") else Path(jsonl)):
         if path is not None:
@@ -164,20 +173,17 @@ def camera(
                 fail(exc, EXIT_USAGE)
     _quiet_opencv()
 
+    snapshot_dir = with_renamed("heatmaps", heatmaps, "--heatmaps") or Path(".")
     scenecam = load_model(model, threads, spin=False)
-    explain_options(
-        scenecam, target, method, target_space, alpha, layer=layer
-    )  # refused here, not mid-loop
+    # refused here, not mid-loop; the loop gets the record whole
+    options = explain_options(scenecam, target, method, target_space, alpha, max_channels, layer)
     try:
         reader = cam.open_source(source, timeout=timeout)
     except SceneCamError as exc:
         fail(exc)
     settings = cam.CameraSettings(
-        method=method,
-        alpha=alpha,
-        target=target,
-        target_space=target_space,
-        layer=layer,
+        explain=options,
+        heatmap=shows_maps,
         every=every,
         max_frames=max_frames,
         realtime=not headless or address is not None,
