@@ -33,6 +33,24 @@ class Evaluation:
     confidences: np.ndarray  # (N,) probability of the predicted class
 
 
+#: The split training uses unless told otherwise: validation share and seed.
+DEFAULT_VAL_FRACTION = 0.15
+DEFAULT_SEED = 1337
+
+
+def recorded_split(
+    cam: SceneCam, val_fraction: float | None = None, seed: int | None = None
+) -> tuple[float, int]:
+    """The validation share and seed of the bundle's training split: those given, else the
+    ones its manifest records, else training's defaults (0.15, 1337)."""
+    split = (cam.manifest.training or {}).get("split") or {}
+    if val_fraction is None:
+        val_fraction = float(split.get("val_fraction", DEFAULT_VAL_FRACTION))
+    if seed is None:
+        seed = int(split.get("seed", DEFAULT_SEED))
+    return val_fraction, seed
+
+
 def evaluate(cam: SceneCam, data: LabelledImages, batch_size: int = 64) -> Evaluation:
     """Run ``data`` (model-sized uint8 images, labelled with the model's class indices; see
     :func:`.dataset.align_classes`) through the bundle and compute the figures."""

@@ -101,11 +101,25 @@ def explain_options(
 
 
 def split_options(fn: F) -> F:
-    """--val-split and --seed: the stratified split, the same for training and evaluation."""
-    return _split_options(fn, every_image_help=None)
+    """--val-split and --seed of a command that reads a bundle's split back (evaluate,
+    quantize): by default the split the bundle's manifest records (``recorded_split``)."""
+    fn = click.option(
+        "--seed",
+        default=None,
+        type=int,
+        help="Seed of the training split (default: the bundle's recorded one, else 1337).",
+    )(fn)
+    fn = click.option(
+        "--val-split",
+        default=None,
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help="The training split's validation share (default: the bundle's recorded one, "
+        "else 0.15).",
+    )(fn)
+    return fn
 
 
-def _split_options(fn: F, every_image_help: str | None) -> F:
+def _split_options(fn: F, every_image_help: str) -> F:
     fn = click.option(
         "--seed",
         default=1337,
@@ -117,8 +131,8 @@ def _split_options(fn: F, every_image_help: str | None) -> F:
         "--val-split",
         default=0.15,
         show_default=True,
-        type=click.FloatRange(0, 1, min_open=every_image_help is None, max_open=True),
-        help="Share of each class held out for validation." + (every_image_help or ""),
+        type=click.FloatRange(0, 1, max_open=True),
+        help="Share of each class held out for validation." + every_image_help,
     )(fn)
     return fn
 
@@ -133,7 +147,9 @@ def training_split_options(fn: F) -> F:
     )
 
 
-def cam_options(*, alpha: bool, layer: bool = True, max_channels: bool = True) -> Callable[[F], F]:
+def cam_options(
+    *, alpha: bool, layer: bool = True, max_channels: bool = True, target: bool = True
+) -> Callable[[F], F]:
     """The explain flags, the same on every command that explains: --target, --target-space,
     --method, --alpha (for overlays), --layer and --max-channels. They arrive as loose
     parameters; :func:`explain_options` makes them one :class:`ExplainOptions`, and
@@ -164,11 +180,12 @@ def cam_options(*, alpha: bool, layer: bool = True, max_channels: bool = True) -
         fn = click.option(
             "--target-space", type=click.Choice(TARGET_SPACES), default="logit", show_default=True
         )(fn)
-        fn = click.option(
-            "--target",
-            default=None,
-            help="Class to explain, by name or index (default: each image's prediction).",
-        )(fn)
+        if target:
+            fn = click.option(
+                "--target",
+                default=None,
+                help="Class to explain, by name or index (default: each image's prediction).",
+            )(fn)
         return fn
 
     return decorate
