@@ -36,10 +36,7 @@ from .common import (
     tta_option,
     write_failed,
 )
-
-#: Exit status after an interrupt: 128 + the signal, as shells report it (130 for Ctrl-C,
-#: 143 for SIGTERM).
-EXIT_SIGNAL_BASE = 128
+from .interrupts import EXIT_SIGNAL_BASE
 
 
 @click.command()

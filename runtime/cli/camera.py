@@ -30,6 +30,7 @@ from .common import (
     renamed_option,
     with_renamed,
 )
+from .interrupts import EXIT_SIGNAL_BASE
 
 if TYPE_CHECKING:
     from ..camera import CameraSummary, Display, LiveView, SourceSpec
@@ -139,7 +140,8 @@ def camera(
     frame, with the video and the JSON lines complete. Outputs are written under temporary
     names and renamed at the end; a failed write stops the loop.
 
-    Exit codes: 0 the loop ended (end of file, --max-frames, q, Ctrl-C, SIGTERM); 1 the
+    Exit codes: 0 the loop ended (end of file, --max-frames, q); 130 Ctrl-C, 143 SIGTERM
+    (the outputs are finished first, as for any ending); 1 the
     source failed after it opened (a damaged file, a stream that could not be reconnected,
     a camera that stopped) or an output could not be written; 2 usage error, or an output
     that cannot be created; 3 the model or the source could not be opened.
@@ -192,9 +194,10 @@ def camera(
         snapshot_dir=snapshot_dir,
     )
     stop = threading.Event()
+    received: list[int] = []
     view: LiveView | None = None
     try:
-        with reader, _stop_on_signals(stop):
+        with reader, _stop_on_signals(stop, received):
             if address is not None:
                 view = _serve(address, reader.name, max_viewers)
             display: Display | None = None
@@ -207,8 +210,8 @@ def camera(
     except SceneCamError as exc:
         fail(exc, EXIT_FAILED_INPUTS)
     except KeyboardInterrupt:  # a second Ctrl-C: the outputs were still closed on the way out
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        click.echo("interrupted: the outputs were closed on the way out", err=True)
+        sys.exit(EXIT_SIGNAL_BASE + signal.SIGINT)
     finally:
         if view is not None:
             view.close()
@@ -216,6 +219,8 @@ def camera(
     if summary.error is not None:
         error_line(summary.source, summary.error)
         sys.exit(EXIT_FAILED_INPUTS)
+    if received:  # the summary said what was written, and where
+        sys.exit(EXIT_SIGNAL_BASE + received[0])
 
 
 def _quiet_opencv() -> None:
@@ -271,9 +276,10 @@ def _jsonl_target(jsonl: str | None) -> Path | TextIO | None:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C and SIGTERM set ``stop``: the loop ends after the current frame. The handler
-    then steps aside, so a second signal acts as usual (KeyboardInterrupt, termination)."""
+def _stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM set ``stop`` (and go into ``received``): the loop ends after the
+    current frame. The handler then steps aside, so a second signal acts as usual
+    (KeyboardInterrupt, termination)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -281,6 +287,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        received.append(signum)
         signal.signal(signum, _restorable(previous[signum]))
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -34,6 +34,7 @@ from .common import (
     tta_option,
     with_renamed,
 )
+from .interrupts import note_progress
 
 
 @click.command()
@@ -105,7 +106,8 @@ def classify(
         excluded, items = len(items) - len(kept), kept
     namer = OutputNamer(save_dir, ".cam.png", [i.path for i in items]) if save_dir else None
     printer = _JsonPrinter(target_name) if as_json else _TablePrinter(items, top_k, target_name)
-    failed = panels = unwritten = 0
+    failed = panels = unwritten = processed = 0
+    note_progress(lambda: _finished(processed, len(items), panels, save_dir))
     stop_panels = False
     # The stream engine decodes ahead in threads, in bounded memory, and gives the results
     # back in input order, an unreadable input as its ImageError.
@@ -120,6 +122,7 @@ def classify(
         if isinstance(result, ImageError):
             failed += 1
             printer.failure(result.subject, result.reason)
+            processed += 1
             continue
         if isinstance(result, Exception):  # the engine yields errors; ImageError is the one
             raise result
@@ -137,6 +140,7 @@ def classify(
                     reason += "; no more panels are written"
                 error_line(str(exc.filename), reason)
         printer.result(result, saved)
+        processed += 1
     printer.close()
     _mismatch_note(scenecam, items)
     if save_dir is not None:
@@ -145,6 +149,14 @@ def classify(
         raise SystemExit(EXIT_WRITE)
     if failed:
         raise SystemExit(EXIT_FAILED_INPUTS)
+
+
+def _finished(processed: int, total: int, panels: int, save_dir: Path | None) -> str:
+    """What an interrupted classify had finished, and where its panels are."""
+    text = f"{processed} of {total} inputs classified"
+    if save_dir is not None:
+        text += f"; {panels} panel(s) written to {shown(str(save_dir))}"
+    return text
 
 
 def _mismatch_note(scenecam: SceneCam, items: list[SourceItem]) -> None:

@@ -32,6 +32,7 @@ from .common import (
     split_options,
     tta_option,
 )
+from .interrupts import note_progress
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def evaluate(
         data = data.subset(val_idx if split == "validation" else train_idx)
     if not len(data):
         fail(f"{data_dir}: no images to evaluate", EXIT_USAGE)
+    note_progress(lambda: f"no report written to {report_dir} (it is written at the end)")
     result = run_evaluation(scenecam, data, batch_size)
     table = (
         _faithfulness(scenecam, data, faithfulness_images, layer, max_channels)

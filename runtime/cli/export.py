@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .common import EXIT_MODEL, fail, needs_train_extra, quiet_tensorflow
+from .interrupts import note_progress
 
 
 @click.command()
@@ -58,6 +59,7 @@ def export(
 
     Any failure prints one line naming the layer and the reason, and exits 3.
     """
+    note_progress(lambda: f"nothing written to {out_dir} (the bundle is written whole, at the end)")
     from scenecam_edge.export.errors import ExportError
     from scenecam_edge.export.preprocess import parse
 

@@ -17,6 +17,7 @@ from .common import (
     model_options,
     quiet_tensorflow,
 )
+from .interrupts import note_progress
 
 # The defaults live in scenecam_edge.export.quantize, which needs onnx; these mirror them so
 # that --help works without it (a test keeps them equal).
@@ -148,6 +149,7 @@ def quantize(
     chosen = model if model is not None else bundle
     if chosen is None:
         fail("give the float model to quantise: --model NAME|DIR (or BUNDLE)", EXIT_USAGE)
+    note_progress(lambda: f"nothing written to {out_dir} (the bundle is written whole, at the end)")
     with quiet_tensorflow():  # TensorFlow's native start-up lines, unless -v
         try:
             from scenecam_edge.export import quantize as q

@@ -29,6 +29,7 @@ from .common import (
     renamed_option,
     with_renamed,
 )
+from .interrupts import note_progress
 
 
 @click.command()
@@ -183,7 +184,14 @@ def tiles(
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    failed = skipped = 0
+    failed = skipped = finished = 0
+    where = out_dir if out_dir is not None else out
+    note_progress(
+        lambda: (
+            f"{finished} of {len(paths)} scene(s) finished in {where}; the one in progress "
+            "left nothing under its names (a rerun with --out-dir skips the finished ones)"
+        )
+    )
     start = time.perf_counter()
     with tqdm(
         total=len(paths),
@@ -200,6 +208,7 @@ def tiles(
                     scenecam, path, outputs, options, resume=out is None, progress=bar.update
                 )
             scene_bar.update(1)
+            finished += 1
             if outcome.error is not None:
                 failed += 1
                 click.echo(f"error: {path}: {outcome.error}", err=True)
