@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,16 +13,21 @@ from ..errors import MissingExtraError, SceneCamError
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
+    error_line,
     fail,
     load_model,
     model_options,
     quiet_tensorflow,
+    shown,
 )
 from .interrupts import note_progress
 
 # The defaults live in scenecam_edge.export.quantize, which needs onnx; these mirror them so
 # that --help works without it (a test keeps them equal).
 CALIBRATION_IMAGES = 300
+#: Fewer calibration images than this are refused unless --min-calibration says otherwise:
+#: int8 ranges measured on a handful of images do not hold for the rest.
+MIN_CALIBRATION = 100
 MAX_ACCURACY_DROP_POINTS = 1.0
 MIN_CAM_CORRELATION = 0.9
 
@@ -51,6 +57,13 @@ MIN_CAM_CORRELATION = 0.9
     show_default=True,
     type=click.IntRange(min=1),
     help="Images from the training side of the split to calibrate on.",
+)
+@click.option(
+    "--min-calibration",
+    default=MIN_CALIBRATION,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Refuse to calibrate on fewer images than this (a small data set: lower it).",
 )
 @click.option(
     "--val-split",
@@ -106,7 +119,8 @@ MIN_CAM_CORRELATION = 0.9
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where decoded data sets are cached (default: training's, ~/.cache/scenecam-edge).",
+    help="Where the decoded calibration and comparison images are cached (default: "
+    "$SCENECAM_EDGE_CACHE, else ~/.cache/scenecam-edge).",
 )
 @click.option("--no-cache", is_flag=True, help="Decode the images without a cache.")
 @click.option("--name", default=None, help="Bundle name (default: the folder name).")
@@ -118,6 +132,7 @@ def quantize(
     calibration_dir: Path,
     out_dir: Path,
     calibration_images: int,
+    min_calibration: int,
     val_split: float | None,
     seed: int | None,
     activation_type: str,
@@ -171,10 +186,20 @@ def quantize(
                 calibration_images,
                 val_fraction=val_split,
                 seed=seed,
-                cache_dir=None if no_cache else (cache_dir or q.DEFAULT_CACHE_DIR),
+                cache_dir=None if no_cache else (cache_dir or q.default_cache_dir()),
             )
         except ValueError as exc:
             fail(str(exc), EXIT_USAGE)
+        for path, reason in data.skipped:
+            error_line(path, reason)
+        _cache_note(data)
+        if len(data.calibration) < min_calibration:
+            fail(
+                f"{calibration_dir}: {len(data.calibration)} calibration image(s), fewer than "
+                f"{min_calibration}: int8 ranges from so few do not hold for other images; add "
+                f"images, or pass --min-calibration {len(data.calibration)} to go on",
+                EXIT_USAGE,
+            )
         command = "scenecam-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         try:
             result = q.quantize_bundle(
@@ -216,3 +241,18 @@ def quantize(
             )
         click.echo(f"model.onnx {sizes['float'] / 1e6:.2f} MB -> {sizes['int8'] / 1e6:.2f} MB")
         click.echo(f"wrote {result.path}")
+        if data.skipped:
+            sys.exit(EXIT_FAILED_INPUTS)
+
+
+def _cache_note(data: Any) -> None:
+    """Where the decoded images went (or came from), and how big that file is."""
+    if data.cache is None:
+        return
+    size = data.cache.stat().st_size / 1e6
+    what = f"{len(data.calibration) + len(data.evaluation)} decoded images"
+    if data.cache_written:
+        text = f"cached the {what} it uses in {shown(str(data.cache))} ({size:.1f} MB)"
+    else:
+        text = f"read the {what} it uses from the cache {shown(str(data.cache))} ({size:.1f} MB)"
+    click.echo(f"note: {text}; --no-cache to decode without one", err=True)
