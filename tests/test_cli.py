@@ -209,3 +209,27 @@ def test_old_option_names_still_work_with_a_note(tmp_path: Path, sample_images: 
         cli, ["classify", str(sample_images[0]), "--save-dir", "a", "--heatmaps", "b"]
     )
     assert both.exit_code == 2 and "--save-dir and --heatmaps are the same option" in both.stderr
+
+
+def test_a_misspelt_target_gets_a_suggestion(sample_images: list[Path]):
+    result = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--target", "Forrest"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "unknown class 'Forrest'; did you mean forest? classes are" in result.stderr
+    far = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--target", "volcano"])
+    assert far.exit_code == 2 and "did you mean" not in far.stderr
+
+
+def test_an_existing_bundle_folder_says_force(tmp_path: Path):
+    """export and quantize name the flag a user types, not the API's overwrite=True."""
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"")
+    for args in (
+        ["export", str(model), "--out", str(out)],
+        ["quantize", "scenes-mini", "--calibration", str(tmp_path), "--out", str(out)],
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr == f"error: {out}: exists and is not empty; --force replaces it\n"

@@ -300,6 +300,7 @@ def test_usage_errors_are_one_line(tmp_path: Path, rgb_scene: Path):
     result = run_tiles(str(not_raster), "--out", out)
     assert result.exit_code == 1 and result.stderr.startswith(f"error: {not_raster}: ")
     assert result.stderr.count("\n") == 1
+    assert result.stderr.count(str(not_raster)) == 1  # GDAL's sentence without the name again
     assert not Path(out).exists()
 
 

@@ -11,6 +11,7 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar, overload
 
 import click
@@ -357,6 +358,13 @@ def fail(exc: SceneCamError | str, code: int = EXIT_MODEL) -> NoReturn:
     else:
         click.echo(f"error: {shown(exc)}", err=True)
     sys.exit(code)
+
+
+def refuse_existing_output(out: Path, force: bool) -> None:
+    """A bundle folder that exists and holds files is replaced only with --force: one usage
+    line saying so (the library's own message speaks to API callers)."""
+    if not force and out.is_dir() and any(out.iterdir()):
+        fail(f"{shown(str(out))}: exists and is not empty; --force replaces it", EXIT_USAGE)
 
 
 def needs_train_extra(what: str) -> NoReturn:

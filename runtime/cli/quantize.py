@@ -18,6 +18,7 @@ from .common import (
     load_model,
     model_options,
     quiet_tensorflow,
+    refuse_existing_output,
     shown,
 )
 from .interrupts import note_progress
@@ -164,6 +165,7 @@ def quantize(
     chosen = model if model is not None else bundle
     if chosen is None:
         fail("give the float model to quantise: --model NAME|DIR (or BUNDLE)", EXIT_USAGE)
+    refuse_existing_output(out_dir, force)
     note_progress(lambda: f"nothing written to {out_dir} (the bundle is written whole, at the end)")
     with quiet_tensorflow():  # TensorFlow's native start-up lines, unless -v
         try:

@@ -21,6 +21,7 @@ from .common import (
     EXIT_MODEL,
     EXIT_USAGE,
     cam_options,
+    error_line,
     explain_options,
     fail,
     load_model,
@@ -211,7 +212,7 @@ def tiles(
             finished += 1
             if outcome.error is not None:
                 failed += 1
-                click.echo(f"error: {path}: {outcome.error}", err=True)
+                error_line(str(path), _without_name(outcome.error, path))
             elif outcome.skipped:
                 skipped += 1
                 click.echo(f"{path}: finished before ({outputs.summary}), skipped", err=True)
@@ -250,6 +251,13 @@ def _describe(summary: dict[str, Any]) -> str:
         f"{summary['outputs']['classes']}\n"
         f"  classes by area: {shares or 'none'}{scaling}"
     )
+
+
+def _without_name(reason: str, path: Path) -> str:
+    """GDAL's sentence without the file's name, which the error line gives first."""
+    for quoted in (f"'{path}' ", f"{path}: ", f"'{path.resolve()}' "):
+        reason = reason.replace(quoted, "")
+    return reason
 
 
 def _check_not_inputs(paths: list[Path], sets: list[OutputSet]) -> None:
