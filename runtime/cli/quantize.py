@@ -20,6 +20,7 @@ from .common import (
     quiet_tensorflow,
     refuse_existing_output,
     shown,
+    split_options,
 )
 from .interrupts import note_progress
 
@@ -66,19 +67,7 @@ MIN_CAM_CORRELATION = 0.9
     type=click.IntRange(min=1),
     help="Refuse to calibrate on fewer images than this (a small data set: lower it).",
 )
-@click.option(
-    "--val-split",
-    default=None,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="The training split's validation fraction, compared on and never calibrated on "
-    "(default: the split the bundle's manifest records, else 0.15).",
-)
-@click.option(
-    "--seed",
-    default=None,
-    type=int,
-    help="The training split's seed (default: the manifest's, else 1337).",
-)
+@split_options
 @click.option(
     "--activation-type",
     type=click.Choice(["uint8", "int8"]),
