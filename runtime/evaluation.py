@@ -51,9 +51,12 @@ def recorded_split(
     return val_fraction, seed
 
 
-def evaluate(cam: SceneCam, data: LabelledImages, batch_size: int = 64) -> Evaluation:
+def evaluate(
+    cam: SceneCam, data: LabelledImages, batch_size: int = 64, progress: Progress | None = None
+) -> Evaluation:
     """Run ``data`` (model-sized uint8 images, labelled with the model's class indices; see
-    :func:`.dataset.align_classes`) through the bundle and compute the figures."""
+    :func:`.dataset.align_classes`) through the bundle and compute the figures.
+    ``progress`` hears (images done, total) after each batch."""
     if list(cam.class_names) != list(data.class_names):
         raise ValueError(
             f"the model's classes {list(cam.class_names)} differ from the data's {data.class_names}"
@@ -63,6 +66,8 @@ def evaluate(cam: SceneCam, data: LabelledImages, batch_size: int = 64) -> Evalu
         probs = softmax(cam.logits(data.images[s]).astype(np.float64))
         preds.append(probs.argmax(axis=1))
         confs.append(probs.max(axis=1))
+        if progress is not None:
+            progress(s.stop, len(data))
     predictions = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     confidences = np.concatenate(confs) if confs else np.zeros(0)
     figures = classification_figures(data.labels, predictions, data.class_names)

@@ -207,3 +207,17 @@ def test_map_flags_and_messages(tmp_path: Path):
     )
     assert empty.exit_code == 2
     assert empty.stderr.count(str(tmp_path / "pics")) == 1, empty.stderr
+
+
+def test_evaluation_reports_progress_with_its_total():
+    from scenecam_edge import SceneCam
+    from scenecam_edge.evaluation import evaluate
+
+    cam = SceneCam.load("scenes-mini", threads=1)
+    images = np.zeros((5, *cam.input_size, 3), np.uint8)
+    data = LabelledImages(images, np.zeros(5, np.int64), list(cam.class_names), list("abcde"))
+    heard: list[tuple[int, int]] = []
+    result = evaluate(
+        cam, data, batch_size=2, progress=lambda done, total: heard.append((done, total))
+    )
+    assert heard == [(2, 5), (4, 5), (5, 5)] and result.figures["count"] == 5

@@ -144,7 +144,17 @@ def evaluate(
     if not len(data):
         fail(f"{data_dir}: no images to evaluate", EXIT_USAGE)
     note_progress(lambda: f"no report written to {report_dir} (it is written at the end)")
-    result = run_evaluation(scenecam, data, batch_size)
+    with tqdm(
+        total=len(data),
+        desc="evaluate",
+        unit="img",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    ) as bar:
+        result = run_evaluation(
+            scenecam, data, batch_size, progress=lambda done, total: bar.update(done - bar.n)
+        )
     table = (
         _faithfulness(scenecam, data, faithfulness_images, layer, max_channels)
         if faithfulness
