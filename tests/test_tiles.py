@@ -361,3 +361,30 @@ def test_grid_covers_every_pixel_and_cells_partition_the_scene(height, width, ti
             in_cells[y0:y1, x0:x1] += 1
     assert (in_tiles >= 1).all() and (in_cells == 1).all()
     assert grid.padded_width >= width and grid.padded_width - width < stride
+
+
+@needs_geo
+def test_a_chip_without_a_georeference_is_quiet(tmp_path: Path):
+    """No NotGeoreferencedWarning from rasterio for a chip (docs/satellite.md's chips), in
+    any output; the one line per scene stays the only output besides the summary."""
+    import warnings
+
+    import rasterio
+
+    chip = tmp_path / "chip.tif"
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 200, 200), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(chip, "w", driver="GTiff", width=200, height=200, count=3,
+                           dtype="uint8") as dst:  # fmt: skip
+            dst.write(pixels)
+    command = [sys.executable, "-c", "from scenecam_edge.cli import main; main()", "tiles"]
+    args = [str(chip), "--out", str(tmp_path / "out" / "c.tif"), "--heatmaps"]
+    done = subprocess.run(
+        [*command, *args, "--model", "scenes-mini", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and (tmp_path / "out" / "c.cam.tif").is_file()

@@ -28,6 +28,7 @@ from .common import (
     model_options,
     refuse_unused_map_flags,
     renamed_option,
+    tta_option,
     with_renamed,
 )
 from .interrupts import EXIT_SIGNAL_BASE
@@ -95,6 +96,7 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     help="Network streams: seconds to wait to open the stream, and for each frame.",
 )
 @cam_options(alpha=True)
+@tta_option
 @click.option(
     "--heatmaps",
     type=click.Path(file_okay=False, path_type=Path),
@@ -122,6 +124,7 @@ def camera(
     method: str,
     layer: str | None,
     max_channels: int,
+    tta: bool,
     alpha: float,
     heatmaps: Path | None,
 ) -> None:
@@ -176,7 +179,7 @@ def camera(
     _quiet_opencv()
 
     snapshot_dir = with_renamed("heatmaps", heatmaps, "--heatmaps") or Path(".")
-    scenecam = load_model(model, threads, spin=False)
+    scenecam = load_model(model, threads, spin=False, tta=tta)
     # refused here, not mid-loop; the loop gets the record whole
     options = explain_options(scenecam, target, method, target_space, alpha, max_channels, layer)
     try:

@@ -28,6 +28,7 @@ from .common import (
     model_options,
     refuse_unused_map_flags,
     renamed_option,
+    tta_option,
     with_renamed,
 )
 from .interrupts import note_progress
@@ -99,6 +100,7 @@ from .interrupts import note_progress
 )
 @renamed_option("--heatmap", "--heatmaps", "heatmaps", is_flag=True, value=True)
 @cam_options(alpha=False, layer=False)
+@tta_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @model_options
 def tiles(
@@ -117,6 +119,7 @@ def tiles(
     target_space: TargetSpace,
     method: str,
     max_channels: int,
+    tta: bool,
     batch_size: int,
     model: str | None,
     threads: int | None,
@@ -163,7 +166,7 @@ def tiles(
         choice = _parse_stretch(stretch)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    scenecam = load_model(model, threads, spin=False)
+    scenecam = load_model(model, threads, spin=False, tta=tta)
     channels = scenecam.manifest.input.channels
     if band_list is not None and len(band_list) not in ({1, 3} if channels == 3 else {channels}):
         fail(f"--bands: the model takes {channels} bands, not {len(band_list)}", EXIT_USAGE)

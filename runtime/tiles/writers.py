@@ -21,6 +21,7 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,9 @@ class StagedRaster:
         self.resampling = resampling
         self.sidecar: str | None = None
         self.temporaries = [temporary_beside(target)]
-        self.dataset = rio.open(self.temporaries[0], "w", driver="GTiff", **profile)
+        with warnings.catch_warnings():  # a chip without a georeference is fine as it is
+            warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
+            self.dataset = rio.open(self.temporaries[0], "w", driver="GTiff", **profile)
 
     def commit(self) -> None:
         import rasterio.shutil
