@@ -233,3 +233,21 @@ def test_an_existing_bundle_folder_says_force(tmp_path: Path):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr == f"error: {out}: exists and is not empty; --force replaces it\n"
+
+
+def test_jsonl_file_beside_the_table(tmp_path: Path, sample_images: list[Path]):
+    """--jsonl FILE: the lines --json prints, in a file renamed into place at the end, while
+    the table still shows; '-' is --json."""
+    args = ["classify", *map(str, sample_images[:3]), str(tmp_path / "gone.jpg")]
+    printed = CliRunner().invoke(cli, [*args, "--json"])
+    out = tmp_path / "o.jsonl"
+    both = CliRunner().invoke(cli, [*args, "--jsonl", str(out)])
+    assert both.exit_code == printed.exit_code == 1
+    assert out.read_text() == printed.stdout
+    assert both.stdout.splitlines()[0].split()[:3] == ["FILE", "LABEL", "CONF"]
+    assert both.stderr.count("gone.jpg: no such file") == 1  # reported once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]  # no temporary left
+    dash = CliRunner().invoke(cli, [*args, "--jsonl", "-"])
+    assert dash.stdout == printed.stdout
+    clash = CliRunner().invoke(cli, [*args, "--jsonl", str(sample_images[0])])
+    assert clash.exit_code == 2 and "would overwrite an input" in clash.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -10,7 +12,7 @@ import numpy as np
 
 from ..cam import TargetSpace, get_method
 from ..errors import ImageError
-from ..fileio import write_png_atomic
+from ..fileio import refuse_symlink, temporary_beside, write_png_atomic
 from ..images import mismatch, resize_to
 from ..model import DEFAULT_BATCH, SceneCam
 from ..outputs import OutputNamer, is_inside
@@ -19,10 +21,12 @@ from ..sources import SourceItem, iter_sources
 from ..visual import blend, colorize_levels, levels_at, panel
 from .common import (
     EXIT_FAILED_INPUTS,
+    EXIT_USAGE,
     EXIT_WRITE,
     cam_options,
     error_line,
     explain_options,
+    fail,
     is_storage_error,
     keep_going_past_file_size_limit,
     load_model,
@@ -33,14 +37,25 @@ from .common import (
     shown,
     tta_option,
     with_renamed,
+    write_failed,
 )
-from .interrupts import note_progress
+from .interrupts import note_progress, signals_held
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @model_options
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line and per image.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line and per image, on stdout."
+)
+@click.option(
+    "--jsonl",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    metavar="FILE",
+    help="Also write the JSON lines to FILE (renamed into place at the end); '-': stdout, "
+    "as --json.",
+)
 @click.option(
     "--heatmaps",
     type=click.Path(file_okay=False, path_type=Path),
@@ -68,6 +83,7 @@ def classify(
     model: str | None,
     threads: int | None,
     as_json: bool,
+    jsonl: str | None,
     heatmaps: Path | None,
     target: str | None,
     target_space: TargetSpace,
@@ -105,9 +121,14 @@ def classify(
         kept = [i for i in items if i.error is not None or not is_inside(i.path, save_dir)]
         excluded, items = len(items) - len(kept), kept
     namer = OutputNamer(save_dir, ".cam.png", [i.path for i in items]) if save_dir else None
-    printer = _JsonPrinter(target_name) if as_json else _TablePrinter(items, top_k, target_name)
+    as_json = as_json or jsonl == "-"
+    lines = None if jsonl in (None, "-") else _json_file(Path(jsonl), items)
+    printer = _Printers(
+        _JsonPrinter(target_name) if as_json else _TablePrinter(items, top_k, target_name),
+        None if lines is None else _JsonPrinter(target_name, lines.write, report=False),
+    )
     failed = panels = unwritten = processed = 0
-    note_progress(lambda: _finished(processed, len(items), panels, save_dir))
+    note_progress(lambda: _finished(processed, len(items), panels, save_dir, lines))
     stop_panels = False
     # The stream engine decodes ahead in threads, in bounded memory, and gives the results
     # back in input order, an unreadable input as its ImageError.
@@ -117,30 +138,39 @@ def classify(
         explain=options if explaining else False,
         top_k=top_k,
     )
-    for item in items:
-        result = ImageError(item.path, item.error) if item.error is not None else next(results)
-        if isinstance(result, ImageError):
-            failed += 1
-            printer.failure(result.subject, result.reason)
-            processed += 1
-            continue
-        if isinstance(result, Exception):  # the engine yields errors; ImageError is the one
-            raise result
-        saved = None
-        if namer is not None and not stop_panels and isinstance(result, Explanation):
-            saved = namer.path_for(result.source)
-            try:
-                write_png_atomic(saved, _panel(result, alpha, display_size, notes))
-                panels += 1
-            except OSError as exc:
-                saved, unwritten = None, unwritten + 1
-                reason = str(exc.strerror or exc)
-                if is_storage_error(exc):
-                    stop_panels = True  # the next panels would fail alike
-                    reason += "; no more panels are written"
-                error_line(str(exc.filename), reason)
-        printer.result(result, saved)
-        processed += 1
+    try:
+        for item in items:
+            result = ImageError(item.path, item.error) if item.error is not None else next(results)
+            if isinstance(result, ImageError):
+                failed += 1
+                printer.failure(result.subject, result.reason)
+                processed += 1
+                continue
+            if isinstance(result, Exception):  # the engine yields errors; ImageError is the one
+                raise result
+            saved = picture = None
+            if namer is not None and not stop_panels and isinstance(result, Explanation):
+                saved = namer.path_for(result.source)
+                picture = _panel(result, alpha, display_size, notes)
+            # A panel, its line and the count as one step: Ctrl-C meanwhile acts right after,
+            # so no temporary file is left and the closing line counts what is there.
+            with signals_held():
+                if saved is not None and picture is not None:
+                    try:
+                        write_png_atomic(saved, picture)
+                        panels += 1
+                    except OSError as exc:
+                        saved, unwritten = None, unwritten + 1
+                        reason = str(exc.strerror or exc)
+                        if is_storage_error(exc):
+                            stop_panels = True  # the next panels would fail alike
+                            reason += "; no more panels are written"
+                        error_line(str(exc.filename), reason)
+                printer.result(result, saved)
+                processed += 1
+    finally:
+        if lines is not None:
+            lines.close()
     printer.close()
     _mismatch_note(scenecam, items)
     if save_dir is not None:
@@ -151,12 +181,65 @@ def classify(
         raise SystemExit(EXIT_FAILED_INPUTS)
 
 
-def _finished(processed: int, total: int, panels: int, save_dir: Path | None) -> str:
-    """What an interrupted classify had finished, and where its panels are."""
+def _finished(
+    processed: int, total: int, panels: int, save_dir: Path | None, lines: _JsonLines | None
+) -> str:
+    """What an interrupted classify had finished, and where its panels and lines are."""
     text = f"{processed} of {total} inputs classified"
     if save_dir is not None:
         text += f"; {panels} panel(s) written to {shown(str(save_dir))}"
+    if lines is not None:
+        text += f"; their JSON lines in {shown(str(lines.path))}"
     return text
+
+
+def _json_file(path: Path, items: list[SourceItem]) -> _JsonLines:
+    """--jsonl FILE opened (under a temporary name); never one of the inputs."""
+    if os.path.realpath(path) in {os.path.realpath(i.path) for i in items}:
+        fail(f"--jsonl {shown(str(path))}: the output would overwrite an input", EXIT_USAGE)
+    try:
+        return _JsonLines(path)
+    except OSError as exc:
+        write_failed(exc, path)
+
+
+class _JsonLines:
+    """JSON lines written under a temporary name beside ``path``, renamed into place when
+    the command ends, however it ends (each line is written whole)."""
+
+    def __init__(self, path: Path) -> None:
+        refuse_symlink(path)
+        self.path = path
+        self.temporary = temporary_beside(path)
+        self.file = open(self.temporary, "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+
+    def write(self, line: str) -> None:
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        refuse_symlink(self.path)
+        os.replace(self.temporary, self.path)
+
+
+class _Printers:
+    """The table or JSON on stdout, and the JSON lines file when there is one."""
+
+    def __init__(self, first: _JsonPrinter | _TablePrinter, second: _JsonPrinter | None) -> None:
+        self.printers = [first] if second is None else [first, second]
+
+    def result(self, result: Classification, saved: Path | None) -> None:
+        for printer in self.printers:
+            printer.result(result, saved)
+
+    def failure(self, path: str, reason: str) -> None:
+        for printer in self.printers:
+            printer.failure(path, reason)
+
+    def close(self) -> None:
+        for printer in self.printers:
+            printer.close()
 
 
 def _mismatch_note(scenecam: SceneCam, items: list[SourceItem]) -> None:
@@ -212,8 +295,14 @@ def _title(result: Explanation, notes: str = "") -> str:
 
 
 class _JsonPrinter:
-    def __init__(self, target: str | None) -> None:
+    """JSON lines to ``write`` (stdout by default); ``report``: also the error lines."""
+
+    def __init__(
+        self, target: str | None, write: Callable[[str], None] = click.echo, report: bool = True
+    ) -> None:
         self.target = target
+        self.write = write
+        self.report = report
 
     def result(self, result: Classification, saved: Path | None) -> None:
         record = result.to_dict()
@@ -223,11 +312,12 @@ class _JsonPrinter:
             )
         if saved is not None:
             record["heatmap"] = str(saved)
-        click.echo(json.dumps(record))
+        self.write(json.dumps(record))
 
     def failure(self, path: str, reason: str) -> None:
-        error_line(path, reason)
-        click.echo(json.dumps({"path": path, "error": reason}))
+        if self.report:
+            error_line(path, reason)
+        self.write(json.dumps({"path": path, "error": reason}))
 
     def close(self) -> None:
         pass

@@ -50,6 +50,28 @@ def terminate_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the block (a file being written and renamed): one
+    that arrives meanwhile takes effect right after it, so nothing is left half-written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    if pending:
+        raise Interrupted(pending[0]) if pending[0] != signal.SIGINT else KeyboardInterrupt
+
+
 def exit_interrupted(context: click.Context, signum: int) -> NoReturn:
     """The one line, then exit 128 + ``signum``."""
     describe = context.meta.get(_NOTE)
