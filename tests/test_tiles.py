@@ -388,3 +388,24 @@ def test_a_chip_without_a_georeference_is_quiet(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr and (tmp_path / "out" / "c.cam.tif").is_file()
+
+
+@needs_geo
+def test_a_scene_says_its_tile_count_before_its_rows(tmp_path: Path, rgb_scene: Path):
+    """The per-scene bar gets a total (and so the time left) as soon as the scene is open."""
+    from scenecam_edge import SceneCam
+    from scenecam_edge.tiles import OutputSet, TileOptions, run_scene
+
+    heard: list[tuple[str, int]] = []
+    outcome = run_scene(
+        SceneCam.load("scenes-mini", threads=1),
+        rgb_scene,
+        OutputSet.beside(tmp_path / "out" / "m.tif"),
+        TileOptions(),
+        progress=lambda n: heard.append(("row", n)),
+        total=lambda n: heard.append(("total", n)),
+    )
+    assert outcome.summary is not None
+    assert heard[0] == ("total", outcome.summary["tiles"]["total"])
+    assert sum(n for kind, n in heard[1:] if kind == "row") == heard[0][1]
+    assert all(kind == "row" for kind, _ in heard[1:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,7 +210,13 @@ def tiles(
                 desc=path.name, unit="tile", file=sys.stderr, disable=not tty, leave=False
             ) as bar:
                 outcome = run_scene(
-                    scenecam, path, outputs, options, resume=out is None, progress=bar.update
+                    scenecam,
+                    path,
+                    outputs,
+                    options,
+                    resume=out is None,
+                    progress=bar.update,
+                    total=_total_of(bar),
                 )
             scene_bar.update(1)
             finished += 1
@@ -254,6 +261,16 @@ def _describe(summary: dict[str, Any]) -> str:
         f"{summary['outputs']['classes']}\n"
         f"  classes by area: {shares or 'none'}{scaling}"
     )
+
+
+def _total_of(bar: Any) -> Callable[[int], None]:
+    """Give a progress bar its total (and so the time left) once it is known."""
+
+    def total(count: int) -> None:
+        bar.total = count
+        bar.refresh()
+
+    return total
 
 
 def _without_name(reason: str, path: Path) -> str:

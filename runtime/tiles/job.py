@@ -96,10 +96,12 @@ def classify_scene(
     options: TileOptions = TileOptions(),
     progress: Callable[[int], None] | None = None,
     rows: RowSource | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Classify ``scene`` and write its outputs; returns (and writes last) its summary.
 
-    ``progress`` is called with the number of tiles of each finished row. ``rows`` gives
+    ``progress`` is called with the number of tiles of each finished row; ``total`` once,
+    with the scene's number of tiles, when the scene is open. ``rows`` gives
     the rows of results in order (default: the tiler's own, here; the Ray integration's
     come from workers that each classify a block of rows). Raises
     :class:`ImageError` when the scene cannot be read, ValueError for settings that do not
@@ -111,6 +113,8 @@ def classify_scene(
     _remove_leftovers(outputs)
     with ExitStack() as stack:
         tiler = stack.enter_context(options.tiler(model, scene))
+        if total is not None:
+            total(tiler.grid.rows * tiler.grid.cols)
         writers = stack.enter_context(
             SceneOutputs(
                 outputs,
@@ -271,12 +275,13 @@ def run_scene(
     *,
     resume: bool = True,
     progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> SceneOutcome:
     """One scene of a job: skipped when finished, its error caught and reported."""
     if resume and outputs.summary.is_file():
         return SceneOutcome(scene, outputs, skipped=True)
     try:
-        summary = classify_scene(model, scene, outputs, options, progress)
+        summary = classify_scene(model, scene, outputs, options, progress, total=total)
     except ImageError as exc:
         return SceneOutcome(scene, outputs, error=exc.reason)
     except ValueError as exc:
