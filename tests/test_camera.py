@@ -477,3 +477,16 @@ def test_json_lines_alone_make_no_maps_and_refuse_map_flags(tmp_path: Path, vide
     assert result.exit_code == 0, result.output
     assert [r["heatmap"] for r in read_jsonl(lines)] == ["off"] * 3
     assert "0 heatmaps" in result.stderr
+
+
+def test_json_prints_the_lines_as_jsonl_dash_does(tmp_path: Path, video: Path):
+    base = ["--source", str(video), "--headless", "--max-frames", "2", "--threads", "1"]
+    printed = invoke(*base, "--json")
+    assert printed.exit_code == 0, printed.output
+    assert [json.loads(line)["frame"] for line in printed.stdout.splitlines()] == [0, 1]
+    dash = invoke(*base, "--jsonl", "-")
+    assert [json.loads(x)["label"] for x in dash.stdout.splitlines()] == [
+        json.loads(x)["label"] for x in printed.stdout.splitlines()
+    ]
+    both = CliRunner().invoke(cli, ["camera", *base, "--json", "--jsonl", str(tmp_path / "f")])
+    assert both.exit_code == 2 and "give one" in both.stderr

@@ -66,6 +66,7 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     default=None,
     help="Write one JSON object per processed frame here ('-': stdout).",
 )
+@click.option("--json", "as_json", is_flag=True, help="The JSON lines on stdout (--jsonl -).")
 @click.option(
     "--every",
     type=click.IntRange(min=1),
@@ -114,6 +115,7 @@ def camera(
     headless: bool,
     out: Path | None,
     jsonl: str | None,
+    as_json: bool,
     every: int,
     max_frames: int | None,
     serve: str | None,
@@ -159,6 +161,9 @@ def camera(
             "'scenecam-edge[camera]' (or 'scenecam-edge[camera-headless]' on a machine "
             "without a display)"
         )
+    if as_json and jsonl not in (None, "-"):
+        _usage("--json prints the JSON lines, --jsonl FILE writes them: give one")
+    jsonl = "-" if as_json else jsonl
     if headless and out is None and jsonl is None and serve is None:
         _usage("--headless needs --out, --jsonl or --serve: nothing would be shown or written")
     if not headless and not cam.display_available():
