@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def calibration_data(
     val_fraction: float | None = None,
     seed: int | None = None,
     cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CalibrationData:
     """Calibration and comparison images from ``source``, decoded as training decodes them.
 
@@ -74,7 +76,7 @@ def calibration_data(
     With ``cache_dir``, a labelled folder's chosen images (the calibration and comparison
     images, not the whole folder) are cached there, keyed by the folder's file list and
     these settings; a rerun reads them back without decoding. Unreadable images are listed
-    in ``skipped``.
+    in ``skipped``. ``progress`` hears (images decoded, total) as they are decoded.
     """
     from scenecam_edge.dataset import (
         align_classes,
@@ -111,7 +113,8 @@ def calibration_data(
         cache = _cache_file(cache_dir, path, size, spec.channels, (val_fraction, seed, images))
         if cache is not None and cache.is_file():
             return _read_cache(cache, source, (val_fraction, seed))
-        data = load_dataset(path, size, spec.channels)  # every image, for training's split
+        # every image, for training's split
+        data = load_dataset(path, size, spec.channels, progress=progress)
         if path.is_dir():
             data = align_classes(data, cam.class_names)
         if list(data.class_names) != list(cam.class_names):
@@ -138,7 +141,9 @@ def calibration_data(
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     decoded = []
     skipped: list[tuple[str, str]] = []
-    for file in files:
+    for done, file in enumerate(files, 1):
+        if progress is not None:
+            progress(done, len(files))
         try:
             decoded.append(resize_to(load_image(file, channels=spec.channels), *size))
         except ImageError as exc:

@@ -221,3 +221,13 @@ def test_evaluation_reports_progress_with_its_total():
         cam, data, batch_size=2, progress=lambda done, total: heard.append((done, total))
     )
     assert heard == [(2, 5), (4, 5), (5, 5)] and result.figures["count"] == 5
+
+
+def test_reading_a_folder_reports_progress_with_its_total(tmp_path: Path):
+    """What evaluate's and quantize's reading bars are fed: (decoded, total) per image."""
+    from scenecam_edge.dataset import load_dataset
+
+    data = labelled_folder(tmp_path / "data", {"sea": "sea", "forest": "forest"})
+    heard: list[tuple[int, int]] = []
+    loaded = load_dataset(data, (32, 32), progress=lambda done, total: heard.append((done, total)))
+    assert heard == [(i, 4) for i in range(1, 5)] and len(loaded) == 4

@@ -10,7 +10,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -58,6 +58,7 @@ __all__ = [
     "EXIT_WRITE",
     "MAP_FLAGS",
     "cam_options",
+    "decoding_bar",
     "error_line",
     "explain_options",
     "fail",
@@ -136,6 +137,24 @@ def refuse_existing_output(out: Path, force: bool) -> None:
     line saying so (the library's own message speaks to API callers)."""
     if not force and out.is_dir() and any(out.iterdir()):
         fail(f"{shown(str(out))}: exists and is not empty; --force replaces it", EXIT_USAGE)
+
+
+@contextmanager
+def decoding_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback (done, total) drawn as a bar with the time left on stderr when it
+    is a terminal (the total is set by the first call)."""
+    from tqdm import tqdm
+
+    with tqdm(
+        desc=what, unit="img", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False
+    ) as bar:
+
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 def needs_train_extra(what: str) -> NoReturn:

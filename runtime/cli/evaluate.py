@@ -23,6 +23,7 @@ from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
     cam_options,
+    decoding_bar,
     error_line,
     explain_options,
     fail,
@@ -114,15 +115,17 @@ def evaluate(
     layer = options.layer
     spec = scenecam.manifest.input
     try:
-        data = align_classes(
-            load_dataset(
-                data_dir,
-                (spec.height, spec.width),
-                spec.channels,
-                stretch=scenecam.band_stretch,
-            ),
-            scenecam.class_names,
-        )
+        with decoding_bar("reading") as progress:
+            data = align_classes(
+                load_dataset(
+                    data_dir,
+                    (spec.height, spec.width),
+                    spec.channels,
+                    stretch=scenecam.band_stretch,
+                    progress=progress,
+                ),
+                scenecam.class_names,
+            )
     except ValueError as exc:  # the reader's messages name the folder already
         message = str(exc)
         fail(message if message.startswith(data_dir) else f"{data_dir}: {message}", EXIT_USAGE)

@@ -13,6 +13,7 @@ from ..errors import MissingExtraError, SceneCamError
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
+    decoding_bar,
     error_line,
     fail,
     load_model,
@@ -171,14 +172,16 @@ def quantize(
         )
         reference = load_model(chosen, threads)
         try:
-            data = q.calibration_data(
-                calibration_dir,
-                reference,
-                calibration_images,
-                val_fraction=val_split,
-                seed=seed,
-                cache_dir=None if no_cache else (cache_dir or q.default_cache_dir()),
-            )
+            with decoding_bar("calibration") as progress:
+                data = q.calibration_data(
+                    calibration_dir,
+                    reference,
+                    calibration_images,
+                    val_fraction=val_split,
+                    seed=seed,
+                    cache_dir=None if no_cache else (cache_dir or q.default_cache_dir()),
+                    progress=progress,
+                )
         except ValueError as exc:
             fail(str(exc), EXIT_USAGE)
         for path, reason in data.skipped:
