@@ -260,7 +260,7 @@ def main() -> None:
     ]
 
     if has_geo:
-        cam_rate, cam_rss = tiles(args.rounds, "--heatmap")
+        cam_rate, cam_rss = tiles(args.rounds, "--heatmaps")
         _, small_rss, _ = child(
             [exe, "tiles", str(small), "--out", str(tmp / "small-map.tif"), *threads, *model_arg]
         )
@@ -278,7 +278,7 @@ def main() -> None:
                 "target < 500 MB",
             ),
             (
-                "`scenecam-edge tiles --heatmap` (full-res CAM mosaic)",
+                "`scenecam-edge tiles --heatmaps` (full-res CAM mosaic)",
                 f"{cam_rate:.1f} tiles/s, peak RSS {cam_rss:.0f} MB",
                 versus(cam_rate),
             ),

@@ -233,7 +233,7 @@ def compare_at(
         f["explain"](cam, image)
 
     def end_to_end(f: dict[str, Callable[..., Any]]) -> None:
-        """Decode the JPEG, classify and explain, overlay, PNG: classify --save-dir's work."""
+        """Decode the JPEG, classify and explain, overlay, PNG: classify --heatmaps's work."""
         model.resize_to = f["resize_to"]  # type: ignore[attr-defined]
         visual.heatmap_at = f["heatmap_at"]  # type: ignore[assignment]
         e = cam.explain(np.asarray(Image.open(io.BytesIO(photo.getvalue())).convert("RGB")))

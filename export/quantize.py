@@ -38,7 +38,12 @@ from scenecam_edge.bundle import write_manifest
 from scenecam_edge.fileio import folder_replaced_on_success
 from scenecam_edge.registry import resolve_model
 
-from .calibration import DEFAULT_CACHE_DIR, CalibrationData, calibration_data
+from .calibration import (
+    DEFAULT_CACHE_DIR,
+    CalibrationData,
+    calibration_data,
+    default_cache_dir,
+)
 from .compare import Comparison, compare, pearson
 from .int8_graph import float_nodes, quantize_graph
 from .quant_settings import (
@@ -71,6 +76,7 @@ __all__ = [
     "TargetMissed",
     "calibration_data",
     "compare",
+    "default_cache_dir",
     "float_nodes",
     "pearson",
     "quantize_bundle",

@@ -81,6 +81,7 @@ class JobCounts:
     excluded: int = 0
     retried: int = 0
     dropped_torn: bool = False
+    migrated: bool = False
 
 
 class BatchJob:
@@ -169,6 +170,7 @@ class BatchJob:
         self, sources: Iterable[SourceItem], prior: PriorResults
     ) -> Iterator[list[dict[str, Any]]]:
         self.counts.dropped_torn = prior.dropped_torn
+        self.counts.migrated = prior.migrated
         if self.retry_failed:
             self.counts.retried = self.results.drop_failed()
             prior.failed.clear()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +79,14 @@ def load_dataset(
     cache_dir: Path | None = None,
     workers: int = 4,
     stretch: Stretch | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LabelledImages:
     """Load a folder tree or an ``.npz`` at ``size`` (height, width), decoding each image once.
 
     A folder is decoded in parallel and cached (keyed by its file list and the size) under
     ``cache_dir``; corrupt files are skipped and listed in ``.skipped``. ``stretch`` is a band
-    model's ``band_stretch`` (:func:`scenecam_edge.images.load_image`).
+    model's ``band_stretch`` (:func:`scenecam_edge.images.load_image`). ``progress`` hears
+    (images decoded, total) as a folder is decoded.
     """
     path = Path(source)
     if path.suffix == ".npz":
@@ -125,6 +127,8 @@ def load_dataset(
     skipped: list[tuple[str, str]] = list(unscanned)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, out in enumerate(pool.map(decode, items)):
+            if progress is not None:
+                progress(i + 1, len(items))
             if isinstance(out, str):
                 skipped.append((str(items[i][0]), out))  # the caller reports them
             else:
@@ -155,9 +159,13 @@ CACHE_ENV = "SCENECAM_CACHE"
 
 def default_cache_dir() -> Path:
     """Where training, quantize's calibration and the benchmarks cache decoded data sets:
-    ``$SCENECAM_CACHE`` when set, else ``~/.cache/scenecam-edge``."""
+    ``$SCENECAM_CACHE`` when set, else ``$XDG_CACHE_HOME/scenecam-edge``, else
+    ``~/.cache/scenecam-edge``."""
     override = os.environ.get(CACHE_ENV)
-    return Path(override) if override else Path.home() / ".cache" / "scenecam-edge"
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "scenecam-edge"
 
 
 def _load_npz(path: Path, size: tuple[int, int], channels: int) -> LabelledImages:

@@ -33,9 +33,30 @@ class Evaluation:
     confidences: np.ndarray  # (N,) probability of the predicted class
 
 
-def evaluate(cam: SceneCam, data: LabelledImages, batch_size: int = 64) -> Evaluation:
+#: The split training uses unless told otherwise: validation share and seed.
+DEFAULT_VAL_FRACTION = 0.15
+DEFAULT_SEED = 1337
+
+
+def recorded_split(
+    cam: SceneCam, val_fraction: float | None = None, seed: int | None = None
+) -> tuple[float, int]:
+    """The validation share and seed of the bundle's training split: those given, else the
+    ones its manifest records, else training's defaults (0.15, 1337)."""
+    split = (cam.manifest.training or {}).get("split") or {}
+    if val_fraction is None:
+        val_fraction = float(split.get("val_fraction", DEFAULT_VAL_FRACTION))
+    if seed is None:
+        seed = int(split.get("seed", DEFAULT_SEED))
+    return val_fraction, seed
+
+
+def evaluate(
+    cam: SceneCam, data: LabelledImages, batch_size: int = 64, progress: Progress | None = None
+) -> Evaluation:
     """Run ``data`` (model-sized uint8 images, labelled with the model's class indices; see
-    :func:`.dataset.align_classes`) through the bundle and compute the figures."""
+    :func:`.dataset.align_classes`) through the bundle and compute the figures.
+    ``progress`` hears (images done, total) after each batch."""
     if list(cam.class_names) != list(data.class_names):
         raise ValueError(
             f"the model's classes {list(cam.class_names)} differ from the data's {data.class_names}"
@@ -45,6 +66,8 @@ def evaluate(cam: SceneCam, data: LabelledImages, batch_size: int = 64) -> Evalu
         probs = softmax(cam.logits(data.images[s]).astype(np.float64))
         preds.append(probs.argmax(axis=1))
         confs.append(probs.max(axis=1))
+        if progress is not None:
+            progress(s.stop, len(data))
     predictions = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     confidences = np.concatenate(confs) if confs else np.zeros(0)
     figures = classification_figures(data.labels, predictions, data.class_names)

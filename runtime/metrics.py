@@ -23,8 +23,9 @@ def classification_figures(
     confusion matrix. Undefined ratios (0/0) count as 0, as scikit-learn does by default.
 
     Every class is in the per-class table and the confusion matrix. The macro average is over
-    the classes that occur in ``y_true`` or ``y_pred`` (scikit-learn's default ``labels``), so
-    a test set that covers only some classes is not marked down for the ones it lacks."""
+    the classes present in the data (``y_true``; scikit-learn's ``labels=np.unique(y_true)``),
+    and says how many (``macro_avg["classes"]``): a test set that covers only some classes is
+    not marked down for the ones it lacks, nor for a class it has none of being predicted."""
     n = len(class_names)
     cm = confusion_matrix(y_true, y_pred, n)
     tp = np.diag(cm).astype(np.float64)
@@ -36,7 +37,7 @@ def classification_figures(
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
     total = support.sum()
     weights = support / total if total else np.zeros(n)
-    present = (support > 0) | (predicted > 0) if total else np.ones(n, bool)
+    present = support > 0 if total else np.ones(n, bool)
     per_class = {
         name: {
             "precision": float(precision[i]),
@@ -54,6 +55,7 @@ def classification_figures(
             "precision": float(precision[present].mean()),
             "recall": float(recall[present].mean()),
             "f1": float(f1[present].mean()),
+            "classes": int(present.sum()),
         },
         "weighted_avg": {
             "precision": float((precision * weights).sum()),
@@ -91,8 +93,11 @@ def figures_markdown(figures: dict[str, Any], *, confused: int = 3) -> str:
     lines.append(f"| **accuracy** | | | **{figures['accuracy']:.3f}** | {figures['count']} |")
     for label in ("macro_avg", "weighted_avg"):
         a = figures[label]
+        name = label.replace("_", " ")
+        if label == "macro_avg" and a.get("classes", len(names)) < len(names):
+            name += f" ({a['classes']} of {len(names)} classes)"
         lines.append(
-            f"| {label.replace('_', ' ')} | {a['precision']:.3f} | {a['recall']:.3f} "
+            f"| {name} | {a['precision']:.3f} | {a['recall']:.3f} "
             f"| {a['f1']:.3f} | {figures['count']} |"
         )
     cm = np.array(figures["confusion_matrix"])

@@ -3,6 +3,7 @@ their validation against a model's classes and layers."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,9 +90,20 @@ def class_index(class_names: Sequence[str], target: int | str) -> int:
         if target.strip().lstrip("-").isdigit():
             target = int(target)
         else:
-            raise ValueError(f"unknown class {target!r}; classes are {', '.join(class_names)}")
+            close = difflib.get_close_matches(
+                target.casefold(), [n.casefold() for n in class_names], n=1
+            )
+            hint = f"did you mean {_named(class_names, close[0])}? " if close else ""
+            raise ValueError(
+                f"unknown class {target!r}; {hint}classes are {', '.join(class_names)}"
+            )
     if isinstance(target, bool) or not isinstance(target, int | np.integer):
         raise ValueError(f"target must be a class index or name, not {target!r}")
     if not 0 <= int(target) < len(class_names):
         raise ValueError(f"class index {target} is out of range (0..{len(class_names) - 1})")
     return int(target)
+
+
+def _named(class_names: Sequence[str], folded: str) -> str:
+    """The class name whose case-folded form is ``folded``."""
+    return next(n for n in class_names if n.casefold() == folded)

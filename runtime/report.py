@@ -24,6 +24,7 @@ from .fileio import write_bytes_atomic, write_json_atomic
 from .metrics import class_cells, figures_markdown
 from .model import SceneCam
 from .names import for_html, for_markdown, path_fields
+from .options import ExplainOptions
 
 
 def write_report(
@@ -37,12 +38,14 @@ def write_report(
     faithfulness: dict[str, Faithfulness] | None = None,
     skipped: list[tuple[str, str]] | None = None,
     layer: str | None = None,
+    explain: ExplainOptions | None = None,
 ) -> Path:
     """Write ``metrics.json``, ``metrics.md`` (the tables in Markdown) and ``report.html``
     (confusion matrix, per-class figures, and a Grad-CAM gallery per class with the
     misclassifications first). Each records when it was made and which model made it.
     ``layer`` is the explained layer of the gallery and the faithfulness scores (None: the
-    model's default)."""
+    model's default); ``explain``, how the gallery's maps are made (default: Grad-CAM of each
+    prediction at ``layer``)."""
     out = Path(out_dir)
     made = provenance(cam)
     left_out = [{**path_fields(path), "reason": reason} for path, reason in skipped or []]
@@ -65,7 +68,7 @@ def write_report(
         _confusion(result.figures),
         _per_class(result.figures),
         faithfulness_html(faithfulness) if faithfulness else "",
-        _gallery(cam, data, result, gallery_per_class, layer),
+        _gallery(cam, data, result, gallery_per_class, explain or cam.explain_options(layer=layer)),
     ]
     page = _PAGE.format(title=for_html(title, None), body="\n".join(sections))
     return write_bytes_atomic(out / "report.html", page.encode("utf-8"))
@@ -103,7 +106,17 @@ def _summary(f: dict[str, Any]) -> str:
     m, w = f["macro_avg"], f["weighted_avg"]
     return (
         f"<p class=big>Accuracy <b>{f['accuracy']:.2%}</b> on {f['count']} images &middot; "
-        f"macro F1 {m['f1']:.3f} &middot; weighted F1 {w['f1']:.3f}</p>"
+        f"macro F1 {m['f1']:.3f}{_over(f)} &middot; weighted F1 {w['f1']:.3f}</p>"
+    )
+
+
+def _over(f: dict[str, Any]) -> str:
+    """`` (over the 2 of 6 classes in the data)`` when the macro average leaves some out."""
+    present, total = f["macro_avg"].get("classes"), len(f["class_names"])
+    return (
+        ""
+        if present is None or present == total
+        else f" (over the {present} of {total} classes in the data)"
     )
 
 
@@ -150,11 +163,10 @@ def _per_class(f: dict[str, Any]) -> str:
 
 
 def _gallery(
-    cam: SceneCam, data: LabelledImages, result: Evaluation, per_class: int, layer: str | None
+    cam: SceneCam, data: LabelledImages, result: Evaluation, per_class: int, options: ExplainOptions
 ) -> str:
     if per_class <= 0:
         return ""
-    options = cam.explain_options(layer=layer)
     parts = [
         "<h2>Grad-CAM gallery</h2><p>Per true class: misclassified first (most confident "
         "mistakes first), then correct. Each card shows the photo and the Grad-CAM overlay of "

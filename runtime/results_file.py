@@ -1,5 +1,5 @@
-"""The resumable results file of a batch: one writer, whole lines, a header that says what
-wrote it.
+"""The resumable results file of a batch: one writer, whole lines, a description beside it
+that says what wrote it.
 
 * **One writer.** :meth:`ResultsFile.locked` takes an exclusive ``flock`` on ``<out>.lock``
   (holding the writer's pid) for the whole run; a second run gets :class:`ResultsBusy`
@@ -7,12 +7,15 @@ wrote it.
 * **Whole lines.** Appends go through one ``write`` on an ``O_APPEND`` descriptor per batch;
   a failed write (disk full, size limit) is cut back to the last whole line, and a run killed
   inside a write leaves at worst a torn last line, which :meth:`ResultsFile.scan` drops.
-* **A header.** The first line records the model (name, sha256 of ``model.onnx``), the
-  options that change results and the folder relative paths are relative to. A rerun with a
+* **A description beside it.** ``<out>.meta.json`` (written atomically before the file's
+  first line) records the format, the model (name, sha256 of ``model.onnx``), the options
+  that change results and the folder relative paths are relative to. A rerun with a
   different model or options gets :class:`ResultsMismatch` instead of silently skipping.
-  JSON lines: ``{"scenecam_edge_results": 1, ...}``; CSV: a ``# scenecam-edge results {...}``
-  line before the column names (``pandas.read_csv(path, skiprows=1)``). The lines
-  themselves, written and read back, are :mod:`scenecam_edge.results_format`'s.
+  The file itself holds records only (CSV: after its column names), so ``csv.DictReader``,
+  ``pandas.read_csv``, ``pandas.read_json(lines=True)`` and DuckDB read it as it is. A file
+  of an earlier version, with the description as its first line, is resumed and rewritten
+  in this form (:attr:`PriorResults.migrated`). The lines themselves, written and read
+  back, are :mod:`scenecam_edge.results_format`'s.
 * **Keys.** An input is known by its resolved path (symbolic links and ``..`` resolved,
   relative paths taken from the header's folder), however it was spelled.
 """
@@ -27,17 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fileio import refuse_symlink, write_bytes_atomic
+from .fileio import refuse_symlink, temporary_beside, write_bytes_atomic
 from .filelock import exclusive_lock
 from .names import original_path
 from .results_format import (
     CSV_COLUMNS,
     HEADER_KEY,
+    MAX_HEADER_BYTES,
     Entry,
     LineFormat,
     OutputFormat,
     ResultsMismatch,
+    describe,
     format_for,
+    legacy_kind,
 )
 
 __all__ = [
@@ -69,13 +75,15 @@ class PriorResults:
     heatmaps: list[str] = field(default_factory=list)
     dropped_torn: bool = False
     base: str = ""
+    #: an earlier version's file (its description as its first line) was rewritten
+    migrated: bool = False
 
 
 class ResultsFile:
     """A JSON-lines or CSV results file that grows by whole lines and can be resumed.
 
-    ``identity`` (the model and the options that change results) goes into the header of a
-    new file and must match the header of an existing one.
+    ``identity`` (the model and the options that change results) goes into the description
+    of a new file (:attr:`meta_path`) and must match the description of an existing one.
     """
 
     def __init__(
@@ -101,6 +109,11 @@ class ResultsFile:
         return result
 
     @property
+    def meta_path(self) -> Path:
+        """The description beside the file: ``<out>.meta.json``."""
+        return self.path.with_name(self.path.name + ".meta.json")
+
+    @property
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
@@ -112,9 +125,10 @@ class ResultsFile:
     # -- reading ---------------------------------------------------------------------------
 
     def scan(self) -> PriorResults:
-        """Check the header and read the paths already recorded; drop a torn last line
-        (truncating the file). Raises :class:`ResultsMismatch` rather than append to a file
-        of another format, model or options, or a file that is not a results file."""
+        """Check the description and read the paths already recorded; drop a torn last line
+        (truncating the file); rewrite an earlier version's file in today's form. Raises
+        :class:`ResultsMismatch` rather than append to a file of another format, model or
+        options, or a file that is not a results file."""
         prior = PriorResults(base=self.base)
         refuse_symlink(self.path)
         if not os.path.lexists(self.path):
@@ -123,8 +137,13 @@ class ResultsFile:
             raise ResultsMismatch(self.path, "is not a regular file")
         if self.path.stat().st_size == 0:
             return prior
+        with open(self.path, "rb") as fh:
+            first = fh.readline(MAX_HEADER_BYTES)
+        legacy = legacy_kind(first) is not None
+        if not legacy and first.endswith(b"\n"):  # a whole line of today's form
+            prior.base = self._check_description(self._read_description(), self.meta_path)
         good_end = 0
-        whole = 0  # the number of the last whole line
+        whole = records = 0
         torn: Entry | None = None
         for entry in self.lines.entries(self.path):
             if torn is not None or (entry.record is None and entry.raw.endswith(b"\n")):
@@ -138,28 +157,31 @@ class ResultsFile:
                 torn = entry
                 continue
             good_end = entry.start + len(entry.raw)
-            whole = entry.number
+            whole += 1
+            if entry.legacy:
+                prior.base = self._check_description(entry.record, self.path)
             if entry.header:
-                if entry.record:
-                    prior.base = self._check_header(entry.record)
                 continue
+            records += 1
             key = result_key(original_path(entry.record), prior.base)
             (prior.failed if entry.record.get("error") else prior.done).add(key)
             prior.heatmaps.extend(
                 str(entry.record[k]) for k in ("heatmap", "cam") if entry.record.get(k)
             )
         if torn is not None:
-            if not self.lines.looks_torn(torn, self._header_bytes()):
+            if not self.lines.looks_torn(torn):
                 raise ResultsMismatch(
                     self.path,
                     f"ends with something that is not a {self.lines.kind()}; not appending to it",
                 )
-            header_lines = 2 if self.format == "csv" else 1
-            os.truncate(self.path, 0 if torn.number <= header_lines else good_end)
+            os.truncate(self.path, good_end if records else 0)
             prior.dropped_torn = True
-        elif self.format == "csv" and whole == 1:  # killed between the header's two lines
-            os.truncate(self.path, 0)  # open() writes the whole header again
+        elif legacy and self.format == "csv" and whole == 1:  # killed between its two lines
+            os.truncate(self.path, 0)  # open() starts it over
             prior.dropped_torn = True
+        if legacy and self.path.stat().st_size:
+            self._migrate(first, prior.base)
+            prior.migrated = True
         return prior
 
     def restart(self) -> None:
@@ -182,10 +204,43 @@ class ResultsFile:
             write_bytes_atomic(self.path, b"".join(kept))
         return failed
 
-    def _check_header(self, header: dict[str, Any]) -> str:
-        """The header's base folder, once its identity matches this run's."""
+    def _read_description(self) -> dict[str, Any]:
+        """The description beside the file; :class:`ResultsMismatch` when it is missing,
+        damaged or of the other format."""
+        meta = self.meta_path
+        try:
+            with open(meta, "rb") as fh:
+                raw = fh.read(MAX_HEADER_BYTES + 1)
+        except FileNotFoundError:
+            raise ResultsMismatch(
+                self.path,
+                f"is not a scenecam-edge results file (no {meta.name} beside it says what "
+                "wrote it); not appending to it (choose another --out, or --restart to "
+                "replace it)",
+            ) from None
+        except OSError as exc:
+            raise ResultsMismatch(meta, f"cannot be read ({exc.strerror})") from None
+        try:
+            described = json.loads(raw.decode("utf-8", "surrogateescape"))
+        except (ValueError, RecursionError):
+            described = None
+        if not isinstance(described, dict) or described.get(HEADER_KEY) != 1:
+            raise ResultsMismatch(
+                self.path, f"has a damaged description ({meta.name}); not appending to it"
+            )
+        theirs = described.get("format")
+        if theirs != self.format and theirs in ("csv", "jsonl"):
+            raise ResultsMismatch(
+                self.path,
+                f"is a {describe(theirs)} results file; this run writes {describe(self.format)} "
+                "(the format follows --out's extension, or --csv/--jsonl); choose another --out",
+            )
+        return described
+
+    def _check_description(self, described: dict[str, Any], where: Path) -> str:
+        """The description's base folder, once its identity matches this run's."""
         ours = _flatten(self.identity)
-        theirs = _flatten({k: header.get(k) for k in self.identity})
+        theirs = _flatten({k: described.get(k) for k in self.identity})
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
         if differ:
             raise ResultsMismatch(
@@ -194,16 +249,41 @@ class ResultsFile:
                 f"{_describe(ours, differ)}: use --restart to start it over, "
                 "or choose another --out",
             )
-        base = header.get("base", self.base)
+        base = described.get("base", self.base)
         if not isinstance(base, str) or not os.path.isabs(base):
-            raise ResultsMismatch(self.path, "has a damaged results header; not appending to it")
+            what = "results header" if where == self.path else f"description ({where.name})"
+            raise ResultsMismatch(self.path, f"has a damaged {what}; not appending to it")
         return base
+
+    def _description(self, base: str) -> dict[str, Any]:
+        return {HEADER_KEY: 1, "format": self.format, **self.identity, "base": base}
+
+    def _write_description(self, base: str) -> None:
+        text = json.dumps(self._description(base), indent=1) + "\n"
+        write_bytes_atomic(self.meta_path, text.encode("utf-8", "surrogateescape"))
+
+    def _migrate(self, first: bytes, base: str) -> None:
+        """Rewrite an earlier version's file without its header line, the description
+        beside it first: each step atomic, so an interruption leaves a file that resumes."""
+        self._write_description(base)
+        tmp = temporary_beside(self.path)
+        try:
+            with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+                src.seek(len(first))
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            refuse_symlink(self.path)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # -- writing -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open for appending (creating the file, and its header, when needed); never
-        through a symbolic link."""
+        """Open for appending (creating the file, its description and CSV's column names,
+        when needed); never through a symbolic link."""
         refuse_symlink(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -212,7 +292,8 @@ class ResultsFile:
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         if os.fstat(self._fd).st_size == 0:
-            self._write(self._header_bytes())
+            self._write_description(self.base)
+            self._write(self.lines.columns_bytes())
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Append whole lines for ``records`` with one write."""
@@ -226,9 +307,6 @@ class ResultsFile:
             finally:
                 os.close(self._fd)
                 self._fd = None
-
-    def _header_bytes(self) -> bytes:
-        return self.lines.header_bytes({HEADER_KEY: 1, **self.identity, "base": self.base})
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:

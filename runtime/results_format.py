@@ -1,7 +1,13 @@
-"""How a results file's lines are written as bytes and read back: JSON lines or CSV, the
-header line(s) that say what wrote the file, and the file split into numbered entries (a
-record, the header, or an unfinished chunk). :mod:`scenecam_edge.results_file` owns the file
-itself (the lock, resuming, appending whole lines)."""
+"""How a results file's lines are written as bytes and read back: JSON lines or CSV, and the
+file split into numbered entries (a record, the CSV column names, the header line of a file
+written before the description moved beside it, or an unfinished chunk).
+:mod:`scenecam_edge.results_file` owns the file itself (the lock, the description beside it,
+resuming, appending whole lines).
+
+A JSON-lines file holds records only and a CSV file starts with its column names, so both
+open in any reader. Files of earlier versions started with a header line (JSON lines:
+``{"scenecam_edge_results": 1, ...}``; CSV: ``# scenecam-edge results {...}`` before the
+column names); they are read here as *legacy* entries and rewritten by the results file."""
 
 from __future__ import annotations
 
@@ -24,9 +30,26 @@ CSV_COLUMNS = ("path", "label", "index", "confidence", "error", "heatmap")
 #: not valid UTF-8, in base64 (see :mod:`scenecam_edge.names`); empty for the others.
 PATH_BYTES = "path_bytes"
 HEADER_KEY = "scenecam_edge_results"
+#: How a header line of an earlier version starts, per format.
+JSON_HEADER_PREFIX = b'{"' + HEADER_KEY.encode()
 CSV_HEADER_PREFIX = b"# scenecam-edge results "
-#: Longest header line read (a manifest's identity is a few hundred bytes).
+#: Longest header line (or description) read (an identity is a few hundred bytes).
 MAX_HEADER_BYTES = 1 << 20
+#: How a JSON-lines record starts.
+RECORD_PREFIX = b'{"path": '
+
+
+def legacy_kind(first_line: bytes) -> OutputFormat | None:
+    """The format whose earlier-version header line ``first_line`` is, or None."""
+    if first_line.startswith(JSON_HEADER_PREFIX):
+        return "jsonl"
+    if first_line.startswith(CSV_HEADER_PREFIX):
+        return "csv"
+    return None
+
+
+def describe(fmt: OutputFormat) -> str:
+    return "CSV" if fmt == "csv" else "JSON lines"
 
 
 class ResultsMismatch(SceneCamError):
@@ -51,7 +74,8 @@ class Entry:
     start: int  # byte offset
     raw: bytes
     record: dict[str, Any] | None  # None: unparseable
-    header: bool = False
+    header: bool = False  # the CSV column names, or a legacy header line
+    legacy: bool = False  # an earlier version's header line (record: what it says)
 
 
 class LineFormat:
@@ -68,11 +92,9 @@ class LineFormat:
 
     # -- writing -------------------------------------------------------------------------
 
-    def header_bytes(self, header: Mapping[str, Any]) -> bytes:
-        """The header line (CSV: the JSON header line, then the column names)."""
-        if self.format == "jsonl":
-            return json_line(header)
-        return CSV_HEADER_PREFIX + json_line(header) + csv_line(list(self.columns))
+    def columns_bytes(self) -> bytes:
+        """What a new file starts with: CSV's column names; nothing for JSON lines."""
+        return b"" if self.format == "jsonl" else csv_line(list(self.columns))
 
     def record_bytes(self, record: dict[str, Any]) -> bytes:
         """One record as one whole line (CSV: one row, text fields quoted), its path and
@@ -101,63 +123,69 @@ class LineFormat:
             "JSON record" if self.format == "jsonl" else f"CSV row with {len(self.columns)} columns"
         )
 
-    def looks_torn(self, entry: Entry, header: bytes) -> bool:
-        """Whether an unfinished last chunk is the start of a line this format writes
-        (``header``: the header bytes this run would write)."""
+    def looks_torn(self, entry: Entry) -> bool:
+        """Whether an unfinished last chunk is the start of a line this format writes (or,
+        first in the file, of an earlier version's header line)."""
+        raw = entry.raw
         if entry.number == 1:
-            return header.startswith(entry.raw)
+            legacy = JSON_HEADER_PREFIX if self.format == "jsonl" else CSV_HEADER_PREFIX
+            if legacy.startswith(raw) or raw.startswith(legacy):
+                return True
+            if self.format == "csv":
+                return self.columns_bytes().startswith(raw)
         if self.format == "jsonl":
-            return entry.raw.startswith(b'{"path": ')
+            return raw.startswith(RECORD_PREFIX) or RECORD_PREFIX.startswith(raw)
         return True
 
     def entries(self, path: Path) -> Iterator[Entry]:
         """The file's entries in order; :class:`ResultsMismatch` for a file of another
-        format or none at all."""
+        format, or with other columns."""
         with open(path, "rb") as fh:
             first = fh.readline(MAX_HEADER_BYTES)
-            yield self._header_entry(path, first)
-            if self.format == "jsonl":
-                yield from self._json_entries(fh, len(first))
+            legacy = self._legacy_entry(path, first)
+            if legacy is not None:
+                yield legacy
+                offset, number = len(first), 1
             else:
-                yield from self._csv_entries(path, fh, len(first))
+                fh.seek(0)
+                offset, number = 0, 0
+            if self.format == "jsonl":
+                yield from self._json_entries(fh, offset, number)
+            else:
+                yield from self._csv_entries(path, fh, offset, number)
 
-    def _header_entry(self, path: Path, raw: bytes) -> Entry:
-        """The first line: this format's header, torn (None), or a refusal naming what the
-        file is instead (never quoting its content)."""
-        if not raw.endswith(b"\n"):
-            return Entry(1, 0, raw, None)
-        other = "CSV" if raw.startswith(CSV_HEADER_PREFIX) else None
-        if raw.startswith(b'{"' + HEADER_KEY.encode()):
-            other = "JSON lines"
-        mine = "CSV" if self.format == "csv" else "JSON lines"
-        if other is None:
+    def _legacy_entry(self, path: Path, raw: bytes) -> Entry | None:
+        """The first line when it is an earlier version's header line of this format (None
+        when it is not one; a refusal naming the format when it is the other's, never
+        quoting the file's content)."""
+        other = legacy_kind(raw)
+        if other is None or not raw.endswith(b"\n"):
+            return None
+        if other != self.format:
             raise ResultsMismatch(
                 path,
-                "is not a scenecam-edge results file (its first line is not a results header); "
-                "not appending to it (choose another --out, or --restart to replace it)",
-            )
-        if other != mine:
-            raise ResultsMismatch(
-                path,
-                f"is a {other} results file; this run writes {mine} (the format follows "
-                "--out's extension, or --csv/--jsonl); choose another --out",
+                f"is a {describe(other)} results file; this run writes {describe(self.format)} "
+                "(the format follows --out's extension, or --csv/--jsonl); choose another --out",
             )
         text = raw[len(CSV_HEADER_PREFIX) :] if self.format == "csv" else raw
         header = parse_json(text, HEADER_KEY)
         if header is None:
             raise ResultsMismatch(path, "has a damaged results header; not appending to it")
-        return Entry(1, 0, raw, header, header=True)
+        return Entry(1, 0, raw, header, header=True, legacy=True)
 
     @staticmethod
-    def _json_entries(fh: io.BufferedReader, offset: int) -> Iterator[Entry]:
-        for number, raw in enumerate(fh, 2):
+    def _json_entries(fh: io.BufferedReader, offset: int, before: int) -> Iterator[Entry]:
+        for number, raw in enumerate(fh, before + 1):
             start, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
             yield Entry(number, start, raw, parse_json(raw) if raw.endswith(b"\n") else None)
 
-    def _csv_entries(self, path: Path, fh: io.BufferedReader, offset: int) -> Iterator[Entry]:
-        start, number = offset, 1
+    def _csv_entries(
+        self, path: Path, fh: io.BufferedReader, offset: int, before: int
+    ) -> Iterator[Entry]:
+        start, number = offset, before
+        columns_at = before + 1  # the column names come first (after a legacy header)
         chunk = b""
         for raw in fh:
             if not chunk:
@@ -167,15 +195,15 @@ class LineFormat:
             # A record ends at a newline outside quotes (quotes inside fields are doubled).
             if raw.endswith(b"\n") and chunk.count(b'"') % 2 == 0:
                 number += 1
-                yield self._csv_entry(path, number, start, chunk)
+                yield self._csv_entry(path, number, start, chunk, number == columns_at)
                 chunk = b""
         if chunk:
             yield Entry(number + 1, start, chunk, None)
 
-    def _csv_entry(self, path: Path, number: int, start: int, chunk: bytes) -> Entry:
+    def _csv_entry(self, path: Path, number: int, start: int, chunk: bytes, columns: bool) -> Entry:
         text = chunk.decode("utf-8", "surrogateescape")
         row = next(csv.reader(io.StringIO(text, newline="")), [])
-        if number == 2:
+        if columns:
             if tuple(row) == self.columns[:-1]:  # written before the path_bytes column
                 self.columns = tuple(row)
             if tuple(row) != self.columns:

@@ -210,7 +210,7 @@ def test_heatmaps_show_the_manifest_rgb_bands(tmp_path: Path, bundles):
     np.testing.assert_allclose(false_colour.cam, explained.cam, atol=1e-6)
     # and the classify command's panel
     code, records, stderr = classify_json(
-        str(chip), "--model", str(named), "--save-dir", str(tmp_path / "panels")
+        str(chip), "--model", str(named), "--heatmaps", str(tmp_path / "panels")
     )
     assert code == 0, stderr
     panel = np.asarray(Image.open(records[0]["heatmap"]))
@@ -291,7 +291,7 @@ def test_evaluate_and_batch_read_chip_folders_with_the_model_stretch(tmp_path: P
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    records = [r for r in lines if "path" in r]  # after the file's header record
+    records = [r for r in lines if "path" in r]
     assert len(records) == len(truth)
     for record in records:
         want = expected[record["path"]]

@@ -38,18 +38,17 @@ def run_batch(*args: str):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines results file, after its header line."""
+    """The records of a JSON-lines results file: every line is one."""
     text = path.read_text()
     assert text.endswith("\n")
-    header, *records = (json.loads(line) for line in text.splitlines())
-    assert header["scenecam_edge_results"] == 1 and "path" not in header
+    records = [json.loads(line) for line in text.splitlines()]
+    assert all("path" in r and "scenecam_edge_results" not in r for r in records)
     return records
 
 
 def read_csv(path: Path) -> list[dict]:
-    """The rows of a CSV results file, after its header comment line."""
+    """The rows of a CSV results file, its first line the column names."""
     with open(path, newline="") as fh:
-        assert fh.readline().startswith("# scenecam-edge results {")
         return list(csv.DictReader(fh))
 
 
@@ -203,6 +202,10 @@ def test_csv_and_jsonl_agree(mixed_folder: Path, tmp_path: Path, scenecam):
     assert wrong.exit_code == 2 and "--csv does not match --out r.jsonl" in wrong.stderr
     renamed = tmp_path / "r.txt"
     jsonl.rename(renamed)
+    missing = run_batch(str(mixed_folder), "--out", str(renamed), "--csv")
+    assert missing.exit_code == 2 and missing.stderr.count("\n") == 1
+    assert "is not a scenecam-edge results file (no r.txt.meta.json beside it" in missing.stderr
+    jsonl.with_name("r.jsonl.meta.json").rename(tmp_path / "r.txt.meta.json")
     wrong = run_batch(str(mixed_folder), "--out", str(renamed), "--csv")
     assert wrong.exit_code == 2 and wrong.stderr.count("\n") == 1
     assert "is a JSON lines results file; this run writes CSV" in wrong.stderr
@@ -306,7 +309,7 @@ def test_resume_after_sigkill(tmp_path: Path):
     killed = out.read_bytes()
     assert 24 <= killed.count(b"\n") < 201
     lines = killed.decode().splitlines(keepends=True)
-    complete = [json.loads(line) for line in lines[1:] if line.endswith("\n")]  # after the header
+    complete = [json.loads(line) for line in lines if line.endswith("\n")]
     # the killed run left whole lines; add a torn one, as a kill inside a write would
     with open(out, "ab") as fh:
         fh.write(b'{"path": "' + str(folder).encode() + b"/img01")
@@ -511,3 +514,43 @@ def test_ray_predictor_equals_batch(tmp_path: Path, sample_images: list[Path]):
         np.testing.assert_allclose(
             probs, [record["probabilities"][n] for n in names], atol=2e-6, rtol=0
         )
+
+
+def test_map_flags_without_heatmaps_are_refused(tmp_path: Path, sample_images: list[Path]):
+    """batch --method/--alpha/--layer/--target without --heatmaps would be ignored: refused in
+    one line, exit 2, before anything is written."""
+    out = tmp_path / "r.jsonl"
+    for flags in (
+        ["--method", "gradcam++", "--alpha", "0.3", "--layer", "stage3_block2_out"],
+        ["--target", "forest"],
+        ["--max-channels", "8"],
+    ):
+        result = run_batch(str(sample_images[0]), "--out", str(out), *flags)
+        assert result.exit_code == 2, (flags, result.output)
+        assert result.stderr.count("\n") == 1
+        assert "only used for heatmaps, and batch makes heatmaps only with --heatmaps DIR" in (
+            result.stderr
+        )
+        assert result.stderr.startswith(f"error: {flags[0]}")
+    assert not out.exists()
+    used = run_batch(
+        str(sample_images[0]), "--out", str(out), "--method", "gradcam++", "--max-channels",
+        "8", "--heatmaps", str(tmp_path / "maps"),
+    )  # fmt: skip
+    assert used.exit_code == 0, used.output
+    assert (
+        json.loads((tmp_path / "r.jsonl.meta.json").read_text())["options"]["explain"][
+            "max_channels"
+        ]
+        == 8
+    )
+
+
+def test_an_empty_folder_is_nothing_to_do(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    result = run_batch(str(tmp_path / "empty"), "--out", str(tmp_path / "e.jsonl"))
+    assert result.exit_code == 1  # the folder itself is a failed input
+    assert result.stderr.splitlines()[-1] == (
+        f"summary: nothing to do: no image in the inputs (1 input(s) failed) -> {tmp_path / 'e.jsonl'}"
+    )
+    assert "images/s" not in result.stderr

@@ -160,7 +160,7 @@ def test_reused_heatmap_is_the_last_map_blended_over_the_new_frame(
         shown.append(report)
         images.append(report.image.copy())
 
-    settings = CameraSettings(every=5, max_frames=7, alpha=0.5)
+    settings = CameraSettings(every=5, max_frames=7, explain=scenecam.explain_options(alpha=0.5))
     with open_source(str(video)) as source:
         summary = run_camera(scenecam, source, settings, on_frame=keep)
     assert summary.frames == 7 and summary.heatmaps == 2 and summary.ended == "max-frames"
@@ -230,7 +230,7 @@ def test_sigterm_ends_the_command_cleanly(tmp_path: Path):
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 128 + signal.SIGTERM, stderr  # 143, as every command
     assert b"Traceback" not in stderr
     records = read_jsonl(lines)  # every line parses
     assert [r["frame"] for r in records] == list(range(len(records)))
@@ -438,13 +438,15 @@ def test_without_opencv_the_command_names_the_extra():
     )
 
 
-def test_the_loop_explains_the_layer_asked_for(video: Path, decoded: list[np.ndarray], scenecam):
+def test_the_loop_explains_the_layer_asked_for(
+    video: Path, decoded: list[np.ndarray], scenecam, tmp_path: Path
+):
     """--layer in the camera loop: each frame's overlay is the one explain gives at that
     layer (the default model's 10x10 stage-3 maps), not the default layer's."""
     layer = scenecam.layers[-1].name
     assert layer != scenecam.layers[0].name, "the default model offers a second layer"
     images: list[np.ndarray] = []
-    settings = CameraSettings(max_frames=2, layer=layer)
+    settings = CameraSettings(max_frames=2, explain=scenecam.explain_options(layer=layer))
     with open_source(str(video)) as source:
         run_camera(scenecam, source, settings, on_frame=lambda r: images.append(r.image.copy()))
     options = scenecam.explain_options(layer=layer)
@@ -454,6 +456,37 @@ def test_the_loop_explains_the_layer_asked_for(video: Path, decoded: list[np.nda
     bgr = cv2.cvtColor(ours.overlay, cv2.COLOR_RGB2BGR)[MIDDLE]
     assert np.array_equal(images[0][MIDDLE], bgr)
     assert not np.array_equal(ours.overlay, default.overlay)
-    result = invoke("--source", str(video), "--headless", "--jsonl", "-", "--layer", "nope")
+    out = str(tmp_path / "a.mp4")
+    result = invoke("--source", str(video), "--headless", "--out", out, "--layer", "nope")
     assert result.exit_code == 2
     assert "--layer: this model does not explain layer 'nope'" in result.stderr
+
+
+def test_json_lines_alone_make_no_maps_and_refuse_map_flags(tmp_path: Path, video: Path):
+    """Headless with --jsonl only, nothing shows a map: none is computed, and a map flag is
+    the one-line usage error every command gives."""
+    lines = tmp_path / "frames.jsonl"
+    base = ["--source", str(video), "--headless", "--jsonl", str(lines), "--threads", "1"]
+    for flags in (["--method", "gradcam++"], ["--target", "sea"], ["--every", "3"]):
+        refused = CliRunner().invoke(cli, ["camera", *base, *flags])
+        assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, refused.output
+        assert "only used for heatmaps, and camera makes heatmaps only with a window" in (
+            refused.stderr
+        )
+    result = invoke(*base, "--max-frames", "3")
+    assert result.exit_code == 0, result.output
+    assert [r["heatmap"] for r in read_jsonl(lines)] == ["off"] * 3
+    assert "0 heatmaps" in result.stderr
+
+
+def test_json_prints_the_lines_as_jsonl_dash_does(tmp_path: Path, video: Path):
+    base = ["--source", str(video), "--headless", "--max-frames", "2", "--threads", "1"]
+    printed = invoke(*base, "--json")
+    assert printed.exit_code == 0, printed.output
+    assert [json.loads(line)["frame"] for line in printed.stdout.splitlines()] == [0, 1]
+    dash = invoke(*base, "--jsonl", "-")
+    assert [json.loads(x)["label"] for x in dash.stdout.splitlines()] == [
+        json.loads(x)["label"] for x in printed.stdout.splitlines()
+    ]
+    both = CliRunner().invoke(cli, ["camera", *base, "--json", "--jsonl", str(tmp_path / "f")])
+    assert both.exit_code == 2 and "give one" in both.stderr

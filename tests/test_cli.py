@@ -88,7 +88,7 @@ def test_save_dir_writes_panels_without_touching_inputs(tmp_path: Path, image_fo
     shutil.copy(image_folder / "img0.jpg", nested / "img0.jpg")  # same name, other folder
     out = tmp_path / "panels"
     result = invoke(
-        "classify", str(image_folder), "--save-dir", str(out), "--json", "--target", "forest"
+        "classify", str(image_folder), "--heatmaps", str(out), "--json", "--target", "forest"
     )
     assert result.exit_code == 0
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -125,7 +125,7 @@ def test_save_dir_inside_the_inputs_is_left_out(image_folder: Path):
     out = image_folder / "panels"
     counts = []
     for _ in range(3):  # each run would otherwise classify the panels of the one before
-        result = invoke("classify", str(image_folder), "--save-dir", str(out), "--json")
+        result = invoke("classify", str(image_folder), "--heatmaps", str(out), "--json")
         assert result.exit_code == 0
         counts.append(len(result.stdout.splitlines()))
     assert counts == [4, 4, 4] and len(list(out.iterdir())) == 4
@@ -167,3 +167,87 @@ def test_real_subprocess(tmp_path: Path, sample_images: list[Path]):
     assert lines[0]["path"] == str(sample_images[0]) and lines[0]["label"]
     assert lines[1] == {"path": str(tmp_path / "gone.jpg"), "error": "no such file"}
     assert proc.stderr.strip() == f"error: {tmp_path / 'gone.jpg'}: no such file"
+
+
+def test_target_alone_adds_its_probability_and_makes_no_map(
+    sample_images: list[Path], monkeypatch: pytest.MonkeyPatch
+):
+    """classify --target without --heatmaps computes no map; the table gains P(target)."""
+    from scenecam_edge.model import SceneCam
+
+    asked: list[object] = []
+    predict = SceneCam.predict
+
+    def watched(self: SceneCam, *args: object, **kwargs: object) -> object:
+        asked.append(kwargs.get("explain"))
+        return predict(self, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(SceneCam, "predict", watched)
+    result = invoke("classify", *map(str, sample_images[:2]), "--target", "forest")
+    assert result.exit_code == 0, result.output
+    head, *rows = result.stdout.splitlines()
+    assert head.split()[:5] == ["FILE", "LABEL", "CONF", "P(forest)", "TOP-3"]
+    assert asked and not any(asked)  # no map was computed that nothing shows
+    expected = SceneCam.load().classify(sample_images[:2])
+    for row, want in zip(rows, expected, strict=True):
+        assert row.split()[3] == f"{want.probabilities['forest']:.1%}"
+    record = json.loads(
+        invoke("classify", str(sample_images[0]), "--target", "forest", "--json").stdout
+    )
+    assert record["target"] == "forest" and "method" not in record
+    assert record["target_probability"] == record["probabilities"]["forest"]
+
+
+def test_old_option_names_still_work_with_a_note(tmp_path: Path, sample_images: list[Path]):
+    out = tmp_path / "panels"
+    result = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--save-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note: --save-dir is now --heatmaps (the old name still works)" in result.stderr
+    assert [p.name for p in out.iterdir()] == [sample_images[0].stem + ".cam.png"]
+    assert "--save-dir" not in CliRunner().invoke(cli, ["classify", "--help"]).stdout
+    both = CliRunner().invoke(
+        cli, ["classify", str(sample_images[0]), "--save-dir", "a", "--heatmaps", "b"]
+    )
+    assert both.exit_code == 2 and "--save-dir and --heatmaps are the same option" in both.stderr
+
+
+def test_a_misspelt_target_gets_a_suggestion(sample_images: list[Path]):
+    result = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--target", "Forrest"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "unknown class 'Forrest'; did you mean forest? classes are" in result.stderr
+    far = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--target", "volcano"])
+    assert far.exit_code == 2 and "did you mean" not in far.stderr
+
+
+def test_an_existing_bundle_folder_says_force(tmp_path: Path):
+    """export and quantize name the flag a user types, not the API's overwrite=True."""
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"")
+    for args in (
+        ["export", str(model), "--out", str(out)],
+        ["quantize", "scenes-mini", "--calibration", str(tmp_path), "--out", str(out)],
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr == f"error: {out}: exists and is not empty; --force replaces it\n"
+
+
+def test_jsonl_file_beside_the_table(tmp_path: Path, sample_images: list[Path]):
+    """--jsonl FILE: the lines --json prints, in a file renamed into place at the end, while
+    the table still shows; '-' is --json."""
+    args = ["classify", *map(str, sample_images[:3]), str(tmp_path / "gone.jpg")]
+    printed = CliRunner().invoke(cli, [*args, "--json"])
+    out = tmp_path / "o.jsonl"
+    both = CliRunner().invoke(cli, [*args, "--jsonl", str(out)])
+    assert both.exit_code == printed.exit_code == 1
+    assert out.read_text() == printed.stdout
+    assert both.stdout.splitlines()[0].split()[:3] == ["FILE", "LABEL", "CONF"]
+    assert both.stderr.count("gone.jpg: no such file") == 1  # reported once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]  # no temporary left
+    dash = CliRunner().invoke(cli, [*args, "--jsonl", "-"])
+    assert dash.stdout == printed.stdout
+    clash = CliRunner().invoke(cli, [*args, "--jsonl", str(sample_images[0])])
+    assert clash.exit_code == 2 and "would overwrite an input" in clash.stderr

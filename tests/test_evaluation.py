@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from scenecam_edge.cli import cli
 from scenecam_edge.dataset import LabelledImages, align_classes
-from scenecam_edge.metrics import classification_figures
+from scenecam_edge.metrics import classification_figures, figures_markdown
 
 from .conftest import REPO
 
@@ -143,9 +143,91 @@ def test_macro_average_over_the_classes_present_equals_scikit_learn():
     y_pred = np.where(rng.random(200) < 0.8, y_true, rng.integers(0, 6, 200))
     ours = classification_figures(y_true, y_pred, [f"c{i}" for i in range(6)])
     ref = sklearn_metrics.precision_recall_fscore_support(
-        y_true, y_pred, average="macro", zero_division=0
-    )
+        y_true, y_pred, labels=[1, 4], average="macro", zero_division=0
+    )  # the classes in the data: a class it has none of is not counted, predicted or not
     assert ours["macro_avg"]["precision"] == pytest.approx(ref[0])
     assert ours["macro_avg"]["recall"] == pytest.approx(ref[1])
     assert ours["macro_avg"]["f1"] == pytest.approx(ref[2])
+    assert ours["macro_avg"]["classes"] == 2 and ours["macro_avg"]["f1"] > 0.8
     assert len(ours["per_class"]) == 6
+    assert "| macro avg (2 of 6 classes) |" in figures_markdown(ours)
+
+
+def test_macro_average_says_over_how_many_classes(tmp_path: Path):
+    data = labelled_folder(tmp_path / "data", {"sea": "sea", "forest": "forest"})
+    result = run("evaluate", str(data), "--model", "scenes-mini", "--report", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert "over the 2 of 6 classes in the data" in result.stdout
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["macro_avg"]["classes"] == 2
+    assert "over the 2 of 6 classes in the data" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_split_defaults_to_the_one_the_bundle_records(tmp_path: Path):
+    """evaluate --split reads the validation share and seed from the manifest, as quantize
+    does; given flags win; without --split they are refused (they would change nothing)."""
+    import shutil
+
+    from .conftest import model_folder
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(model_folder("scenes-mini"), bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["training"]["split"].update(val_fraction=0.5, seed=7)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    data = labelled_folder(tmp_path / "data", {"sea": "sea", "forest": "forest"})
+    args = ["evaluate", str(data), "--model", str(bundle), "--gallery", "0"]
+    result = run(*args, "--report", str(tmp_path / "a"), "--split", "validation")
+    assert result.exit_code == 0, result.output
+    title = json.loads((tmp_path / "a" / "metrics.json").read_text())["title"]
+    assert title.endswith("(validation, validation share 0.5, seed 7)")
+    assert "on 2 images" in result.stdout  # half of each class of two photos
+    given = run(*args, "--report", str(tmp_path / "b"), "--split", "train", "--val-split", "0.25")
+    assert given.exit_code == 0, given.output
+    title = json.loads((tmp_path / "b" / "metrics.json").read_text())["title"]
+    assert title.endswith("(train, validation share 0.25, seed 7)")
+    refused = CliRunner().invoke(cli, [*args, "--report", str(tmp_path / "c"), "--seed", "3"])
+    assert refused.exit_code == 2 and "add --split" in refused.stderr
+
+
+def test_map_flags_and_messages(tmp_path: Path):
+    data = labelled_folder(tmp_path / "data", {"sea": "sea"})
+    base = ["evaluate", str(data), "--model", "scenes-mini", "--report", str(tmp_path / "r")]
+    refused = CliRunner().invoke(cli, [*base, "--gallery", "0", "--method", "eigencam"])
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert "--method: only used for heatmaps, and evaluate makes heatmaps only with" in (
+        refused.stderr
+    )
+    used = run(*base, "--gallery", "1", "--method", "eigencam", "--batch-size", "1")
+    assert used.exit_code == 0, used.output
+    # a folder without class folders: its name once
+    (tmp_path / "pics").mkdir()
+    empty = CliRunner().invoke(
+        cli, ["evaluate", str(tmp_path / "pics"), "--report", str(tmp_path / "x")]
+    )
+    assert empty.exit_code == 2
+    assert empty.stderr.count(str(tmp_path / "pics")) == 1, empty.stderr
+
+
+def test_evaluation_reports_progress_with_its_total():
+    from scenecam_edge import SceneCam
+    from scenecam_edge.evaluation import evaluate
+
+    cam = SceneCam.load("scenes-mini", threads=1)
+    images = np.zeros((5, *cam.input_size, 3), np.uint8)
+    data = LabelledImages(images, np.zeros(5, np.int64), list(cam.class_names), list("abcde"))
+    heard: list[tuple[int, int]] = []
+    result = evaluate(
+        cam, data, batch_size=2, progress=lambda done, total: heard.append((done, total))
+    )
+    assert heard == [(2, 5), (4, 5), (5, 5)] and result.figures["count"] == 5
+
+
+def test_reading_a_folder_reports_progress_with_its_total(tmp_path: Path):
+    """What evaluate's and quantize's reading bars are fed: (decoded, total) per image."""
+    from scenecam_edge.dataset import load_dataset
+
+    data = labelled_folder(tmp_path / "data", {"sea": "sea", "forest": "forest"})
+    heard: list[tuple[int, int]] = []
+    loaded = load_dataset(data, (32, 32), progress=lambda done, total: heard.append((done, total)))
+    assert heard == [(i, 4) for i in range(1, 5)] and len(loaded) == 4

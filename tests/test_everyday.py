@@ -38,14 +38,14 @@ def test_panel_is_large_and_its_title_grows_with_it():
 
 def test_panel_titles_name_the_file_and_what_the_map_shows(tmp_path: Path):
     result = run(
-        "classify", str(SAMPLES / "sea_1.jpg"), "--save-dir", str(tmp_path / "a"), "--json"
+        "classify", str(SAMPLES / "sea_1.jpg"), "--heatmaps", str(tmp_path / "a"), "--json"
     )
     assert result.exit_code == 0, result.output
     gradcam = np.asarray(Image.open(tmp_path / "a" / "sea_1.cam.png"))
     result = run(
         "classify",
         str(SAMPLES / "sea_1.jpg"),
-        "--save-dir",
+        "--heatmaps",
         str(tmp_path / "b"),
         "--method",
         "eigencam",
@@ -91,9 +91,14 @@ def test_mismatch_reasons(tmp_path: Path):
 
 
 @pytest.mark.parametrize("flag", [["--method", "eigencam"], ["--alpha", "0.8"]])
-def test_heatmap_options_without_a_heatmap_are_refused(flag: list[str]):
+def test_heatmap_options_without_a_heatmap_are_refused(flag: list[str], tmp_path: Path):
     result = run("classify", str(SAMPLES / "sea_1.jpg"), *flag)
     assert result.exit_code == 2
     assert f"{flag[0]}: only used for heatmaps" in result.stderr
-    used = run("classify", str(SAMPLES / "sea_1.jpg"), *flag, "--target", "sea", "--json")
+    # --target alone makes no map (the table gains its probability): still refused
+    alone = run("classify", str(SAMPLES / "sea_1.jpg"), *flag, "--target", "sea", "--json")
+    assert alone.exit_code == 2 and alone.stderr.count("\n") == 1
+    assert "makes heatmaps only with --heatmaps DIR" in alone.stderr
+    maps = tmp_path / "maps"
+    used = run("classify", str(SAMPLES / "sea_1.jpg"), *flag, "--heatmaps", str(maps), "--json")
     assert used.exit_code == 0, used.output

@@ -113,7 +113,7 @@ def test_mnist_tutorial_presentation(tmp_path: Path):
             "0.8",
             "--display-size",
             "500",
-            "--save-dir",
+            "--heatmaps",
             str(tmp_path),
         ],
     )

@@ -82,4 +82,7 @@ def test_the_suite_caches_outside_the_home(monkeypatch):
     assert dataset.default_cache_dir() == P(TEST_CACHE)
     assert not str(dataset.default_cache_dir()).startswith(str(P.home() / ".cache"))
     monkeypatch.delenv(dataset.CACHE_ENV)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert dataset.default_cache_dir() == P.home() / ".cache" / "scenecam-edge"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(P("/xdg")))
+    assert dataset.default_cache_dir() == P("/xdg") / "scenecam-edge"

@@ -194,6 +194,8 @@ def test_mutated_results_files_resume_or_refuse(fmt: str, data: st.DataObject):
     mutated = valid[:cut] + junk + valid[cut:keep] if keep > cut else valid[:cut] + junk
     path = SCRATCH / f"mutated.{fmt}"
     path.write_bytes(mutated)
+    described = SCRATCH / f"valid.{fmt}.meta.json"
+    path.with_name(path.name + ".meta.json").write_bytes(described.read_bytes())
     results = ResultsFile(path, fmt, ["a", "b"], {"model": "m"})  # type: ignore[arg-type]
     try:
         prior = results.scan()
@@ -211,15 +213,13 @@ def test_mutated_results_files_resume_or_refuse(fmt: str, data: st.DataObject):
 
 
 def test_csv_killed_between_its_two_header_lines_is_started_afresh(tmp_path: Path):
-    """The case the fuzz test found: a CSV holding only its first header line (the run was
-    killed before the column names) is resumed as empty, and an append reads back."""
+    """The case the fuzz test found: a CSV of an earlier version holding only its first
+    header line (the run was killed before the column names) is resumed as empty, and an
+    append reads back."""
     from scenecam_edge.results_file import ResultsFile
 
     path = tmp_path / "r.csv"
-    first = ResultsFile(path, "csv", ["a", "b"], {"model": "m"})
-    first.open()
-    first.close()
-    path.write_bytes(path.read_bytes().splitlines(keepends=True)[0])  # only the metadata line
+    path.write_bytes(b'# scenecam-edge results {"scenecam_edge_results": 1, "model": "m"}\n')
     again = ResultsFile(path, "csv", ["a", "b"], {"model": "m"})
     assert again.scan().dropped_torn and path.stat().st_size == 0
     again.open()

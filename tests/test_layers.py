@@ -118,9 +118,10 @@ def test_unknown_layer_names_the_ones_there_are(bundles, tmp_path: Path):
     from PIL import Image
 
     Image.fromarray(wave_images(1)[0]).save(image)
+    maps = ["--heatmaps", str(tmp_path / "maps")]  # --layer and --target make maps only
     for args in (
-        ["classify", str(image), "--target", "0"],
-        ["batch", str(image), "--out", str(tmp_path / "r.jsonl"), "--target", "0"],
+        ["classify", str(image), "--target", "0", *maps],
+        ["batch", str(image), "--out", str(tmp_path / "r.jsonl"), "--target", "0", *maps],
         ["evaluate", str(tmp_path), "--report", str(tmp_path / "report")],
     ):
         result = CliRunner().invoke(cli, [*args, "--model", str(bundles[1]), "--layer", "nope"])
@@ -129,7 +130,7 @@ def test_unknown_layer_names_the_ones_there_are(bundles, tmp_path: Path):
         assert line.startswith("error: --layer: this model does not explain layer 'nope'")
     ok = CliRunner().invoke(
         cli, ["classify", str(image), "--model", str(bundles[1]), "--layer", EXTRA, "--json",
-              "--target", "1"],
+              "--target", "1", "--heatmaps", str(tmp_path / "maps")],
     )  # fmt: skip
     assert ok.exit_code == 0, ok.output
     info = CliRunner().invoke(cli, ["info", str(bundles[1]), "--json"])
@@ -195,8 +196,10 @@ def test_a_swapped_vjp_graph_is_refused(bundles, tmp_path: Path):
     photos = str(REPO / "samples/scenes")
     assert CliRunner().invoke(cli, ["classify", photos, "--model", str(copy)]).exit_code == 0
     result = CliRunner().invoke(
-        cli, ["classify", photos, "--model", str(copy), "--layer", EXTRA, "--target", "0"]
-    )
+        cli,
+        ["classify", photos, "--model", str(copy), "--layer", EXTRA, "--target", "0",
+         "--heatmaps", str(tmp_path / "maps")],
+    )  # fmt: skip
     assert result.exit_code == 3
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -343,15 +346,16 @@ def test_export_and_batch_command_lines(model, bundles, tmp_path: Path):
     assert bad.exit_code == 3
     (line,) = bad.stderr.strip().splitlines()
     assert "no layer named 'nope'" in line
-    # batch records the layer in its results file's header, so a rerun cannot mix layers
+    # batch records the layer in its results file's description, so a rerun cannot mix layers
     from PIL import Image
 
     image = tmp_path / "x.png"
     Image.fromarray(wave_images(1)[0]).save(image)
     results = tmp_path / "r.jsonl"
     run = ["batch", str(image), "--out", str(results), "--model", str(bundles[1]), "--target", "1"]
+    run += ["--heatmaps", str(tmp_path / "maps")]
     assert CliRunner().invoke(cli, [*run, "--layer", EXTRA]).exit_code == 0
-    header = json.loads(results.read_text().splitlines()[0])
+    header = json.loads((tmp_path / "r.jsonl.meta.json").read_text())
     assert header["options"]["explain"]["layer"] == EXTRA
     again = CliRunner().invoke(cli, run)  # the default layer: refused, naming the difference
     assert again.exit_code == 2 and "layer" in again.stderr

@@ -160,7 +160,7 @@ def test_every_method_runs_and_is_selectable_from_the_cli(
                 "--method",
                 name,
                 "--json",
-                "--save-dir",
+                "--heatmaps",
                 str(tmp_path / name),
             ],
         )

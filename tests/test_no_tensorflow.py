@@ -38,7 +38,7 @@ cam = SceneCam.load()
 e = cam.explain(np.full((150, 150, 3), 90, np.uint8))
 assert e.heatmap.shape == (150, 150)
 try:
-    cli(['classify', {str(REPO / "samples" / "scenes")!r}, '--json', '--save-dir', {str(tmp_path)!r}])
+    cli(['classify', {str(REPO / "samples" / "scenes")!r}, '--json', '--heatmaps', {str(tmp_path)!r}])
 except SystemExit as exc:
     assert exc.code in (0, None), exc.code
 bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')
@@ -113,7 +113,7 @@ def test_base_install_path_imports_no_opencv(tmp_path: Path):
         (data / photo.stem.split("_")[0] / photo.name).write_bytes(photo.read_bytes())
     samples = str(REPO / "samples" / "scenes")
     runs = [
-        ["classify", samples, "--save-dir", str(tmp_path / "panels")],
+        ["classify", samples, "--heatmaps", str(tmp_path / "panels")],
         ["batch", samples, "--out", str(tmp_path / "b.jsonl"), "--heatmaps", str(tmp_path / "h")],
         ["evaluate", str(data), "--report", str(tmp_path / "report"), "--gallery", "1"],
         ["models"],

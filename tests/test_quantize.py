@@ -187,6 +187,8 @@ class TestQuantizedBundle:
             str(out),
             "--calibration-images",
             "30",
+            "--min-calibration",
+            "30",
             "--no-cache",
             "--threads",
             "1",
@@ -239,7 +241,8 @@ def test_cli_without_options_quantizes_as_the_api_does(tmp_path: Path, monkeypat
     result = CliRunner().invoke(
         cli,
         ["quantize", "--model", "scenes-mini", "--calibration", str(folder),
-         "--out", str(tmp_path / "q8"), "--no-cache", "--threads", "1"],
+         "--out", str(tmp_path / "q8"), "--no-cache", "--threads", "1",
+         "--min-calibration", "1"],  # the CLI's floor, not an API default: 8 images here
     )  # fmt: skip
     assert result.exit_code == 2 and "stopped by the test" in result.output, result.output
 
@@ -252,18 +255,34 @@ def test_cli_without_options_quantizes_as_the_api_does(tmp_path: Path, monkeypat
 
 
 @needs_onnx
-def test_cli_model_option_takes_a_shipped_name(tmp_path: Path):
-    """``--model NAME`` as on every other command: the registry finds the shipped bundle."""
+def test_cli_model_option_takes_a_shipped_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``--model NAME`` as on every other command: the registry finds the shipped bundle.
+    Fewer than 100 calibration images are refused unless --min-calibration; the cache holds
+    only the images used and is named with its size; a broken image is one line."""
     float_model = SceneCam.load("scenes-mini", threads=1)
     folder = _write_folder(tmp_path / "data", list(float_model.class_names), 4)
+    (folder / float_model.class_names[0] / "broken.png").write_bytes(b"\x89PNG not really")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SCENECAM_CACHE", str(cache))  # never the user's ~/.cache
     out = tmp_path / "mini-q8"
-    result = CliRunner().invoke(
-        cli,
-        ["quantize", "--model", "scenes-mini", "--calibration", str(folder), "--out", str(out),
-         "--calibration-images", "16", "--no-cache", "--threads", "1",
-         "--max-accuracy-drop", "100", "--min-cam-correlation", "-1"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    args = ["quantize", "--model", "scenes-mini", "--calibration", str(folder), "--out", str(out),
+            "--calibration-images", "16", "--threads", "1",
+            "--max-accuracy-drop", "100", "--min-cam-correlation", "-1"]  # fmt: skip
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and not out.exists()
+    assert "16 calibration image(s), fewer than 100" in refused.stderr
+    assert "--min-calibration 16" in refused.stderr
+    assert refused.stderr.count("broken.png: ") == 1  # one line, naming it
+    (cached,) = cache.iterdir()  # the 16 calibration and the validation images, no more
+    with np.load(cached) as npz:
+        # 23 readable photos: 17 on the training side (16 taken), 6 on the validation side
+        assert len(npz["calibration"]) == 16 and len(npz["evaluation"]) == 6
+    size = f"({cached.stat().st_size / 1e6:.1f} MB)"
+    assert f"note: cached the 22 decoded images it uses in {cached} {size}" in refused.stderr
+    result = CliRunner().invoke(cli, [*args, "--min-calibration", "16"])
+    assert result.exit_code == 1, result.output  # written, and the broken image counted
+    assert f"read the 22 decoded images it uses from the cache {cached}" in result.stderr
+    assert "broken.png: " in result.stderr
     int8 = SceneCam.load(out, threads=1)
     block = int8.manifest.raw["quantization"]
     assert block["float_bundle"] == {

@@ -156,7 +156,7 @@ def test_overlapping_tiles_and_heatmap_mosaic(tmp_path: Path, rgb_scene: Path, s
         str(out),
         "--stride",
         "75",
-        "--heatmap",
+        "--heatmaps",
         "--probabilities",
         "none",
         "--batch-size",
@@ -190,7 +190,7 @@ def test_scene_not_a_multiple_of_the_tile_is_covered_to_the_edge(tmp_path: Path,
     photo = np.asarray(Image.open(SAMPLES / "sea_62.jpg").convert("RGB"))
     pixels[150:, 300:] = photo[:50, :20]  # the corner strip is sea, the rest black
     scene = write_scene(tmp_path / "odd.tif", np.moveaxis(pixels, -1, 0))
-    result = run_tiles(str(scene), "--out", str(tmp_path / "m.tif"), "--heatmap")
+    result = run_tiles(str(scene), "--out", str(tmp_path / "m.tif"), "--heatmaps")
     assert result.exit_code == 0, result.output
     mosaic = read(tmp_path / "m.cam.tif")[0][0]
     assert mosaic.shape == (200, 320) and not np.isnan(mosaic).any()
@@ -274,12 +274,16 @@ def test_usage_errors_are_one_line(tmp_path: Path, rgb_scene: Path):
         (["--bands", "x"], 2, "comma-separated"),
         (["--stretch", "50,10"], 2, "LOW < HIGH"),
         (["--stride", "200"], 2, "larger than the tile"),
-        (["--target", "volcano", "--heatmap"], 2, "unknown class"),
-        (["--method", "gradcam++"], 2, "--method only shape the heatmap: add --heatmap"),
+        (["--target", "volcano", "--heatmaps"], 2, "unknown class"),
+        (["--method", "gradcam++"], 2, "--method: only used for heatmaps, and tiles makes"),
+        (["--target", "sea"], 2, "--target: only used for heatmaps"),
     ]:
         result = run_tiles(str(rgb_scene), "--out", out, *args)
         assert result.exit_code == code, (args, result.output)
         assert result.stderr.count("\n") == 1 and words in result.stderr, (args, result.stderr)
+    old = run_tiles(str(rgb_scene), "--out", str(tmp_path / "old" / "o.tif"), "--heatmap")
+    assert old.exit_code == 0 and "note: --heatmap is now --heatmaps" in old.stderr
+    assert (tmp_path / "old" / "o.cam.tif").is_file()  # the old name, with a note
     for args, words in [
         (["--out", str(tmp_path / "m.png")], "name them .tif or .tiff, not .png"),
         (["--out", out, "--out-dir", str(tmp_path)], "give --out (one scene) or --out-dir"),
@@ -296,6 +300,7 @@ def test_usage_errors_are_one_line(tmp_path: Path, rgb_scene: Path):
     result = run_tiles(str(not_raster), "--out", out)
     assert result.exit_code == 1 and result.stderr.startswith(f"error: {not_raster}: ")
     assert result.stderr.count("\n") == 1
+    assert result.stderr.count(str(not_raster)) == 1  # GDAL's sentence without the name again
     assert not Path(out).exists()
 
 
@@ -356,3 +361,51 @@ def test_grid_covers_every_pixel_and_cells_partition_the_scene(height, width, ti
             in_cells[y0:y1, x0:x1] += 1
     assert (in_tiles >= 1).all() and (in_cells == 1).all()
     assert grid.padded_width >= width and grid.padded_width - width < stride
+
+
+@needs_geo
+def test_a_chip_without_a_georeference_is_quiet(tmp_path: Path):
+    """No NotGeoreferencedWarning from rasterio for a chip (docs/satellite.md's chips), in
+    any output; the one line per scene stays the only output besides the summary."""
+    import warnings
+
+    import rasterio
+
+    chip = tmp_path / "chip.tif"
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 200, 200), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(chip, "w", driver="GTiff", width=200, height=200, count=3,
+                           dtype="uint8") as dst:  # fmt: skip
+            dst.write(pixels)
+    command = [sys.executable, "-c", "from scenecam_edge.cli import main; main()", "tiles"]
+    args = [str(chip), "--out", str(tmp_path / "out" / "c.tif"), "--heatmaps"]
+    done = subprocess.run(
+        [*command, *args, "--model", "scenes-mini", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and (tmp_path / "out" / "c.cam.tif").is_file()
+
+
+@needs_geo
+def test_a_scene_says_its_tile_count_before_its_rows(tmp_path: Path, rgb_scene: Path):
+    """The per-scene bar gets a total (and so the time left) as soon as the scene is open."""
+    from scenecam_edge import SceneCam
+    from scenecam_edge.tiles import OutputSet, TileOptions, run_scene
+
+    heard: list[tuple[str, int]] = []
+    outcome = run_scene(
+        SceneCam.load("scenes-mini", threads=1),
+        rgb_scene,
+        OutputSet.beside(tmp_path / "out" / "m.tif"),
+        TileOptions(),
+        progress=lambda n: heard.append(("row", n)),
+        total=lambda n: heard.append(("total", n)),
+    )
+    assert outcome.summary is not None
+    assert heard[0] == ("total", outcome.summary["tiles"]["total"])
+    assert sum(n for kind, n in heard[1:] if kind == "row") == heard[0][1]
+    assert all(kind == "row" for kind, _ in heard[1:])

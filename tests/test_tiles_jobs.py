@@ -38,7 +38,7 @@ def test_class_map_is_a_cog_with_colour_table_and_class_names(tmp_path: Path, sc
 
     (scene,) = make_scenes(tmp_path, 1, size=(450, 600))
     out = tmp_path / "out" / "map.tif"
-    result = run_tiles(str(scene), "--out", str(out), "--heatmap", "--probabilities", "uint8")
+    result = run_tiles(str(scene), "--out", str(out), "--heatmaps", "--probabilities", "uint8")
     assert result.exit_code == 0, result.output
     names = scenecam.class_names
     with rasterio.open(out) as src:
@@ -110,7 +110,7 @@ def test_a_killed_job_resumes_where_it_stopped(tmp_path: Path):
     command = [
         sys.executable, "-c", "from scenecam_edge.cli import main; main()",
         "tiles", str(tmp_path / "in"),
-        "--out-dir", str(out), "--threads", "1", "--heatmap", "--batch-size", "1",
+        "--out-dir", str(out), "--threads", "1", "--heatmaps", "--batch-size", "1",
     ]  # fmt: skip
     job = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -176,7 +176,10 @@ def test_ray_tasks_per_scene_give_the_command_s_outputs(tmp_path: Path):
 def test_ray_blocks_of_one_scene_give_the_command_s_outputs(tmp_path: Path):
 
     from scenecam_edge.integrations.ray import classify_scene_blocks
+    from scenecam_edge.options import ExplainOptions
     from scenecam_edge.tiles import TileOptions
+
+    explain = ExplainOptions(target=None, method="gradcam", target_space="logit", alpha=0.4)
 
     # 16-bit (a per-scene stretch the driver fixes for every block), not a multiple of the
     # tile, with a nodata block: 4 rows of 4 tiles, 75 px overlap
@@ -188,13 +191,13 @@ def test_ray_blocks_of_one_scene_give_the_command_s_outputs(tmp_path: Path):
     values[:, 160:330, 40:230] = 0
     scene = write_scene_nodata(tmp_path / "in" / "s16.tif", values)
     local = tmp_path / "local" / "s16.tif"
-    args = ("--stride", "75", "--heatmap", "--batch-size", "5")
+    args = ("--stride", "75", "--heatmaps", "--batch-size", "5")
     assert run_tiles(str(scene), "--out", str(local), *args).exit_code == 0
     with local_ray():
         summary = classify_scene_blocks(
             scene,
             tmp_path / "ray" / "s16.tif",
-            options=TileOptions(stride=75, heatmap=True, batch_size=5),
+            options=TileOptions(stride=75, explain=explain, batch_size=5),
             rows_per_block=2,
             in_flight=2,
         )

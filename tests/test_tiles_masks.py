@@ -69,7 +69,7 @@ def test_tilted_footprint_and_masked_block_are_nodata(tmp_path: Path, kind: str,
     mask = footprint()
     scene = write_variant(tmp_path, kind, mask)
     out = tmp_path / "out" / "map.tif"
-    result = run_tiles(str(scene), "--out", str(out), "--heatmap", "--stride", str(TILE))
+    result = run_tiles(str(scene), "--out", str(out), "--heatmaps", "--stride", str(TILE))
     assert result.exit_code == 0, result.output
     share, classified = expected_tiles(mask)
     assert 0 < classified.sum() < classified.size  # the scene has both kinds of tiles
@@ -112,7 +112,7 @@ def test_float_scene_with_nan_and_an_all_nan_scene(tmp_path: Path):
     values[:, :, :300] = np.nan  # the left half is NaN in every band, no nodata value set
     values[1, 200:260, 400:480] = np.nan  # a hole in one band only: invalid too
     scene = write_scene(tmp_path / "float.tif", values)
-    result = run_tiles(str(scene), "--out", str(tmp_path / "f.tif"), "--heatmap")
+    result = run_tiles(str(scene), "--out", str(tmp_path / "f.tif"), "--heatmaps")
     assert result.exit_code == 0, result.output
     classes = read(tmp_path / "f.tif")[0][0]
     assert (classes[:, :2] == 255).all() and (classes[:, 2:] != 255).all()

@@ -17,11 +17,11 @@ from typing import Any, Literal, TextIO
 import cv2
 import numpy as np
 
-from .. import visual
 from ..bands import check_count, is_raster_model
-from ..cam import METHODS, TargetSpace
+from ..cam import METHODS
 from ..fileio import write_bytes_atomic
 from ..model import SceneCam
+from ..options import ExplainOptions
 from ..results import Classification
 from .display import KEY_ESC, KEY_HEATMAP, KEY_METHOD, KEY_QUIT, KEY_SNAPSHOT, Annotator, Display
 from .outputs import OutputError, Outputs, video_fourcc
@@ -47,15 +47,12 @@ class CameraSettings:
     or an open text stream; one JSON object per processed frame, flushed line by line.
     ``snapshot_dir``: where the ``s`` key saves PNGs. ``realtime``: a video file is shown
     no faster than its own frame rate (for a window; live sources are never held back), else
-    as fast as the model goes. ``method``, ``alpha``, ``target`` and
-    ``target_space`` are as in :meth:`SceneCam.explain`.
+    as fast as the model goes. ``explain``: how maps are made, one
+    :class:`~scenecam_edge.options.ExplainOptions` as :meth:`SceneCam.explain_options` gives
+    it (None: the model's defaults); checked against the model when the loop starts.
     """
 
-    method: str = "gradcam"
-    alpha: float = visual.DEFAULT_ALPHA
-    target: int | str | None = None
-    target_space: TargetSpace = "logit"
-    layer: str | None = None  # an explained layer of the bundle; None: its default
+    explain: ExplainOptions | None = None
     every: int = 1
     heatmap: bool = True
     max_frames: int | None = None
@@ -167,12 +164,14 @@ class CameraLoop:
         self.settings = settings
         self.display = display
         self.on_frame = on_frame
+        given = settings.explain or scenecam.explain_options()
         self.options = scenecam.explain_options(
-            settings.target,
-            settings.method,
-            settings.target_space,
-            settings.alpha,
-            layer=settings.layer,
+            given.target,
+            given.method,
+            given.target_space,
+            given.alpha,
+            given.max_channels,
+            given.layer,
         )
         self.heatmap_on = settings.heatmap
         self.snapshots: list[Path] = []

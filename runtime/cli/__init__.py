@@ -24,6 +24,7 @@ from .classify import classify
 from .common import fail
 from .evaluate import evaluate
 from .export import export
+from .interrupts import exit_interrupted, signal_number, terminate_raises
 from .models import info, models
 from .quantize import quantize
 from .tiles import tiles
@@ -33,9 +34,12 @@ from .train import train
 class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with terminate_raises():
+                return super().invoke(ctx)
         except MissingExtraError as exc:  # an extra found missing mid-run (geo, for a TIFF)
             fail(exc)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM: 130 or 143, and one line
+            exit_interrupted(ctx, signal_number(exc))
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,9 +7,8 @@ import itertools
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -21,7 +20,7 @@ from ..heatmaps import HEATMAP_FORMATS, HeatmapFormat
 from ..model import DEFAULT_BATCH
 from ..names import is_readable
 from ..results_file import OutputFormat, ResultsFile, format_for
-from ..sources import iter_sources
+from ..sources import SourceItem, iter_sources
 from .common import (
     EXIT_BUSY,
     EXIT_FAILED_INPUTS,
@@ -31,18 +30,15 @@ from .common import (
     explain_options,
     fail,
     keep_going_past_file_size_limit,
-    layer_option,
     load_model,
     max_pixels_option,
     model_options,
+    refuse_unused_map_flags,
     shown,
     tta_option,
     write_failed,
 )
-
-#: Exit status after an interrupt: 128 + the signal, as shells report it (130 for Ctrl-C,
-#: 143 for SIGTERM).
-EXIT_SIGNAL_BASE = 128
+from .interrupts import EXIT_SIGNAL_BASE
 
 
 @click.command()
@@ -83,7 +79,6 @@ EXIT_SIGNAL_BASE = 128
     help="png: the overlay; npy: the raw CAM (float32); both. [default: png]",
 )
 @cam_options(alpha=True)
-@layer_option
 @tta_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
@@ -114,6 +109,7 @@ def batch(
     target_space: TargetSpace,
     method: str,
     layer: str | None,
+    max_channels: int,
     tta: bool,
     alpha: float,
     top_k: int,
@@ -132,8 +128,9 @@ def batch(
     and the job goes on. Images are decoded in parallel with inference and memory stays flat
     however many there are. Rerunning with the same --out skips every input it already holds
     (failed ones too, unless --retry-failed), so a killed job picks up where it stopped. The
-    file's first line records the model and the options; a rerun with others is refused
-    unless --restart. One run at a time may write a file (it holds a lock file beside it,
+    file holds records only (CSV: after its column names); its description beside it
+    (named like it with .meta.json added) records the model and the options, and a rerun
+    with others is refused unless --restart. One run at a time may write a file (it holds a lock file beside it,
     named like it with .lock added).
 
     Exit codes: 0 every input done; 1 some inputs failed (now or in an earlier run, see
@@ -145,8 +142,8 @@ def batch(
     keep_going_past_file_size_limit()
     if not inputs and from_list is None:
         fail("give INPUTS or --from-list FILE", EXIT_USAGE)
-    if heatmap_format is not None and heatmaps is None:
-        fail("--heatmap-format needs --heatmaps DIR", EXIT_USAGE)
+    # the records hold every class's probability: --target too only shapes the maps
+    refuse_unused_map_flags(heatmaps is not None, "--heatmaps DIR", also=("target",))
     named = format_for(out)
     if fmt is not None and named is not None and fmt != named:
         fail(
@@ -159,15 +156,14 @@ def batch(
         # not read back as the files, and a rerun could reuse their names.
         fail(f"--heatmaps {heatmaps}: the name is not UTF-8; choose another", EXIT_USAGE)
     scenecam = load_model(model, threads, spin=False, max_pixels=max_pixels, tta=tta)
-    options = explain_options(scenecam, target, method, target_space, alpha, layer=layer)
-    explaining = heatmaps is not None or target is not None
+    options = explain_options(scenecam, target, method, target_space, alpha, max_channels, layer)
     results = ResultsFile(out, fmt or named or "jsonl", scenecam.class_names)
     job = BatchJob(
         scenecam,
         results,
         batch_size=batch_size,
         workers=workers,
-        explain=options if explaining else None,
+        explain=options if heatmaps is not None else None,
         heatmaps=None if heatmaps is None else (heatmaps, heatmap_format or "png"),
         retry_failed=retry_failed,
         restart=restart,
@@ -175,10 +171,15 @@ def batch(
         handle_signals=True,
     )
     arguments = itertools.chain(inputs, _list_lines(from_list) if from_list else ())
+    sources: Iterable[SourceItem] = iter_sources(arguments)
+    total = None
+    if sys.stderr.isatty() and from_list != "-":  # a bar with a total and the time left
+        sources = list(sources)
+        total = len(sources)
     start = time.perf_counter()
     interrupted: int | None = None
     try:
-        _drive(job, iter_sources(arguments))
+        _drive(job, sources, total)
     except ResultsBusy as exc:
         fail(exc, EXIT_BUSY)
     except SceneCamError as exc:  # --out is not a results file we may append to
@@ -196,11 +197,12 @@ def batch(
         sys.exit(EXIT_FAILED_INPUTS)
 
 
-def _drive(job: BatchJob, sources: Iterator[Any]) -> None:
+def _drive(job: BatchJob, sources: Iterable[SourceItem], total: int | None) -> None:
     from tqdm import tqdm
 
     with tqdm(
         desc="batch",
+        total=total,
         unit="img",
         file=sys.stderr,
         disable=not sys.stderr.isatty(),
@@ -214,7 +216,7 @@ def _drive(job: BatchJob, sources: Iterator[Any]) -> None:
                     else:
                         line = f"error: {shown(record['path'])}: {shown(record['error'])}"
                         bar.write(line, file=sys.stderr)
-            bar.update(len(records))
+            bar.update(len(records) + job.counts.skipped + job.counts.excluded - bar.n)
             bar.set_postfix(skipped=job.counts.skipped, failed=job.counts.failed, refresh=False)
 
 
@@ -230,15 +232,26 @@ def _list_lines(path: str) -> Iterator[str]:
 
 
 def _summary(counts: JobCounts, seconds: float, out: Path, interrupted: bool) -> None:
-    processed = counts.done + counts.failed
-    rate = processed / seconds if seconds > 0 else 0.0
+    if not interrupted and not counts.done and not counts.skipped and not counts.excluded:
+        failed = f" ({counts.failed} input(s) failed)" if counts.failed else ""
+        click.echo(
+            f"summary: nothing to do: no image in the inputs{failed} -> {shown(str(out))}",
+            err=True,
+        )
+        return
+    rate = f" ({counts.done / seconds:.1f} images/s)" if counts.done and seconds > 0 else ""
     state = "interrupted after" if interrupted else "summary:"
     click.echo(
         f"{state} {counts.done} done, {counts.skipped} skipped, {counts.failed} failed "
-        f"in {seconds:.1f} s ({rate:.1f} images/s) -> {shown(str(out))}",
+        f"in {seconds:.1f} s{rate} -> {shown(str(out))}",
         err=True,
     )
     notes = []
+    if counts.migrated:
+        notes.append(
+            "rewrote the file of an earlier version: its first line, the run's description, "
+            f"is now in {shown(out.name + '.meta.json')} beside it"
+        )
     if counts.dropped_torn:
         notes.append("dropped an incomplete last line, left by an interrupted run")
     if counts.retried:

@@ -25,10 +25,14 @@ from .common import (
     error_line,
     explain_options,
     fail,
-    layer_option,
     load_model,
     model_options,
+    refuse_unused_map_flags,
+    renamed_option,
+    tta_option,
+    with_renamed,
 )
+from .interrupts import EXIT_SIGNAL_BASE
 
 if TYPE_CHECKING:
     from ..camera import CameraSummary, Display, LiveView, SourceSpec
@@ -63,6 +67,7 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     default=None,
     help="Write one JSON object per processed frame here ('-': stdout).",
 )
+@click.option("--json", "as_json", is_flag=True, help="The JSON lines on stdout (--jsonl -).")
 @click.option(
     "--every",
     type=click.IntRange(min=1),
@@ -93,13 +98,16 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     help="Network streams: seconds to wait to open the stream, and for each frame.",
 )
 @cam_options(alpha=True)
-@layer_option
+@tta_option
 @click.option(
-    "--snapshot-dir",
+    "--heatmaps",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Where the s key saves PNG snapshots.",
+    default=None,
+    metavar="DIR",
+    help="Where the s key saves PNG snapshots of the annotated frame [default: .].",
+)
+@renamed_option(
+    "--snapshot-dir", "--heatmaps", "heatmaps", type=click.Path(file_okay=False, path_type=Path)
 )
 def camera(
     source: str,
@@ -108,6 +116,7 @@ def camera(
     headless: bool,
     out: Path | None,
     jsonl: str | None,
+    as_json: bool,
     every: int,
     max_frames: int | None,
     serve: str | None,
@@ -117,8 +126,10 @@ def camera(
     target_space: TargetSpace,
     method: str,
     layer: str | None,
+    max_channels: int,
+    tta: bool,
     alpha: float,
-    snapshot_dir: Path,
+    heatmaps: Path | None,
 ) -> None:
     """Classify every frame of a camera, video file or stream and blend its heatmap over it.
 
@@ -135,7 +146,8 @@ def camera(
     frame, with the video and the JSON lines complete. Outputs are written under temporary
     names and renamed at the end; a failed write stops the loop.
 
-    Exit codes: 0 the loop ended (end of file, --max-frames, q, Ctrl-C, SIGTERM); 1 the
+    Exit codes: 0 the loop ended (end of file, --max-frames, q); 130 Ctrl-C, 143 SIGTERM
+    (the outputs are finished first, as for any ending); 1 the
     source failed after it opened (a damaged file, a stream that could not be reconnected,
     a camera that stopped) or an output could not be written; 2 usage error, or an output
     that cannot be created; 3 the model or the source could not be opened.
@@ -150,6 +162,9 @@ def camera(
             "'scenecam-edge[camera]' (or 'scenecam-edge[camera-headless]' on a machine "
             "without a display)"
         )
+    if as_json and jsonl not in (None, "-"):
+        _usage("--json prints the JSON lines, --jsonl FILE writes them: give one")
+    jsonl = "-" if as_json else jsonl
     if headless and out is None and jsonl is None and serve is None:
         _usage("--headless needs --out, --jsonl or --serve: nothing would be shown or written")
     if not headless and not cam.display_available():
@@ -157,6 +172,9 @@ def camera(
     if out is not None and out.suffix.lower() not in VIDEO_SUFFIXES:
         _usage(f"--out {out}: unknown video suffix; use one of {', '.join(VIDEO_SUFFIXES)}")
     address = _address(serve)
+    # maps are shown in the window, the video and the live view; JSON lines alone show none
+    shows_maps = not headless or out is not None or address is not None
+    refuse_unused_map_flags(shows_maps, "a window, --out or --serve", also=("target", "every"))
     _check_outputs(cam.parse_source(source), out, jsonl)
     for path in (out, None if jsonl in (None, "-") else Path(jsonl)):
         if path is not None:
@@ -166,20 +184,17 @@ def camera(
                 fail(exc, EXIT_USAGE)
     _quiet_opencv()
 
-    scenecam = load_model(model, threads, spin=False)
-    explain_options(
-        scenecam, target, method, target_space, alpha, layer=layer
-    )  # refused here, not mid-loop
+    snapshot_dir = with_renamed("heatmaps", heatmaps, "--heatmaps") or Path(".")
+    scenecam = load_model(model, threads, spin=False, tta=tta)
+    # refused here, not mid-loop; the loop gets the record whole
+    options = explain_options(scenecam, target, method, target_space, alpha, max_channels, layer)
     try:
         reader = cam.open_source(source, timeout=timeout)
     except SceneCamError as exc:
         fail(exc)
     settings = cam.CameraSettings(
-        method=method,
-        alpha=alpha,
-        target=target,
-        target_space=target_space,
-        layer=layer,
+        explain=options,
+        heatmap=shows_maps,
         every=every,
         max_frames=max_frames,
         realtime=not headless or address is not None,
@@ -188,9 +203,10 @@ def camera(
         snapshot_dir=snapshot_dir,
     )
     stop = threading.Event()
+    received: list[int] = []
     view: LiveView | None = None
     try:
-        with reader, _stop_on_signals(stop):
+        with reader, _stop_on_signals(stop, received):
             if address is not None:
                 view = _serve(address, reader.name, max_viewers)
             display: Display | None = None
@@ -203,8 +219,8 @@ def camera(
     except SceneCamError as exc:
         fail(exc, EXIT_FAILED_INPUTS)
     except KeyboardInterrupt:  # a second Ctrl-C: the outputs were still closed on the way out
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        click.echo("interrupted: the outputs were closed on the way out", err=True)
+        sys.exit(EXIT_SIGNAL_BASE + signal.SIGINT)
     finally:
         if view is not None:
             view.close()
@@ -212,6 +228,8 @@ def camera(
     if summary.error is not None:
         error_line(summary.source, summary.error)
         sys.exit(EXIT_FAILED_INPUTS)
+    if received:  # the summary said what was written, and where
+        sys.exit(EXIT_SIGNAL_BASE + received[0])
 
 
 def _quiet_opencv() -> None:
@@ -267,9 +285,10 @@ def _jsonl_target(jsonl: str | None) -> Path | TextIO | None:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C and SIGTERM set ``stop``: the loop ends after the current frame. The handler
-    then steps aside, so a second signal acts as usual (KeyboardInterrupt, termination)."""
+def _stop_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM set ``stop`` (and go into ``received``): the loop ends after the
+    current frame. The handler then steps aside, so a second signal acts as usual
+    (KeyboardInterrupt, termination)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -277,6 +296,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        received.append(signum)
         signal.signal(signum, _restorable(previous[signum]))
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,4 +1,6 @@
-"""Options and helpers shared by the commands."""
+"""Helpers shared by the commands: the model and explain-options preamble, TensorFlow's
+quiet start, and (re-exported here for the commands) the shared options of
+:mod:`.flags` and the messages and exit codes of :mod:`.messages`."""
 
 from __future__ import annotations
 
@@ -10,57 +12,76 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar, overload
+from pathlib import Path
+from typing import NoReturn
 
-import click
-
-from ..cam import DEFAULT_MAX_CHANNELS, METHODS, TARGET_SPACES, TargetSpace
-from ..errors import MissingExtraError, SceneCamError
-from ..fileio import STORAGE_ERRNOS
+from ..cam import DEFAULT_MAX_CHANNELS, TargetSpace
+from ..errors import SceneCamError
 from ..images import DEFAULT_MAX_PIXELS
 from ..model import SceneCam
-from ..names import REASON_MAX
-from ..names import shown as shown
 from ..options import ExplainOptions, UnknownLayerError
 from ..visual import DEFAULT_ALPHA
+from .flags import (
+    MAP_FLAGS,
+    cam_options,
+    given_on_command_line,
+    layer_option,
+    max_pixels_option,
+    model_options,
+    refuse_unused_map_flags,
+    renamed_option,
+    split_options,
+    training_split_options,
+    tta_option,
+    with_renamed,
+)
+from .messages import (
+    EXIT_BUSY,
+    EXIT_FAILED_INPUTS,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_WRITE,
+    error_line,
+    fail,
+    is_storage_error,
+    shown,
+    write_failed,
+)
 
-EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
-#: Another process is writing the results file (``batch --out``).
-EXIT_BUSY = 4
-#: An output could not be written: disk full, read-only, over a size limit, a symbolic link
-#: at the output path.
-EXIT_WRITE = 5
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@overload
-def model_options(fn: F, *, default: str = ...) -> F: ...
-@overload
-def model_options(fn: None = None, *, default: str = ...) -> Callable[[F], F]: ...
-def model_options(
-    fn: F | None = None, *, default: str = "the shipped default"
-) -> F | Callable[[F], F]:
-    """--model and --threads, the same on every command that runs a model. ``default`` says
-    in --help what runs without --model (``@model_options(default=...)``)."""
-
-    def decorate(fn: F) -> F:
-        fn = click.option(
-            "--threads",
-            type=click.IntRange(min=1),
-            default=None,
-            help="onnxruntime threads (default: every CPU this process may use).",
-        )(fn)
-        fn = click.option(
-            "--model",
-            "model",
-            default=None,
-            metavar="NAME|DIR",
-            help=f"A shipped model's name or a bundle folder (default: {default}).",
-        )(fn)
-        return fn
-
-    return decorate if fn is None else decorate(fn)
+__all__ = [
+    "EXIT_BUSY",
+    "EXIT_FAILED_INPUTS",
+    "EXIT_MODEL",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_WRITE",
+    "MAP_FLAGS",
+    "cam_options",
+    "decoding_bar",
+    "error_line",
+    "explain_options",
+    "fail",
+    "given_on_command_line",
+    "is_storage_error",
+    "keep_going_past_file_size_limit",
+    "layer_option",
+    "load_model",
+    "max_pixels_option",
+    "model_options",
+    "needs_train_extra",
+    "option_named",
+    "quiet_tensorflow",
+    "refuse_existing_output",
+    "refuse_unused_map_flags",
+    "renamed_option",
+    "shown",
+    "split_options",
+    "training_split_options",
+    "tta_option",
+    "with_renamed",
+    "write_failed",
+]
 
 
 def load_model(
@@ -100,119 +121,9 @@ def explain_options(
         fail(exc)
 
 
-def split_options(fn: F) -> F:
-    """--val-split and --seed: the stratified split, the same for training and evaluation."""
-    return _split_options(fn, every_image_help=None)
-
-
-def _split_options(fn: F, every_image_help: str | None) -> F:
-    fn = click.option(
-        "--seed",
-        default=1337,
-        show_default=True,
-        type=int,
-        help="Seed of the stratified split (and of training's initialisation and augmentation).",
-    )(fn)
-    fn = click.option(
-        "--val-split",
-        default=0.15,
-        show_default=True,
-        type=click.FloatRange(0, 1, min_open=every_image_help is None, max_open=True),
-        help="Share of each class held out for validation." + (every_image_help or ""),
-    )(fn)
-    return fn
-
-
-def training_split_options(fn: F) -> F:
-    """Training's --val-split and --seed: as :func:`split_options`, and 0 trains on every
-    image once a recipe has been chosen on the split."""
-    return _split_options(
-        fn,
-        every_image_help=" 0: train on every image, with no validation and no early stopping; "
-        "the last epoch is kept (see --estimate-from).",
-    )
-
-
-def cam_options(*, alpha: bool) -> Callable[[F], F]:
-    """--target, --method and --target-space (and --alpha for overlays): how heatmaps are
-    made, the same on every command that saves them."""
-
-    def decorate(fn: F) -> F:
-        if alpha:
-            fn = click.option(
-                "--alpha",
-                type=click.FloatRange(0.0, 1.0),
-                default=DEFAULT_ALPHA,
-                show_default=True,
-                help="Heatmap weight in the overlay.",
-            )(fn)
-        fn = click.option(
-            "--method", type=click.Choice(sorted(METHODS)), default="gradcam", show_default=True
-        )(fn)
-        fn = click.option(
-            "--target-space", type=click.Choice(TARGET_SPACES), default="logit", show_default=True
-        )(fn)
-        fn = click.option(
-            "--target",
-            default=None,
-            help="Class to explain, by name or index (default: each image's prediction).",
-        )(fn)
-        return fn
-
-    return decorate
-
-
-def layer_option(fn: F) -> F:
-    """--layer: which of the bundle's explained layers the maps come from."""
-    return click.option(
-        "--layer",
-        default=None,
-        metavar="NAME",
-        help="Explain this layer instead of the model's default (see 'scenecam-edge info').",
-    )(fn)
-
-
-def tta_option(fn: F) -> F:
-    """--tta: test-time flip (each image also mirrored; answers and maps averaged)."""
-    return click.option(
-        "--tta",
-        is_flag=True,
-        help="Test-time flip: also run each image mirrored and average the answers and maps "
-        "(twice the work for 0.1-0.4 points on the shipped models; docs/models.md).",
-    )(fn)
-
-
 def option_named(exc: ValueError) -> str:
     """The option an explain-options error is about: --layer, else --target."""
     return "--layer" if isinstance(exc, UnknownLayerError) else "--target"
-
-
-def max_pixels_option(fn: F) -> F:
-    """--max-pixels: refuse images that declare more pixels, before decoding them."""
-    return click.option(
-        "--max-pixels",
-        type=click.IntRange(min=1),
-        default=DEFAULT_MAX_PIXELS,
-        show_default=True,
-        help="Refuse images that declare more pixels than this (before decoding).",
-    )(fn)
-
-
-def error_line(subject: str, reason: str) -> None:
-    """One line on stderr naming the input and the reason."""
-    click.echo(f"error: {shown(subject)}: {shown(reason, REASON_MAX)}", err=True)
-
-
-def write_failed(exc: OSError, fallback: object) -> NoReturn:
-    """One line naming the file that could not be written, exit :data:`EXIT_WRITE`."""
-    error_line(str(exc.filename or fallback), str(exc.strerror or exc))
-    sys.exit(EXIT_WRITE)
-
-
-def is_storage_error(exc: OSError) -> bool:
-    """Whether nothing more can be written there (disk full, read-only, size limit,
-    permission denied)."""
-    return exc.errno in STORAGE_ERRNOS
 
 
 def keep_going_past_file_size_limit() -> None:
@@ -221,14 +132,29 @@ def keep_going_past_file_size_limit() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-def fail(exc: SceneCamError | str, code: int = EXIT_MODEL) -> NoReturn:
-    if isinstance(exc, MissingExtraError):
-        click.echo(f"error: {exc.reason}", err=True)
-    elif isinstance(exc, SceneCamError):
-        error_line(exc.subject, exc.reason)
-    else:
-        click.echo(f"error: {shown(exc, REASON_MAX)}", err=True)
-    sys.exit(code)
+def refuse_existing_output(out: Path, force: bool) -> None:
+    """A bundle folder that exists and holds files is replaced only with --force: one usage
+    line saying so (the library's own message speaks to API callers)."""
+    if not force and out.is_dir() and any(out.iterdir()):
+        fail(f"{shown(str(out))}: exists and is not empty; --force replaces it", EXIT_USAGE)
+
+
+@contextmanager
+def decoding_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback (done, total) drawn as a bar with the time left on stderr when it
+    is a terminal (the total is set by the first call)."""
+    from tqdm import tqdm
+
+    with tqdm(
+        desc=what, unit="img", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False
+    ) as bar:
+
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 def needs_train_extra(what: str) -> NoReturn:

@@ -12,26 +12,29 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ..cam import METHODS
+from ..cam import METHODS, TargetSpace
 from ..dataset import LabelledImages, align_classes, load_dataset, stratified_split
-from ..evaluation import estimate_faithfulness_seconds, faithfulness_table
+from ..evaluation import estimate_faithfulness_seconds, faithfulness_table, recorded_split
 from ..evaluation import evaluate as run_evaluation
 from ..faithfulness import Faithfulness
-from ..model import SceneCam
+from ..model import DEFAULT_BATCH, SceneCam
 from ..report import faithfulness_markdown, write_report
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
+    cam_options,
+    decoding_bar,
     error_line,
     explain_options,
     fail,
-    layer_option,
     load_model,
     model_options,
+    refuse_unused_map_flags,
     shown,
     split_options,
     tta_option,
 )
+from .interrupts import note_progress
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ log = logging.getLogger(__name__)
     type=click.Choice(["all", "validation", "train"]),
     default="all",
     show_default=True,
-    help="Evaluate every image, or one side of the training split (same --val-split and --seed as training).",
+    help="Evaluate every image, or one side of the training split (by default the one the "
+    "bundle's manifest records).",
 )
 @split_options
 @click.option(
@@ -73,42 +77,59 @@ log = logging.getLogger(__name__)
     type=click.IntRange(min=1),
     help="Images (a fixed random subset) for the faithfulness scores.",
 )
-@layer_option
+@cam_options(alpha=True, target=False)
 @tta_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 def evaluate(
     data_dir: str,
     model: str | None,
     threads: int | None,
     report_dir: Path,
     split: str,
-    val_split: float,
-    seed: int,
+    val_split: float | None,
+    seed: int | None,
     gallery: int,
     faithfulness: bool,
     faithfulness_images: int,
+    target_space: TargetSpace,
+    method: str,
+    alpha: float,
     layer: str | None,
+    max_channels: int,
     tta: bool,
+    batch_size: int,
 ) -> None:
     """Evaluate a bundle on DATA_DIR (class-per-folder images, or an .npz with x and y).
 
     Folders are matched to the model's classes ignoring case, and may cover only some of
-    them. Writes metrics.json, metrics.md and a self-contained report.html.
+    them. Writes metrics.json, metrics.md and a self-contained report.html. Macro averages
+    are over the classes in the data, and say how many. The map flags shape the gallery's
+    maps (--method) and the faithfulness scores (--layer, --max-channels).
     """
+    refuse_unused_map_flags(gallery > 0 or faithfulness, "--gallery N or --faithfulness")
+    if split == "all" and (val_split is not None or seed is not None):
+        fail("--val-split and --seed choose a side of the split: add --split", EXIT_USAGE)
     scenecam = load_model(model, threads, tta=tta)
-    layer = explain_options(scenecam, layer=layer).layer
+    options = explain_options(
+        scenecam, None, method, target_space, alpha, max_channels, layer=layer
+    )
+    layer = options.layer
     spec = scenecam.manifest.input
     try:
-        data = align_classes(
-            load_dataset(
-                data_dir,
-                (spec.height, spec.width),
-                spec.channels,
-                stretch=scenecam.band_stretch,
-            ),
-            scenecam.class_names,
-        )
-    except ValueError as exc:
-        fail(f"{data_dir}: {exc}", EXIT_USAGE)
+        with decoding_bar("reading") as progress:
+            data = align_classes(
+                load_dataset(
+                    data_dir,
+                    (spec.height, spec.width),
+                    spec.channels,
+                    stretch=scenecam.band_stretch,
+                    progress=progress,
+                ),
+                scenecam.class_names,
+            )
+    except ValueError as exc:  # the reader's messages name the folder already
+        message = str(exc)
+        fail(message if message.startswith(data_dir) else f"{data_dir}: {message}", EXIT_USAGE)
     training = scenecam.manifest.training or {}
     if (training.get("split") or {}).get("validation") == 0:
         click.echo(
@@ -121,13 +142,30 @@ def evaluate(
     for path, reason in skipped:
         error_line(path, reason)
     if split != "all":
+        val_split, seed = recorded_split(scenecam, val_split, seed)
         train_idx, val_idx = stratified_split(data.labels, val_split, seed)
         data = data.subset(val_idx if split == "validation" else train_idx)
     if not len(data):
         fail(f"{data_dir}: no images to evaluate", EXIT_USAGE)
-    result = run_evaluation(scenecam, data)
-    table = _faithfulness(scenecam, data, faithfulness_images, layer) if faithfulness else None
-    title = f"{scenecam.manifest.name} on {data_dir} ({split})"
+    note_progress(lambda: f"no report written to {report_dir} (it is written at the end)")
+    with tqdm(
+        total=len(data),
+        desc="evaluate",
+        unit="img",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    ) as bar:
+        result = run_evaluation(
+            scenecam, data, batch_size, progress=lambda done, total: bar.update(done - bar.n)
+        )
+    table = (
+        _faithfulness(scenecam, data, faithfulness_images, layer, max_channels)
+        if faithfulness
+        else None
+    )
+    where = f"{split}, validation share {val_split:g}, seed {seed}" if split != "all" else split
+    title = f"{scenecam.manifest.name} on {data_dir} ({where})"
     report = write_report(
         report_dir,
         scenecam,
@@ -138,10 +176,14 @@ def evaluate(
         faithfulness=table,
         skipped=skipped,
         layer=layer,
+        explain=options,
     )
     f = result.figures
+    classes, total = f["macro_avg"]["classes"], len(f["class_names"])
+    over = "" if classes == total else f" over the {classes} of {total} classes in the data"
     click.echo(
-        f"accuracy {f['accuracy']:.4f} on {f['count']} images, macro F1 {f['macro_avg']['f1']:.4f}"
+        f"accuracy {f['accuracy']:.4f} on {f['count']} images, "
+        f"macro F1 {f['macro_avg']['f1']:.4f}{over}"
     )
     if table:
         click.echo(faithfulness_markdown(table))
@@ -152,7 +194,7 @@ def evaluate(
 
 
 def _faithfulness(
-    cam: SceneCam, data: LabelledImages, images: int, layer: str | None
+    cam: SceneCam, data: LabelledImages, images: int, layer: str | None, max_channels: int
 ) -> dict[str, Faithfulness]:
     """Every CAM method's faithfulness, with an estimate up front and progress on stderr: a
     bar on a terminal, a log line every tenth of the way with -v elsewhere."""
@@ -179,7 +221,15 @@ def _faithfulness(
             if done % step == 0 or done == total:
                 log.info("faithfulness: %d of %d maps scored", done, total)
 
-        return faithfulness_table(cam, data, methods, images=images, progress=progress, layer=layer)
+        return faithfulness_table(
+            cam,
+            data,
+            methods,
+            images=images,
+            progress=progress,
+            layer=layer,
+            max_channels=max_channels,
+        )
 
 
 def _duration(seconds: float) -> str:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_MODEL, fail, needs_train_extra, quiet_tensorflow
+from .common import (
+    EXIT_MODEL,
+    fail,
+    needs_train_extra,
+    quiet_tensorflow,
+    refuse_existing_output,
+)
+from .interrupts import note_progress
 
 
 @click.command()
@@ -58,6 +65,8 @@ def export(
 
     Any failure prints one line naming the layer and the reason, and exits 3.
     """
+    note_progress(lambda: f"nothing written to {out_dir} (the bundle is written whole, at the end)")
+    refuse_existing_output(out_dir, force)
     from scenecam_edge.export.errors import ExportError
     from scenecam_edge.export.preprocess import parse
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,15 +13,24 @@ from ..errors import MissingExtraError, SceneCamError
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_USAGE,
+    decoding_bar,
+    error_line,
     fail,
     load_model,
     model_options,
     quiet_tensorflow,
+    refuse_existing_output,
+    shown,
+    split_options,
 )
+from .interrupts import note_progress
 
 # The defaults live in scenecam_edge.export.quantize, which needs onnx; these mirror them so
 # that --help works without it (a test keeps them equal).
 CALIBRATION_IMAGES = 300
+#: Fewer calibration images than this are refused unless --min-calibration says otherwise:
+#: int8 ranges measured on a handful of images do not hold for the rest.
+MIN_CALIBRATION = 100
 MAX_ACCURACY_DROP_POINTS = 1.0
 MIN_CAM_CORRELATION = 0.9
 
@@ -52,18 +62,13 @@ MIN_CAM_CORRELATION = 0.9
     help="Images from the training side of the split to calibrate on.",
 )
 @click.option(
-    "--val-split",
-    default=None,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="The training split's validation fraction, compared on and never calibrated on "
-    "(default: the split the bundle's manifest records, else 0.15).",
+    "--min-calibration",
+    default=MIN_CALIBRATION,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Refuse to calibrate on fewer images than this (a small data set: lower it).",
 )
-@click.option(
-    "--seed",
-    default=None,
-    type=int,
-    help="The training split's seed (default: the manifest's, else 1337).",
-)
+@split_options
 @click.option(
     "--activation-type",
     type=click.Choice(["uint8", "int8"]),
@@ -105,7 +110,8 @@ MIN_CAM_CORRELATION = 0.9
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where decoded data sets are cached (default: training's, ~/.cache/scenecam-edge).",
+    help="Where the decoded calibration and comparison images are cached (default: "
+    "$SCENECAM_CACHE, else $XDG_CACHE_HOME/scenecam-edge, else ~/.cache/scenecam-edge).",
 )
 @click.option("--no-cache", is_flag=True, help="Decode the images without a cache.")
 @click.option("--name", default=None, help="Bundle name (default: the folder name).")
@@ -117,6 +123,7 @@ def quantize(
     calibration_dir: Path,
     out_dir: Path,
     calibration_images: int,
+    min_calibration: int,
     val_split: float | None,
     seed: int | None,
     activation_type: str,
@@ -148,6 +155,8 @@ def quantize(
     chosen = model if model is not None else bundle
     if chosen is None:
         fail("give the float model to quantise: --model NAME|DIR (or BUNDLE)", EXIT_USAGE)
+    refuse_existing_output(out_dir, force)
+    note_progress(lambda: f"nothing written to {out_dir} (the bundle is written whole, at the end)")
     with quiet_tensorflow():  # TensorFlow's native start-up lines, unless -v
         try:
             from scenecam_edge.export import quantize as q
@@ -163,16 +172,28 @@ def quantize(
         )
         reference = load_model(chosen, threads)
         try:
-            data = q.calibration_data(
-                calibration_dir,
-                reference,
-                calibration_images,
-                val_fraction=val_split,
-                seed=seed,
-                cache_dir=None if no_cache else (cache_dir or q.DEFAULT_CACHE_DIR),
-            )
+            with decoding_bar("calibration") as progress:
+                data = q.calibration_data(
+                    calibration_dir,
+                    reference,
+                    calibration_images,
+                    val_fraction=val_split,
+                    seed=seed,
+                    cache_dir=None if no_cache else (cache_dir or q.default_cache_dir()),
+                    progress=progress,
+                )
         except ValueError as exc:
             fail(str(exc), EXIT_USAGE)
+        for path, reason in data.skipped:
+            error_line(path, reason)
+        _cache_note(data)
+        if len(data.calibration) < min_calibration:
+            fail(
+                f"{calibration_dir}: {len(data.calibration)} calibration image(s), fewer than "
+                f"{min_calibration}: int8 ranges from so few do not hold for other images; add "
+                f"images, or pass --min-calibration {len(data.calibration)} to go on",
+                EXIT_USAGE,
+            )
         command = "scenecam-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         try:
             result = q.quantize_bundle(
@@ -214,3 +235,18 @@ def quantize(
             )
         click.echo(f"model.onnx {sizes['float'] / 1e6:.2f} MB -> {sizes['int8'] / 1e6:.2f} MB")
         click.echo(f"wrote {result.path}")
+        if data.skipped:
+            sys.exit(EXIT_FAILED_INPUTS)
+
+
+def _cache_note(data: Any) -> None:
+    """Where the decoded images went (or came from), and how big that file is."""
+    if data.cache is None:
+        return
+    size = data.cache.stat().st_size / 1e6
+    what = f"{len(data.calibration) + len(data.evaluation)} decoded images"
+    if data.cache_written:
+        text = f"cached the {what} it uses in {shown(str(data.cache))} ({size:.1f} MB)"
+    else:
+        text = f"read the {what} it uses from the cache {shown(str(data.cache))} ({size:.1f} MB)"
+    click.echo(f"note: {text}; --no-cache to decode without one", err=True)

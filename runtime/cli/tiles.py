@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..batch import Interrupted
 from ..cam import TargetSpace
 from ..errors import SceneCamError
 from ..model import DEFAULT_BATCH, SceneCam
@@ -21,7 +20,6 @@ from ..tiles.tiler import DEFAULT_SCENE_MAX_PIXELS
 if TYPE_CHECKING:
     from ..tiles import OutputSet, StretchChoice, TileOptions
 
-from .batch import EXIT_SIGNAL_BASE
 from .common import (
     EXIT_FAILED_INPUTS,
     EXIT_MODEL,
@@ -34,9 +32,14 @@ from .common import (
     keep_going_past_file_size_limit,
     load_model,
     model_options,
+    refuse_unused_map_flags,
+    renamed_option,
     shown,
+    tta_option,
+    with_renamed,
     write_failed,
 )
+from .interrupts import exit_interrupted, note_progress, signal_number
 
 
 @click.command()
@@ -101,9 +104,11 @@ from .common import (
     help="Cloud-optimised GeoTIFFs (tiled, compressed, overviews) or plain ones.",
 )
 @click.option(
-    "--heatmap", is_flag=True, help="Also write NAME.cam.tif, the CAM mosaic at full resolution."
+    "--heatmaps", is_flag=True, help="Also write NAME.cam.tif, the CAM mosaic at full resolution."
 )
-@cam_options(alpha=False)
+@renamed_option("--heatmap", "--heatmaps", "heatmaps", is_flag=True, value=True)
+@cam_options(alpha=False, layer=False)
+@tta_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True)
 @click.option(
     "--max-pixels",
@@ -124,10 +129,12 @@ def tiles(
     min_valid: float,
     probabilities: str,
     cog: bool,
-    heatmap: bool,
+    heatmaps: bool,
     target: str | None,
     target_space: TargetSpace,
     method: str,
+    max_channels: int,
+    tta: bool,
     batch_size: int,
     max_pixels: int,
     model: str | None,
@@ -146,6 +153,8 @@ def tiles(
     could not be written (disk full, read-only); 130/143/129 interrupted by SIGINT, SIGTERM,
     SIGHUP (finished scenes are kept whole, the scene in progress leaves nothing).
     """
+    heatmap = bool(with_renamed("heatmaps", heatmaps or None, "--heatmaps"))
+    refuse_unused_map_flags(heatmap, "--heatmaps", also=("target",))
     from ..tiles import (
         OutputSet,
         TileOptions,
@@ -174,19 +183,14 @@ def tiles(
         choice = _parse_stretch(stretch)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    scenecam = load_model(model, threads, spin=False)
+    scenecam = load_model(model, threads, spin=False, tta=tta)
     channels = scenecam.manifest.input.channels
     if band_list is not None and len(band_list) not in ({1, 3} if channels == 3 else {channels}):
         fail(f"--bands: the model takes {channels} bands, not {len(band_list)}", EXIT_USAGE)
-    ctx = click.get_current_context()
-    cam_flags = [f"--{n.replace('_', '-')}" for n in ("target", "method", "target_space")
-                 if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]  # fmt: skip
-    if cam_flags and not heatmap:
-        fail(f"{', '.join(cam_flags)} only shape the heatmap: add --heatmap", EXIT_USAGE)
     size = tile if tile is not None else scenecam.input_size[0]
     if stride is not None and stride > size:
         fail(f"--stride {stride} is larger than the tile ({size} px)", EXIT_USAGE)
-    explain = explain_options(scenecam, target, method, target_space)
+    explain = explain_options(scenecam, target, method, target_space, max_channels=max_channels)
     options = TileOptions(
         tile=tile,
         stride=stride,
@@ -197,23 +201,25 @@ def tiles(
         cog=cog,
         batch_size=batch_size,
         explain=explain if heatmap else None,
-        heatmap=heatmap,
         max_pixels=max_pixels,
     )
     keep_going_past_file_size_limit()
     counts = _Counts()
+    where = shown(str(out_dir if out_dir is not None else out))
+    note_progress(
+        lambda: (
+            f"{counts.finished} of {len(paths)} scene(s) finished in {where}; the one in "
+            "progress left nothing under its names (a rerun with --out-dir skips the finished "
+            "ones)"
+        )
+    )
     start = time.perf_counter()
     try:
         with interruptible(), libtiff_lines_hidden():
             _run(scenecam, paths, sets, options, resume=out is None, counts=counts)
-    except KeyboardInterrupt as exc:  # Interrupted (SIGTERM, SIGHUP) is one
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        click.echo(
-            f"interrupted ({signal.Signals(signum).name}) after {counts.done} scene(s) done; "
-            "a scene is written whole or not at all: run again to go on",
-            err=True,
-        )
-        sys.exit(EXIT_SIGNAL_BASE + signum)
+    except KeyboardInterrupt as exc:  # Interrupted (SIGTERM, SIGHUP) is one: 130, 143, 129
+        # here, while interruptible's handlers still ignore a second signal
+        exit_interrupted(click.get_current_context(), signal_number(exc))
     except OSError as exc:  # an output could not be written: the next would fail alike
         write_failed(exc, "output")
     if len(paths) > 1:
@@ -228,6 +234,7 @@ def tiles(
 
 @dataclass
 class _Counts:
+    finished: int = 0  # done, skipped or failed
     done: int = 0
     skipped: int = 0
     failed: int = 0
@@ -270,15 +277,22 @@ def _run(
                     bar.update(tiles)
 
                 outcome = run_scene(
-                    scenecam, path, outputs, options, resume=resume, progress=progress
+                    scenecam,
+                    path,
+                    outputs,
+                    options,
+                    resume=resume,
+                    progress=progress,
+                    total=_total_of(bar),
                 )
             check_interrupted()
             scene_bar.update(1)
             if outcome.write_error is not None and is_storage_error(outcome.write_error):
                 raise outcome.write_error
+            counts.finished += 1
             if outcome.error is not None:
                 counts.failed += 1
-                error_line(str(path), outcome.error)
+                error_line(str(path), _without_name(outcome.error, path))
             elif outcome.skipped:
                 counts.skipped += 1
                 click.echo(
@@ -312,6 +326,23 @@ def _describe(summary: dict[str, Any]) -> str:
         f"{summary['outputs']['classes']}\n"
         f"  classes by area: {shares or 'none'}{scaling}"
     )
+
+
+def _total_of(bar: Any) -> Callable[[int], None]:
+    """Give a progress bar its total (and so the time left) once it is known."""
+
+    def total(count: int) -> None:
+        bar.total = count
+        bar.refresh()
+
+    return total
+
+
+def _without_name(reason: str, path: Path) -> str:
+    """GDAL's sentence without the file's name, which the error line gives first."""
+    for quoted in (f"'{path}' ", f"{path}: ", f"'{path.resolve()}' "):
+        reason = reason.replace(quoted, "")
+    return reason
 
 
 def _check_not_inputs(paths: list[Path], sets: list[OutputSet]) -> None:

@@ -14,6 +14,7 @@ from .common import (
     quiet_tensorflow,
     training_split_options,
 )
+from .interrupts import note_progress
 
 # Kept here as plain names so that --help works without importing TensorFlow; the training
 # module checks them against its registry.
@@ -140,6 +141,9 @@ def train(
 ) -> None:
     """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
     best checkpoint as a float32 bundle and evaluate it on the validation split."""
+    note_progress(
+        lambda: f"the epochs finished so far are checkpointed in {out}; add --resume to go on"
+    )
     with quiet_tensorflow():
         try:
             from scenecam_edge.training.train import TrainConfig

@@ -5,7 +5,7 @@
 >>> ds = ray.data.read_images("photos/", include_paths=True, mode="RGB")
 >>> results = ds.map_batches(
 ...     SceneCamPredictor,
-...     fn_constructor_kwargs={"model": None, "explain": False},
+...     fn_constructor_kwargs={"model": None, "explain": None},
 ...     concurrency=4,           # actors, each holding one SceneCam
 ...     batch_size=32,
 ...     batch_format="numpy",
@@ -15,8 +15,10 @@
 or :func:`classify_dataset`, which makes that call. Each output row has ``label`` (str),
 ``index`` (int64), ``confidence`` (float32), one ``p_<class>`` column (float32) per class,
 ``error`` (empty when the image was fine), the columns named in
-``keep`` (``path`` by default) and, with ``explain``, ``cam``: the raw CAM (float32, the
-features' resolution) of the explained class. The numbers equal ``scenecam-edge batch`` on
+``keep`` (``path`` by default) and, with ``explain`` (one
+:class:`~scenecam_edge.options.ExplainOptions`, as ``SceneCam.explain_options`` makes it,
+or True for the defaults), ``cam``: the raw CAM (float32, the layer's resolution) of the
+explained class. The numbers equal ``scenecam-edge batch`` on
 the same pixels (Ray decodes the files itself; photos with an EXIF rotation are not turned
 upright there, unlike ``load_image``).
 
@@ -41,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cam import TargetSpace
 from ..errors import ImageError
 from ..model import DEFAULT_BATCH, SceneCam
 from ..options import ExplainOptions
@@ -67,6 +68,8 @@ class SceneCamPredictor:
 
     The bundle is loaded once, in ``__init__``, on each worker. ``threads`` is onnxruntime's
     thread count per worker (1 by default: Ray runs one worker per CPU it schedules).
+    ``explain``: None (no maps), True (the model's default options) or one
+    :class:`ExplainOptions`, checked against the model (target, method, layer, ...).
     """
 
     def __init__(
@@ -74,19 +77,12 @@ class SceneCamPredictor:
         model: str | None = None,
         *,
         threads: int | None = 1,
-        explain: bool = False,
-        target: int | str | None = None,
-        method: str = "gradcam",
-        target_space: TargetSpace = "logit",
+        explain: ExplainOptions | bool | None = None,
         image_column: str = "image",
         keep: Sequence[str] = ("path",),
     ) -> None:
         self.model = SceneCam.load(model, threads=threads)
-        self.options = (
-            self.model.explain_options(target, method, target_space)
-            if explain or target is not None
-            else None
-        )
+        self.options = checked_options(self.model, explain)
         self.image_column = image_column
         self.keep = tuple(keep)
 
@@ -121,7 +117,7 @@ class SceneCamPredictor:
         probabilities = np.full((n_classes, count), np.nan, dtype=np.float32)
         errors = np.full(count, "", dtype=object)
         cams = (
-            np.full((count, *self.model.manifest.features_shape[:2]), np.nan, dtype=np.float32)
+            np.full((count, *_map_shape(self.model, self.options)), np.nan, dtype=np.float32)
             if self.options is not None
             else None
         )
@@ -157,10 +153,7 @@ def classify_dataset(
     num_cpus: float = 1.0,
     batch_size: int = DEFAULT_BATCH,
     threads: int | None = 1,
-    explain: bool = False,
-    target: int | str | None = None,
-    method: str = "gradcam",
-    target_space: TargetSpace = "logit",
+    explain: ExplainOptions | bool | None = None,
     image_column: str = "image",
     keep: Sequence[str] = ("path",),
 ) -> Dataset:
@@ -178,9 +171,6 @@ def classify_dataset(
             "model": model,
             "threads": threads,
             "explain": explain,
-            "target": target,
-            "method": method,
-            "target_space": target_space,
             "image_column": image_column,
             "keep": tuple(keep),
         },
@@ -189,6 +179,32 @@ def classify_dataset(
         batch_size=batch_size,
         batch_format="numpy",
     )
+
+
+def checked_options(
+    model: SceneCam, explain: ExplainOptions | bool | None
+) -> ExplainOptions | None:
+    """``explain`` as options valid for ``model`` (None: no maps; True: its defaults); a
+    target or layer it does not have raises ValueError."""
+    if explain is None or explain is False:
+        return None
+    if explain is True:
+        return model.explain_options()
+    return model.explain_options(
+        explain.target,
+        explain.method,
+        explain.target_space,
+        explain.alpha,
+        explain.max_channels,
+        explain.layer,
+    )
+
+
+def _map_shape(model: SceneCam, options: ExplainOptions) -> tuple[int, int]:
+    """The (h, w) of the maps of the layer ``options`` names."""
+    name = options.layer or model.layers[0].name
+    layer = next(layer for layer in model.layers if layer.name == name)
+    return layer.shape[0], layer.shape[1]
 
 
 def classify_scenes(

@@ -41,7 +41,8 @@ RowSource: TypeAlias = Callable[[SceneTiler, ExplainOptions | None], Iterable[Ti
 
 @dataclass(frozen=True)
 class TileOptions:
-    """How to tile and what to write (the same for every scene of a job)."""
+    """How to tile and what to write (the same for every scene of a job). With ``explain``
+    the CAM mosaic (NAME.cam.tif) is written too; without it no map is computed."""
 
     tile: int | None = None
     stride: int | None = None
@@ -52,8 +53,12 @@ class TileOptions:
     cog: bool = True
     batch_size: int = DEFAULT_BATCH
     explain: ExplainOptions | None = None
-    heatmap: bool = False
     max_pixels: int | None = DEFAULT_SCENE_MAX_PIXELS
+
+    @property
+    def heatmap(self) -> bool:
+        """Whether the CAM mosaic is written: exactly when there are explain options."""
+        return self.explain is not None
 
     def tiler(self, model: SceneCam, scene: str | os.PathLike[str]) -> SceneTiler:
         """``scene`` opened for reading in tiles as these options say."""
@@ -95,10 +100,12 @@ def classify_scene(
     options: TileOptions = TileOptions(),
     progress: Callable[[int], None] | None = None,
     rows: RowSource | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Classify ``scene`` and write its outputs; returns (and writes last) its summary.
 
-    ``progress`` is called with the number of tiles of each finished row. ``rows`` gives
+    ``progress`` is called with the number of tiles of each finished row; ``total`` once,
+    with the scene's number of tiles, when the scene is open. ``rows`` gives
     the rows of results in order (default: the tiler's own, here; the Ray integration's
     come from workers that each classify a block of rows). Raises
     :class:`ImageError` when the scene cannot be read, ValueError for settings that do not
@@ -107,18 +114,18 @@ def classify_scene(
     """
     started = time.perf_counter()
     explain = options.explain
-    if options.heatmap and explain is None:
-        explain = model.explain_options()
     _remove_leftovers(outputs)
     with ExitStack() as stack:
         tiler = stack.enter_context(options.tiler(model, scene))
+        if total is not None:
+            total(tiler.grid.rows * tiler.grid.cols)
         with deferred_signals():  # a signal acts once the files are in the stack's care
             writers = stack.enter_context(
                 SceneOutputs(
                     outputs,
                     tiler,
                     probabilities=options.probabilities,
-                    explain=explain if options.heatmap else None,
+                    explain=explain,
                     cog=options.cog,
                 )
             )
@@ -281,6 +288,7 @@ def run_scene(
     *,
     resume: bool = True,
     progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> SceneOutcome:
     """One scene of a job: skipped when finished, its error caught and reported."""
     if (reason := too_long(scene)) is not None:
@@ -290,7 +298,7 @@ def run_scene(
     if resume and outputs.summary.is_file():
         return SceneOutcome(scene, outputs, skipped=True)
     try:
-        summary = classify_scene(model, scene, outputs, options, progress)
+        summary = classify_scene(model, scene, outputs, options, progress, total=total)
     except ImageError as exc:
         return SceneOutcome(scene, outputs, error=exc.reason)
     except ValueError as exc:

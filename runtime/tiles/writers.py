@@ -22,6 +22,7 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,9 @@ class StagedRaster:
         self.sidecar: str | None = None
         self.temporaries = [temporary_beside(target)]
         try:
-            self.dataset = rio.open(self.temporaries[0], "w", driver="GTiff", **profile)
+            with warnings.catch_warnings():  # a chip without a georeference is fine as it is
+                warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
+                self.dataset = rio.open(self.temporaries[0], "w", driver="GTiff", **profile)
         except BaseException:
             self.temporaries[0].unlink(missing_ok=True)
             raise

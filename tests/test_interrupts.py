@@ -1,0 +1,78 @@
+"""Ctrl-C and SIGTERM on every command: exit 130 or 143, no traceback, and one line saying
+what was finished and where it is (real signals to a real process)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+MINI = ("--model", "scenes-mini", "--threads", "1")
+
+
+def _exe() -> str:
+    exe = shutil.which("scenecam-edge", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("scenecam-edge is not installed as a command")
+    return exe
+
+
+def _photos(folder: Path, n: int, size: int = 48) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"p{i:04d}.png")
+
+
+def _interrupt_when(proc: subprocess.Popen, ready, signum: int) -> str:
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not ready():
+        time.sleep(0.01)
+    assert proc.poll() is None, "the command ended before it could be interrupted"
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    return stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_classify_says_what_it_finished(tmp_path: Path, signum: int):
+    _photos(tmp_path / "in", 400)
+    maps = tmp_path / "maps"
+    command = [_exe(), "classify", str(tmp_path / "in"), "--heatmaps", str(maps), *MINI]
+    command += ["--batch-size", "4"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = _interrupt_when(proc, lambda: maps.exists() and len(os.listdir(maps)) >= 3, signum)
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "Aborted!" not in stderr
+    last = stderr.splitlines()[-1]
+    panels = [p for p in maps.iterdir() if not p.name.startswith(".")]
+    assert last.startswith("interrupted: ") and " of 400 inputs classified; " in last
+    assert last.endswith(f"; {len(panels)} panel(s) written to {maps}")
+    assert len(panels) == len(list(maps.iterdir()))  # no temporary file left behind
+
+
+def test_evaluate_says_nothing_was_written(tmp_path: Path):
+    data = tmp_path / "data"
+    _photos(data / "sea", 40, size=150)
+    report = tmp_path / "r"
+    command = [_exe(), "evaluate", str(data), "--report", str(report), "--faithfulness", *MINI]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the estimate, printed as the faithfulness run starts
+    assert line.startswith("faithfulness: "), line
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert rest.strip().splitlines()[-1] == (
+        f"interrupted: no report written to {report} (it is written at the end)"
+    )
+    assert "Traceback" not in rest and not report.exists()
