@@ -12,29 +12,36 @@ copies the frame into a spare buffer (about 0.1 ms for 640 x 480). One encoder t
 the newest frame into a JPEG, and only while somebody watches. Each viewer has its own thread
 and sends the newest JPEG when its socket is ready for it: a slow viewer skips frames, the
 others and the loop do not notice. Viewers of the stream are bounded (``max_viewers``; one
-more gets 503), so are connections, and a viewer that stops reading is dropped after
-``SEND_TIMEOUT``. Every endpoint is read-only; other methods get 405.
+more gets 503), and a viewer that stops reading is dropped after ``SEND_TIMEOUT``. Every
+endpoint is read-only; other methods get 405. Requests for another host name get 421
+(against DNS rebinding; :class:`.gate.HostNames`).
 
-Built on the standard library's ``ThreadingHTTPServer``: three read-only endpoints, a few
-viewers on a local network; a framework would add a dependency (and an event loop to
-bridge to the camera thread) for nothing the view needs.
+Connections are taken by :class:`.gate.Gate`: one thread reads every request head within a
+deadline for the whole head, in bounded slots where a newcomer evicts the longest waiting,
+so slow or idle sockets cannot lock viewers out. A complete request is answered in a thread
+of its own by :class:`_Handler` (the standard library's ``BaseHTTPRequestHandler``): three
+read-only endpoints, a few viewers on a local network; a framework would add a dependency
+(and an event loop to bridge to the camera thread) for nothing the view needs.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import socket
 import threading
+from collections.abc import Iterable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import cv2
 import numpy as np
 
 from ..closing import Closing
+from .gate import HEAD_TIMEOUT, Gate, HostNames
 from .loop import FrameReport
 
 log = logging.getLogger("scenecam_edge.camera")
@@ -61,7 +68,9 @@ def parse_address(text: str) -> tuple[str, int]:
 class LiveView(Closing):
     """The HTTP server of the live view. Start it, pass :meth:`publish` as the loop's
     ``on_frame``, close it when the loop ends (or use ``with``). Port 0 picks a free port
-    (see :attr:`url`). Raises OSError when the address cannot be bound."""
+    (see :attr:`url`). ``allow_hosts``: more host names to answer (``--allow-host``);
+    ``head_timeout``: seconds a connection has to send its whole request head. Raises
+    OSError when the address cannot be bound."""
 
     def __init__(
         self,
@@ -71,6 +80,8 @@ class LiveView(Closing):
         source: str = "",
         max_viewers: int = 4,
         quality: int = 80,
+        allow_hosts: Iterable[str] = (),
+        head_timeout: float = HEAD_TIMEOUT,
     ) -> None:
         if max_viewers < 1:
             raise ValueError(f"max_viewers must be at least 1, not {max_viewers}")
@@ -86,18 +97,19 @@ class LiveView(Closing):
         self._seq = 0  # frames published
         self._latest: dict[str, Any] = {"frame": None, "source": source}
         self._jpeg: tuple[int, bytes] = (0, b"")  # (seq, bytes) of the newest JPEG
-        self._server = _Server((host, port), _Handler, self, max_viewers + 8)
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, args=(0.1,), name="live view"),
-            threading.Thread(target=self._encode_loop, name="live view encoder"),
-        ]
-        for thread in self._threads:
-            thread.daemon = True
-            thread.start()
+        self._gate = Gate(
+            host, port, self._answer, answers=max_viewers + 8, head_timeout=head_timeout
+        )
+        self.hosts = HostNames(host, self._gate.address[0], allow_hosts)
+        self._encoder = threading.Thread(
+            target=self._encode_loop, name="live view encoder", daemon=True
+        )
+        self._gate.start()
+        self._encoder.start()
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        host, port = self._gate.address
         return str(host), int(port)
 
     @property
@@ -131,10 +143,12 @@ class LiveView(Closing):
         self._closing.set()
         with self._cond:
             self._cond.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=2)
+        self._gate.close()
+        self._encoder.join(timeout=2)
+
+    def _answer(self, sock: socket.socket, address: Any, head: bytes) -> None:
+        sock.settimeout(SEND_TIMEOUT)  # on the socket: a viewer that stops reading is dropped
+        _Handler(sock, address, head, self)
 
     def _encode_loop(self) -> None:
         done = 0  # seq of the last frame encoded
@@ -184,90 +198,79 @@ class LiveView(Closing):
             self.viewers -= 1
 
 
-class _Server(ThreadingHTTPServer):
-    """A thread per connection, at most ``max_connections`` at once (more are closed at
-    once, so a flood cannot pile up threads)."""
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        view: LiveView,
-        max_connections: int,
-    ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.view = view
-        self._slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    """One request, its head already read by the gate (:mod:`.gate`): parsed, its ``Host``
+    checked, answered. HTTP/1.0: one request per connection."""
+
     server_version = "scenecam-edge"
     sys_version = ""
     protocol_version = "HTTP/1.0"
-    timeout = SEND_TIMEOUT  # on the socket: a viewer that stops reading is dropped
+
+    def __init__(self, sock: socket.socket, address: Any, head: bytes, view: LiveView) -> None:
+        # Not BaseRequestHandler's __init__: there is no socketserver here, and the head
+        # comes from the gate's buffer, not from the socket.
+        self.request = self.connection = sock
+        self.client_address = address
+        self.view = view
+        self.rfile = io.BytesIO(head)
+        self.wfile = sock.makefile("wb")
+        try:
+            self.handle()
+            self.wfile.flush()
+        finally:
+            self.wfile.close()
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.parse_request():  # it answered (400, 414, 431, 505)
+            return
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            self._send(HTTPStatus.BAD_REQUEST, "text/plain", b"more than one Host header\n")
+        elif not self.view.hosts.allows(hosts[0] if hosts else None):
+            body = b"unknown Host: this camera answers only its own names (see --allow-host)\n"
+            self._send(HTTPStatus.MISDIRECTED_REQUEST, "text/plain", body)
+        elif self.command not in ("GET", "HEAD"):
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n")
+        else:
+            self._route(head=self.command == "HEAD")
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("live view %s: %s", self.client_address[0], format % args)
 
-    def do_GET(self) -> None:
+    def _route(self, head: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path not in _ROUTES:
-            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n", head)
         elif path == "/stream.mjpg":
-            self._stream()
+            self._stream(head)
         elif path == "/latest.json":
-            body = json.dumps(self.server.view.latest()).encode()
-            self._send(HTTPStatus.OK, "application/json", body)
+            body = json.dumps(self.view.latest()).encode()
+            self._send(HTTPStatus.OK, "application/json", body, head)
         else:
-            self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE.encode())
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE.encode(), head)
 
-    def do_HEAD(self) -> None:
-        found = self.path.split("?", 1)[0] in _ROUTES
-        status = HTTPStatus.OK if found else HTTPStatus.NOT_FOUND
-        self._send(status, "text/plain", b"", head=True)
-
-    def _refuse(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n", allow=True)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
-
-    def _send(
-        self, status: HTTPStatus, kind: str, body: bytes, *, head: bool = False, allow: bool = False
-    ) -> None:
+    def _send(self, status: HTTPStatus, kind: str, body: bytes, head: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        if allow:
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
             self.send_header("Allow", "GET, HEAD")
         self.end_headers()
         if not head:
             self.wfile.write(body)
 
-    def _stream(self) -> None:
-        view = self.server.view
+    def _stream(self, head: bool) -> None:
+        view = self.view
+        if head:  # what GET would say, without taking a viewer's place
+            self._stream_headers()
+            return
         if not view.enter_viewer():
             self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
             self.send_header("Retry-After", "5")
@@ -275,21 +278,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         try:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
+            self._stream_headers()
             sent = 0
             while (item := view.next_jpeg(sent)) is not None:
                 sent, data = item
-                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                head += f"Content-Length: {len(data)}\r\n\r\n"
-                self.wfile.write(head.encode() + data + b"\r\n")
+                part = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                part += f"Content-Length: {len(data)}\r\n\r\n"
+                self.wfile.write(part.encode() + data + b"\r\n")
                 self.wfile.flush()
         except OSError as exc:  # the viewer went away or stopped reading
             log.debug("live view %s: stream ended (%s)", self.client_address[0], exc)
         finally:
             view.leave_viewer()
+
+    def _stream_headers(self) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.flush()
 
 
 _PAGE = """<!doctype html>
