@@ -11,8 +11,9 @@ selector thread reads every pending request head without blocking:
   line and headers (at most :data:`MAX_HEAD` bytes, else 431); then it gets 408 and is
   closed, however steadily it trickles;
 - at most ``max_pending`` connections wait for their heads; one more evicts the one that has
-  waited longest. A real client sends its head within milliseconds of connecting, so it is
-  never the oldest unless ``max_pending`` newer connections came in between;
+  waited longest (unless its head has come in meanwhile). A real client sends its head
+  within milliseconds of connecting, so it is never the oldest unless ``max_pending`` newer
+  connections came in between;
 - a complete head goes to an answer thread. Answer threads are bounded (one more gets 503
   at once), and the view bounds the stream viewers among them.
 
@@ -144,10 +145,18 @@ class Gate:
                 return
             sock.setblocking(False)
             if len(self._pending) >= self._max_pending:
-                self._drop(next(iter(self._pending.values())))  # the one waiting longest
+                self._evict()
             pending = _Pending(sock, address, time.monotonic() + self._head_timeout)
             self._pending[sock] = pending
             self._selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _evict(self) -> None:
+        """Make room: close the connection waiting longest, unless its request came in
+        since the last look (then it goes on to be answered)."""
+        oldest = next(iter(self._pending.values()))
+        self._read(oldest)
+        if self._pending.get(oldest.sock) is oldest:
+            self._drop(oldest)
 
     def _read(self, pending: _Pending) -> None:
         try:

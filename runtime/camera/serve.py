@@ -203,8 +203,10 @@ class _Handler(BaseHTTPRequestHandler):
     checked, answered. HTTP/1.0: one request per connection."""
 
     server_version = "scenecam-edge"
-    sys_version = ""
     protocol_version = "HTTP/1.0"
+    # A request line without a version is answered as HTTP/1.0 too: with a status line and
+    # headers, never a bare HTTP/0.9 body.
+    default_request_version = "HTTP/1.0"
 
     def __init__(self, sock: socket.socket, address: Any, head: bytes, view: LiveView) -> None:
         # Not BaseRequestHandler's __init__: there is no socketserver here, and the head
@@ -238,6 +240,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The request could not be parsed (400, 414, 431, 505): one plain line, the
+        request never echoed."""
+        status = HTTPStatus(code)
+        body = f"{status.value} {status.phrase.lower()}\n".encode()
+        self._send(status, "text/plain", body, head=self.command == "HEAD")
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("live view %s: %s", self.client_address[0], format % args)
