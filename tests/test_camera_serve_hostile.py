@@ -12,10 +12,12 @@ import contextlib
 import socket
 import struct
 import threading
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-from scenecam_edge.camera import LiveView
+from scenecam_edge.camera import LiveView, serve
 from scenecam_edge.camera.gate import MAX_PENDING, HostNames
 
 from .mjpeg_camera import photo_frames, stamp
@@ -61,6 +63,19 @@ def closed_by_server(sock: socket.socket) -> bool:
     except ConnectionResetError:  # it closed with our unread header lines in its buffer
         pass
     return answer == b"" or answer.startswith(b"HTTP/1.0 408 Request Timeout\r\n")
+
+
+def ended(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock``, reading what has come without waiting."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
 
 
 def reset(sock: socket.socket) -> None:
@@ -122,6 +137,36 @@ def test_slow_and_idle_sockets_do_not_lock_a_viewer_out(publishing: LiveView):
         trickler.join(30)
         for sock in slow + idle:
             sock.close()
+
+
+def test_viewers_that_stopped_reading_give_their_places_to_a_newcomer(
+    publishing: LiveView, monkeypatch
+):
+    view = publishing  # two places
+    monkeypatch.setattr(serve, "SEND_TIMEOUT", 300.0)  # they are not dropped on their own
+    stalled = []
+    for _ in range(view.max_viewers):
+        sock = socket.create_connection(view.address, timeout=30)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")
+        stalled.append(sock)
+    wait_until(lambda: view.viewers == view.max_viewers)
+
+    def watch() -> bool:
+        try:
+            with urllib.request.urlopen(view.url + "stream.mjpg", timeout=30) as stream:
+                return read_part(stream).shape == (480, 640, 3)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            time.sleep(0.2)
+            return False
+
+    wait_until(watch)  # once a stalled frame has been going out for STUCK_AFTER seconds
+    # The one stuck longest was dropped by the server (with a reset: what it left unsent
+    # is not kept).
+    wait_until(lambda: any(ended(sock) for sock in stalled))
+    for sock in stalled:
+        sock.close()
 
 
 def test_a_flood_of_idle_sockets_evicts_the_oldest_not_the_viewer():

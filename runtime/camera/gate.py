@@ -30,6 +30,7 @@ import logging
 import re
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -213,14 +214,16 @@ class Gate:
         pending.sock.close()
 
     def _answer_thread(self, sock: socket.socket, address: Any, head: bytes) -> None:
+        broken = False
         try:
             sock.setblocking(True)
             self._answer(sock, address, head)
-        except OSError as exc:  # the peer went away: reset, broken pipe, stopped reading
+        except OSError as exc:  # the peer went away, stopped reading, or was dropped
             log.debug("live view %s: connection ended (%s)", address[0], exc)
+            broken = True
         finally:
             self._answers.release()
-            _close(sock)
+            _close(sock, abort=broken)
 
 
 def _refuse(sock: socket.socket, status: HTTPStatus, headers: str = "") -> None:
@@ -235,9 +238,14 @@ def _refuse(sock: socket.socket, status: HTTPStatus, headers: str = "") -> None:
     _close(sock)
 
 
-def _close(sock: socket.socket) -> None:
+def _close(sock: socket.socket, abort: bool = False) -> None:
+    """Close; ``abort``: with a reset, so that what a peer that stopped reading left unsent
+    is freed at once instead of lingering in the kernel."""
     with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+        if abort:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            sock.shutdown(socket.SHUT_RDWR)
     sock.close()
 
 

@@ -12,7 +12,8 @@ copies the frame into a spare buffer (about 0.1 ms for 640 x 480). One encoder t
 the newest frame into a JPEG, and only while somebody watches. Each viewer has its own thread
 and sends the newest JPEG when its socket is ready for it: a slow viewer skips frames, the
 others and the loop do not notice. Viewers of the stream are bounded (``max_viewers``; one
-more gets 503), and a viewer that stops reading is dropped after ``SEND_TIMEOUT``. Every
+more gets 503 unless a viewer whose frame has been going out for ``STUCK_AFTER`` gives its
+place up), and a viewer that stops reading is dropped after ``SEND_TIMEOUT``. Every
 endpoint is read-only; other methods get 405. Requests for another host name get 421
 (against DNS rebinding; :class:`.gate.HostNames`).
 
@@ -26,12 +27,14 @@ read-only endpoints, a few viewers on a local network; a framework would add a d
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -43,6 +46,7 @@ import numpy as np
 from ..closing import Closing
 from .gate import HEAD_TIMEOUT, Gate, HostNames
 from .loop import FrameReport
+from .page import PAGE
 
 log = logging.getLogger("scenecam_edge.camera")
 
@@ -50,6 +54,9 @@ BOUNDARY = "scenecamframe"
 _ROUTES = ("/", "/index.html", "/stream.mjpg", "/latest.json")
 #: A viewer whose socket takes longer than this to accept a frame is dropped (seconds).
 SEND_TIMEOUT = 10.0
+#: When every place is taken, a viewer whose frame has been going out this long gives its
+#: place to a newcomer (seconds).
+STUCK_AFTER = 2.0
 _ADDRESS = re.compile(r"^(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):)?(?P<port>\d+)$")
 
 
@@ -88,7 +95,7 @@ class LiveView(Closing):
         self.source = source
         self.quality = quality
         self.max_viewers = max_viewers
-        self.viewers = 0  # stream viewers now
+        self._watching: list[_Viewer] = []  # the stream's viewers now
         self.encoded = 0  # JPEGs made
         self._closing = threading.Event()
         self._cond = threading.Condition()
@@ -185,17 +192,47 @@ class LiveView(Closing):
                 self._cond.wait(0.5)
         return None
 
-    def enter_viewer(self) -> bool:
-        with self._cond:
-            if self.viewers >= self.max_viewers:
-                return False
-            self.viewers += 1
-            self._cond.notify_all()
-            return True
+    @property
+    def viewers(self) -> int:
+        """The stream's viewers now."""
+        return len(self._watching)
 
-    def leave_viewer(self) -> None:
+    def enter_viewer(self, sock: socket.socket) -> _Viewer | None:
+        """A place among the stream's viewers, or None (503). When all are taken, a viewer
+        whose frame has not gone out for ``STUCK_AFTER`` seconds gives its place up (its
+        socket is shut, its thread ends)."""
         with self._cond:
-            self.viewers -= 1
+            if len(self._watching) >= self.max_viewers:
+                now = time.monotonic()
+                stuck = [v for v in self._watching if now - v.sending_since() >= STUCK_AFTER]
+                if not stuck:
+                    return None
+                victim = max(stuck, key=lambda v: now - v.sending_since())
+                self._watching.remove(victim)
+                with contextlib.suppress(OSError):
+                    victim.sock.shutdown(socket.SHUT_RDWR)
+            viewer = _Viewer(sock)
+            self._watching.append(viewer)
+            self._cond.notify_all()
+            return viewer
+
+    def leave_viewer(self, viewer: _Viewer) -> None:
+        with self._cond:
+            if viewer in self._watching:
+                self._watching.remove(viewer)
+
+
+class _Viewer:
+    """A viewer of the stream: its socket, and since when its current frame has been going
+    out (None between frames)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.since: float | None = None
+
+    def sending_since(self) -> float:
+        since = self.since
+        return time.monotonic() if since is None else since
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -215,12 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.client_address = address
         self.view = view
         self.rfile = io.BytesIO(head)
-        self.wfile = sock.makefile("wb")
-        try:
-            self.handle()
-            self.wfile.flush()
-        finally:
-            self.wfile.close()
+        self.wfile = _SocketWriter(sock)
+        self.handle()
 
     def handle(self) -> None:
         self.close_connection = True
@@ -261,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps(self.view.latest()).encode()
             self._send(HTTPStatus.OK, "application/json", body, head)
         else:
-            self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE.encode(), head)
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode(), head)
 
     def _send(self, status: HTTPStatus, kind: str, body: bytes, head: bool = False) -> None:
         self.send_response(status)
@@ -280,7 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
         if head:  # what GET would say, without taking a viewer's place
             self._stream_headers()
             return
-        if not view.enter_viewer():
+        viewer = view.enter_viewer(self.connection)
+        if viewer is None:
             self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
             self.send_header("Retry-After", "5")
             self.send_header("Content-Length", "0")
@@ -293,62 +327,30 @@ class _Handler(BaseHTTPRequestHandler):
                 sent, data = item
                 part = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                 part += f"Content-Length: {len(data)}\r\n\r\n"
+                viewer.since = time.monotonic()
                 self.wfile.write(part.encode() + data + b"\r\n")
-                self.wfile.flush()
-        except OSError as exc:  # the viewer went away or stopped reading
-            log.debug("live view %s: stream ended (%s)", self.client_address[0], exc)
-        finally:
-            view.leave_viewer()
+                viewer.since = None
+        finally:  # the view closed, or an OSError: the viewer went away or stopped reading
+            view.leave_viewer(viewer)
 
     def _stream_headers(self) -> None:
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.flush()
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>scenecam-edge live view</title>
-<style>
-body { margin: 0; font: 15px system-ui, sans-serif; background: #111; color: #eee; }
-main { display: flex; flex-wrap: wrap; gap: 16px; padding: 12px; }
-section { flex: 1; min-width: 260px; }
-img { max-width: 100%; background: #000; }
-#label { font-size: 26px; font-weight: 600; }
-.row { display: flex; align-items: center; gap: 6px; margin: 3px 0; }
-.name { width: 90px; } .bar { height: 12px; background: #e8a33d; }
-#meta { color: #aaa; margin: 6px 0 12px; }
-</style></head>
-<body><main>
-<img id="stream" src="/stream.mjpg" alt="the camera's annotated frames">
-<section><div id="label">waiting for a frame</div><div id="meta"></div><div id="probs"></div>
-</section></main>
-<script>
-async function update() {
-  try {
-    const r = await fetch("/latest.json", {cache: "no-store"});
-    const d = await r.json();
-    if (d.frame !== null) {
-      document.getElementById("label").textContent =
-        d.label + " " + (100 * d.confidence).toFixed(1) + "%";
-      document.getElementById("meta").textContent =
-        "frame " + d.frame + " | " + d.fps.toFixed(1) + " fps | " + (d.method || "heatmap off");
-      const probs = document.getElementById("probs");
-      probs.replaceChildren();
-      for (const [name, p] of Object.entries(d.probabilities).sort((a, b) => b[1] - a[1])) {
-        const row = document.createElement("div"); row.className = "row";
-        const n = document.createElement("span"); n.className = "name"; n.textContent = name;
-        const b = document.createElement("span"); b.className = "bar";
-        b.style.width = Math.round(150 * p) + "px";
-        const v = document.createElement("span"); v.textContent = (100 * p).toFixed(1) + "%";
-        row.append(n, b, v); probs.append(row);
-      }
-    }
-  } catch (e) { document.getElementById("meta").textContent = "no connection"; }
-}
-update(); setInterval(update, 500);
-</script></body></html>
-"""
+class _SocketWriter(io.BufferedIOBase):
+    """Each write is one ``sendall``: with the socket's timeout, a frame has ``SEND_TIMEOUT``
+    seconds in all to go out (not per partial send: a viewer reading a byte at a time is
+    dropped all the same)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        return len(data)
