@@ -39,8 +39,8 @@ from .test_camera import read_video, wait_until
 CLASSES = ("buildings", "forest", "sea")
 
 
-def get(url: str, method: str = "GET") -> tuple[int, str, bytes]:
-    request = urllib.request.Request(url, method=method)
+def get(url: str, method: str = "GET", host: str | None = None) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url, method=method, headers={"Host": host} if host else {})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.headers["Content-Type"], response.read()
@@ -153,7 +153,7 @@ def test_the_command_serves_beside_its_outputs_and_stops_on_sigterm(tmp_path: Pa
     with MjpegCamera(fps=15) as camera:
         command = [sys.executable, "-c", "from scenecam_edge.cli import main; main()", "camera"]
         args = ["--source", camera.url, "--headless", "--serve", "127.0.0.1:0", "--threads", "1"]
-        args += ["--out", str(out), "--jsonl", str(lines)]
+        args += ["--out", str(out), "--jsonl", str(lines), "--allow-host", "camera.lan"]
         proc = subprocess.Popen(
             command + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -164,6 +164,8 @@ def test_the_command_serves_beside_its_outputs_and_stops_on_sigterm(tmp_path: Pa
             url = first.split(" at ")[1].strip()
             wait_until(lambda: (json.loads(get(url + "latest.json")[2])["frame"] or 0) >= 3)
             latest = json.loads(get(url + "latest.json")[2])
+            assert get(url + "latest.json", host="camera.lan:8080")[0] == 200  # --allow-host
+            assert get(url + "latest.json", host="evil.example")[0] == 421
             with urllib.request.urlopen(url + "stream.mjpg", timeout=30) as stream:
                 served = read_part(stream)
             proc.send_signal(signal.SIGTERM)

@@ -16,7 +16,9 @@ The package needs OpenCV (the ``camera`` extra). Its modules, one responsibility
 - :mod:`.display`: the text on the frames and the OpenCV window;
 - :mod:`.outputs`: the annotated video and the JSON lines, checked and atomic;
 - :mod:`.loop`: the per-frame work, keys, snapshots, the summary;
-- :mod:`.serve`: the live view over HTTP (MJPEG stream, latest result, a page).
+- :mod:`.serve`: the live view over HTTP (MJPEG stream, latest result, a page);
+- :mod:`.gate`: its front door (request heads under a deadline, bounded slots, ``Host``);
+- :mod:`.page`: the page it serves.
 """
 
 from __future__ import annotations

@@ -12,30 +12,41 @@ copies the frame into a spare buffer (about 0.1 ms for 640 x 480). One encoder t
 the newest frame into a JPEG, and only while somebody watches. Each viewer has its own thread
 and sends the newest JPEG when its socket is ready for it: a slow viewer skips frames, the
 others and the loop do not notice. Viewers of the stream are bounded (``max_viewers``; one
-more gets 503), so are connections, and a viewer that stops reading is dropped after
-``SEND_TIMEOUT``. Every endpoint is read-only; other methods get 405.
+more gets 503 unless a viewer whose frame has been going out for ``STUCK_AFTER`` gives its
+place up), and a viewer that stops reading is dropped after ``SEND_TIMEOUT``. Every
+endpoint is read-only; other methods get 405. Requests for another host name get 421
+(against DNS rebinding; :class:`.gate.HostNames`).
 
-Built on the standard library's ``ThreadingHTTPServer``: three read-only endpoints, a few
-viewers on a local network; a framework would add a dependency (and an event loop to
-bridge to the camera thread) for nothing the view needs.
+Connections are taken by :class:`.gate.Gate`: one thread reads every request head within a
+deadline for the whole head, in bounded slots where a newcomer evicts the longest waiting,
+so slow or idle sockets cannot lock viewers out. A complete request is answered in a thread
+of its own by :class:`_Handler` (the standard library's ``BaseHTTPRequestHandler``): three
+read-only endpoints, a few viewers on a local network; a framework would add a dependency
+(and an event loop to bridge to the camera thread) for nothing the view needs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import re
 import socket
 import threading
+import time
+from collections.abc import Iterable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import cv2
 import numpy as np
 
 from ..closing import Closing
+from .gate import HEAD_TIMEOUT, Gate, HostNames
 from .loop import FrameReport
+from .page import PAGE
 
 log = logging.getLogger("scenecam_edge.camera")
 
@@ -43,6 +54,9 @@ BOUNDARY = "scenecamframe"
 _ROUTES = ("/", "/index.html", "/stream.mjpg", "/latest.json")
 #: A viewer whose socket takes longer than this to accept a frame is dropped (seconds).
 SEND_TIMEOUT = 10.0
+#: When every place is taken, a viewer whose frame has been going out this long gives its
+#: place to a newcomer (seconds).
+STUCK_AFTER = 2.0
 _ADDRESS = re.compile(r"^(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):)?(?P<port>\d+)$")
 
 
@@ -61,7 +75,9 @@ def parse_address(text: str) -> tuple[str, int]:
 class LiveView(Closing):
     """The HTTP server of the live view. Start it, pass :meth:`publish` as the loop's
     ``on_frame``, close it when the loop ends (or use ``with``). Port 0 picks a free port
-    (see :attr:`url`). Raises OSError when the address cannot be bound."""
+    (see :attr:`url`). ``allow_hosts``: more host names to answer (``--allow-host``);
+    ``head_timeout``: seconds a connection has to send its whole request head. Raises
+    OSError when the address cannot be bound."""
 
     def __init__(
         self,
@@ -71,13 +87,15 @@ class LiveView(Closing):
         source: str = "",
         max_viewers: int = 4,
         quality: int = 80,
+        allow_hosts: Iterable[str] = (),
+        head_timeout: float = HEAD_TIMEOUT,
     ) -> None:
         if max_viewers < 1:
             raise ValueError(f"max_viewers must be at least 1, not {max_viewers}")
         self.source = source
         self.quality = quality
         self.max_viewers = max_viewers
-        self.viewers = 0  # stream viewers now
+        self._watching: list[_Viewer] = []  # the stream's viewers now
         self.encoded = 0  # JPEGs made
         self._closing = threading.Event()
         self._cond = threading.Condition()
@@ -86,18 +104,19 @@ class LiveView(Closing):
         self._seq = 0  # frames published
         self._latest: dict[str, Any] = {"frame": None, "source": source}
         self._jpeg: tuple[int, bytes] = (0, b"")  # (seq, bytes) of the newest JPEG
-        self._server = _Server((host, port), _Handler, self, max_viewers + 8)
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, args=(0.1,), name="live view"),
-            threading.Thread(target=self._encode_loop, name="live view encoder"),
-        ]
-        for thread in self._threads:
-            thread.daemon = True
-            thread.start()
+        self._gate = Gate(
+            host, port, self._answer, answers=max_viewers + 8, head_timeout=head_timeout
+        )
+        self.hosts = HostNames(host, self._gate.address[0], allow_hosts)
+        self._encoder = threading.Thread(
+            target=self._encode_loop, name="live view encoder", daemon=True
+        )
+        self._gate.start()
+        self._encoder.start()
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        host, port = self._gate.address
         return str(host), int(port)
 
     @property
@@ -131,10 +150,12 @@ class LiveView(Closing):
         self._closing.set()
         with self._cond:
             self._cond.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=2)
+        self._gate.close()
+        self._encoder.join(timeout=2)
+
+    def _answer(self, sock: socket.socket, address: Any, head: bytes) -> None:
+        sock.settimeout(SEND_TIMEOUT)  # on the socket: a viewer that stops reading is dropped
+        _Handler(sock, address, head, self)
 
     def _encode_loop(self) -> None:
         done = 0  # seq of the last frame encoded
@@ -171,168 +192,165 @@ class LiveView(Closing):
                 self._cond.wait(0.5)
         return None
 
-    def enter_viewer(self) -> bool:
+    @property
+    def viewers(self) -> int:
+        """The stream's viewers now."""
+        return len(self._watching)
+
+    def enter_viewer(self, sock: socket.socket) -> _Viewer | None:
+        """A place among the stream's viewers, or None (503). When all are taken, a viewer
+        whose frame has not gone out for ``STUCK_AFTER`` seconds gives its place up (its
+        socket is shut, its thread ends)."""
         with self._cond:
-            if self.viewers >= self.max_viewers:
-                return False
-            self.viewers += 1
+            if len(self._watching) >= self.max_viewers:
+                now = time.monotonic()
+                stuck = [v for v in self._watching if now - v.sending_since() >= STUCK_AFTER]
+                if not stuck:
+                    return None
+                victim = max(stuck, key=lambda v: now - v.sending_since())
+                self._watching.remove(victim)
+                with contextlib.suppress(OSError):
+                    victim.sock.shutdown(socket.SHUT_RDWR)
+            viewer = _Viewer(sock)
+            self._watching.append(viewer)
             self._cond.notify_all()
-            return True
+            return viewer
 
-    def leave_viewer(self) -> None:
+    def leave_viewer(self, viewer: _Viewer) -> None:
         with self._cond:
-            self.viewers -= 1
+            if viewer in self._watching:
+                self._watching.remove(viewer)
 
 
-class _Server(ThreadingHTTPServer):
-    """A thread per connection, at most ``max_connections`` at once (more are closed at
-    once, so a flood cannot pile up threads)."""
+class _Viewer:
+    """A viewer of the stream: its socket, and since when its current frame has been going
+    out (None between frames)."""
 
-    daemon_threads = True
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.since: float | None = None
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        view: LiveView,
-        max_connections: int,
-    ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.view = view
-        self._slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    def sending_since(self) -> float:
+        since = self.since
+        return time.monotonic() if since is None else since
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    """One request, its head already read by the gate (:mod:`.gate`): parsed, its ``Host``
+    checked, answered. HTTP/1.0: one request per connection."""
+
     server_version = "scenecam-edge"
-    sys_version = ""
     protocol_version = "HTTP/1.0"
-    timeout = SEND_TIMEOUT  # on the socket: a viewer that stops reading is dropped
+    # A request line without a version is answered as HTTP/1.0 too: with a status line and
+    # headers, never a bare HTTP/0.9 body.
+    default_request_version = "HTTP/1.0"
+
+    def __init__(self, sock: socket.socket, address: Any, head: bytes, view: LiveView) -> None:
+        # Not BaseRequestHandler's __init__: there is no socketserver here, and the head
+        # comes from the gate's buffer, not from the socket.
+        self.request = self.connection = sock
+        self.client_address = address
+        self.view = view
+        self.rfile = io.BytesIO(head)
+        self.wfile = _SocketWriter(sock)
+        self.handle()
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.parse_request():  # it answered (400, 414, 431, 505)
+            return
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            self._send(HTTPStatus.BAD_REQUEST, "text/plain", b"more than one Host header\n")
+        elif not self.view.hosts.allows(hosts[0] if hosts else None):
+            body = b"unknown Host: this camera answers only its own names (see --allow-host)\n"
+            self._send(HTTPStatus.MISDIRECTED_REQUEST, "text/plain", body)
+        elif self.command not in ("GET", "HEAD"):
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n")
+        else:
+            self._route(head=self.command == "HEAD")
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The request could not be parsed (400, 414, 431, 505): one plain line, the
+        request never echoed."""
+        status = HTTPStatus(code)
+        body = f"{status.value} {status.phrase.lower()}\n".encode()
+        self._send(status, "text/plain", body, head=self.command == "HEAD")
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("live view %s: %s", self.client_address[0], format % args)
 
-    def do_GET(self) -> None:
+    def _route(self, head: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path not in _ROUTES:
-            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n", head)
         elif path == "/stream.mjpg":
-            self._stream()
+            self._stream(head)
         elif path == "/latest.json":
-            body = json.dumps(self.server.view.latest()).encode()
-            self._send(HTTPStatus.OK, "application/json", body)
+            body = json.dumps(self.view.latest()).encode()
+            self._send(HTTPStatus.OK, "application/json", body, head)
         else:
-            self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE.encode())
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode(), head)
 
-    def do_HEAD(self) -> None:
-        found = self.path.split("?", 1)[0] in _ROUTES
-        status = HTTPStatus.OK if found else HTTPStatus.NOT_FOUND
-        self._send(status, "text/plain", b"", head=True)
-
-    def _refuse(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"read-only\n", allow=True)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
-
-    def _send(
-        self, status: HTTPStatus, kind: str, body: bytes, *, head: bool = False, allow: bool = False
-    ) -> None:
+    def _send(self, status: HTTPStatus, kind: str, body: bytes, head: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        if allow:
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
             self.send_header("Allow", "GET, HEAD")
         self.end_headers()
         if not head:
             self.wfile.write(body)
 
-    def _stream(self) -> None:
-        view = self.server.view
-        if not view.enter_viewer():
+    def _stream(self, head: bool) -> None:
+        view = self.view
+        if head:  # what GET would say, without taking a viewer's place
+            self._stream_headers()
+            return
+        viewer = view.enter_viewer(self.connection)
+        if viewer is None:
             self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
             self.send_header("Retry-After", "5")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
         try:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
+            self._stream_headers()
             sent = 0
             while (item := view.next_jpeg(sent)) is not None:
                 sent, data = item
-                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                head += f"Content-Length: {len(data)}\r\n\r\n"
-                self.wfile.write(head.encode() + data + b"\r\n")
-                self.wfile.flush()
-        except OSError as exc:  # the viewer went away or stopped reading
-            log.debug("live view %s: stream ended (%s)", self.client_address[0], exc)
-        finally:
-            view.leave_viewer()
+                part = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                part += f"Content-Length: {len(data)}\r\n\r\n"
+                viewer.since = time.monotonic()
+                self.wfile.write(part.encode() + data + b"\r\n")
+                viewer.since = None
+        finally:  # the view closed, or an OSError: the viewer went away or stopped reading
+            view.leave_viewer(viewer)
+
+    def _stream_headers(self) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>scenecam-edge live view</title>
-<style>
-body { margin: 0; font: 15px system-ui, sans-serif; background: #111; color: #eee; }
-main { display: flex; flex-wrap: wrap; gap: 16px; padding: 12px; }
-section { flex: 1; min-width: 260px; }
-img { max-width: 100%; background: #000; }
-#label { font-size: 26px; font-weight: 600; }
-.row { display: flex; align-items: center; gap: 6px; margin: 3px 0; }
-.name { width: 90px; } .bar { height: 12px; background: #e8a33d; }
-#meta { color: #aaa; margin: 6px 0 12px; }
-</style></head>
-<body><main>
-<img id="stream" src="/stream.mjpg" alt="the camera's annotated frames">
-<section><div id="label">waiting for a frame</div><div id="meta"></div><div id="probs"></div>
-</section></main>
-<script>
-async function update() {
-  try {
-    const r = await fetch("/latest.json", {cache: "no-store"});
-    const d = await r.json();
-    if (d.frame !== null) {
-      document.getElementById("label").textContent =
-        d.label + " " + (100 * d.confidence).toFixed(1) + "%";
-      document.getElementById("meta").textContent =
-        "frame " + d.frame + " | " + d.fps.toFixed(1) + " fps | " + (d.method || "heatmap off");
-      const probs = document.getElementById("probs");
-      probs.replaceChildren();
-      for (const [name, p] of Object.entries(d.probabilities).sort((a, b) => b[1] - a[1])) {
-        const row = document.createElement("div"); row.className = "row";
-        const n = document.createElement("span"); n.className = "name"; n.textContent = name;
-        const b = document.createElement("span"); b.className = "bar";
-        b.style.width = Math.round(150 * p) + "px";
-        const v = document.createElement("span"); v.textContent = (100 * p).toFixed(1) + "%";
-        row.append(n, b, v); probs.append(row);
-      }
-    }
-  } catch (e) { document.getElementById("meta").textContent = "no connection"; }
-}
-update(); setInterval(update, 500);
-</script></body></html>
-"""
+class _SocketWriter(io.BufferedIOBase):
+    """Each write is one ``sendall``: with the socket's timeout, a frame has ``SEND_TIMEOUT``
+    seconds in all to go out (not per partial send: a viewer reading a byte at a time is
+    dropped all the same)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        return len(data)

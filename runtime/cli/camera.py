@@ -91,6 +91,14 @@ _Handler = Callable[[int, FrameType | None], object] | int | None
     help="--serve: how many may watch the stream at once (one more gets 503).",
 )
 @click.option(
+    "--allow-host",
+    "allow_hosts",
+    metavar="NAME",
+    multiple=True,
+    help="--serve: also answer requests for this host name (repeatable); others get 421. "
+    "By default: the bound name or address (and localhost on loopback).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=10.0,
@@ -121,6 +129,7 @@ def camera(
     max_frames: int | None,
     serve: str | None,
     max_viewers: int,
+    allow_hosts: tuple[str, ...],
     timeout: float,
     target: str | None,
     target_space: TargetSpace,
@@ -208,7 +217,7 @@ def camera(
     try:
         with reader, _stop_on_signals(stop, received):
             if address is not None:
-                view = _serve(address, reader.name, max_viewers)
+                view = _serve(address, reader.name, max_viewers, allow_hosts)
             display: Display | None = None
             if not headless:
                 display = cam.Window(f"scenecam-edge: {reader.name}")
@@ -252,11 +261,13 @@ def _address(serve: str | None) -> tuple[str, int] | None:
         _usage(f"--serve: {exc}")
 
 
-def _serve(address: tuple[str, int], name: str, max_viewers: int) -> LiveView:
+def _serve(
+    address: tuple[str, int], name: str, max_viewers: int, allow_hosts: tuple[str, ...]
+) -> LiveView:
     from ..camera import LiveView
 
     try:
-        view = LiveView(*address, source=name, max_viewers=max_viewers)
+        view = LiveView(*address, source=name, max_viewers=max_viewers, allow_hosts=allow_hosts)
     except OSError as exc:
         fail(f"--serve {address[0]}:{address[1]}: {exc.strerror or exc}", EXIT_USAGE)
     click.echo(f"camera: live view at {view.url}", err=True)
