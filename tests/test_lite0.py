@@ -49,7 +49,7 @@ def test_reader_refuses_a_pickle_that_would_run_code(tmp_path: Path):
             pickle.load(f)
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(UnsafeCheckpointError, match=r"global pathlib\..*could run code"):
+    with pytest.raises(UnsafeCheckpointError, match="refused: loading it could run code"):
         read_state_dict(evil)
     assert not marker.exists()
 
