@@ -224,6 +224,8 @@ class Recipe:
     # Weights the architecture can start from (--pretrained), and the stages a pretrained
     # run goes through (name, epochs): see training/finetune.py.
     pretrained: tuple[str, ...] = ()
+    # More layers the exported bundle explains on request (--layer): finer maps.
+    extra_layers: tuple[str, ...] = ()
 
 
 def _lite0(size: tuple[int, int], channels: int, num_classes: int) -> tuple[keras.Model, str]:
@@ -244,7 +246,7 @@ ARCHITECTURES: dict[str, tuple[Builder, Recipe]] = {
     ),
     "efficientnet-lite0": (
         _lite0,
-        Recipe(xla=False, bf16=False, pretrained=("imagenet",)),
+        Recipe(xla=False, bf16=False, pretrained=("imagenet",), extra_layers=("block10_out",)),
     ),
     "mnist-tutorial": (
         mnist_tutorial,

@@ -261,6 +261,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         model32,
         out / "bundle",
         conv_layer=conv_layer,
+        extra_layers=recipe(cfg.arch).extra_layers,
         class_names=data.class_names,
         name=cfg.name or f"{Path(cfg.data).stem}-{cfg.arch}",
         training=training,
