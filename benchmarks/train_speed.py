@@ -24,7 +24,8 @@ import tensorflow as tf
 
 from scenecam_edge.dataset import LabelledImages, load_dataset
 from scenecam_edge.training.architectures import build
-from scenecam_edge.training.train import EMA_MOMENTUM, TrainConfig, _dataset, cpu_has_bf16
+from scenecam_edge.training.pipeline import dataset as _dataset
+from scenecam_edge.training.train import EMA_MOMENTUM, TrainConfig, cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "intel-scenes" / "train"

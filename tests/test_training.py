@@ -235,7 +235,7 @@ def test_scene_folder_has_the_six_classes():
 def test_mixup_blends_images_and_labels_alike():
     import tensorflow as tf
 
-    from scenecam_edge.training.train import mixup
+    from scenecam_edge.training.pipeline import mixup
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (16, 4, 4, 3)), tf.float32)

@@ -216,6 +216,22 @@ class Recipe:
     optimizer: str = "adamw"  # "adamw", "nadam" or "adam"
     augment: bool = True  # flips, shear, zoom...: right for scenes, wrong for digits
     label_smoothing: float = 0.1
+    # XLA and bfloat16 help ResNet-18's step on this project's CPUs; both slow EfficientNet's
+    # depthwise convolutions (Lite0's top-block step: 49 images/s in float32 without XLA,
+    # 15 with bfloat16, 4 with XLA: benchmarks/train_speed.py).
+    xla: bool = True
+    bf16: bool = True
+    # Weights the architecture can start from (--pretrained), and the stages a pretrained
+    # run goes through (name, epochs): see training/finetune.py.
+    pretrained: tuple[str, ...] = ()
+    # More layers the exported bundle explains on request (--layer): finer maps.
+    extra_layers: tuple[str, ...] = ()
+
+
+def _lite0(size: tuple[int, int], channels: int, num_classes: int) -> tuple[keras.Model, str]:
+    from .lite0 import efficientnet_lite0
+
+    return efficientnet_lite0(size, channels, num_classes)
 
 
 Builder = Callable[[tuple[int, int], int, int], tuple[keras.Model, str]]
@@ -227,6 +243,10 @@ ARCHITECTURES: dict[str, tuple[Builder, Recipe]] = {
     "notebook-resnet": (
         notebook_resnet,
         Recipe(img_size=256, optimizer="adam", label_smoothing=0.0),
+    ),
+    "efficientnet-lite0": (
+        _lite0,
+        Recipe(xla=False, bf16=False, pretrained=("imagenet",), extra_layers=("block10_out",)),
     ),
     "mnist-tutorial": (
         mnist_tutorial,

@@ -26,21 +26,17 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from scenecam_edge import SceneCam
 from scenecam_edge.bundle import update_manifest
-from scenecam_edge.dataset import (
-    LabelledImages,
-    default_cache_dir,
-    label_conflicts,
-    stratified_split,
-)
+from scenecam_edge.dataset import default_cache_dir, label_conflicts, stratified_split
 from scenecam_edge.evaluation import evaluate
 from scenecam_edge.fileio import write_bytes_atomic, write_json_atomic
 from scenecam_edge.metrics import figures_markdown
 from scenecam_edge.training.architectures import build, recipe
 from scenecam_edge.training.chips import load_training_data
+from scenecam_edge.training.finetune import TRAIN_LAYERS, fit_head_on_features, set_trainable
+from scenecam_edge.training.pipeline import dataset
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +76,11 @@ class TrainConfig:
     estimate_from: str | None = None
     # XLA-compile the train step. Keras turns it off on machines without an accelerator; on
     # this project's CPUs it makes ResNet-18's step 1.37x faster (benchmarks/train_speed.py).
-    xla: bool = True
+    xla: bool | None = None  # None: the architecture's recipe
+    # Start from these weights (only "imagenet", for efficientnet-lite0) and train only
+    # train_layers ("head", "top" or "all"; see training/finetune.py).
+    pretrained: str | None = None
+    train_layers: str = "all"
 
 
 def cpu_has_bf16() -> bool:
@@ -101,6 +101,10 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     if cfg.estimate_from and not every_image:
         raise ValueError("--estimate-from is for a run on every image (--val-split 0)")
     estimate = _estimate(cfg.estimate_from, cfg.arch) if cfg.estimate_from else None
+    if cfg.pretrained and cfg.pretrained not in recipe(cfg.arch).pretrained:
+        raise ValueError(f"--arch {cfg.arch} has no {cfg.pretrained!r} weights to start from")
+    if cfg.train_layers != "all" and not cfg.pretrained:
+        raise ValueError("training only some layers needs a pretrained start (--pretrained)")
     if every_image and estimate is None:
         log.warning("every image trains and none validates: the bundle will carry no accuracy")
     channels = cfg.channels or 3
@@ -137,7 +141,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         "train %d, validation %d images, classes %s", len(train_set), len(val_set), data.class_names
     )
 
-    bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and cpu_has_bf16())
+    auto_bf16 = cfg.precision == "auto" and cpu_has_bf16() and recipe(cfg.arch).bf16
+    bf16 = cfg.precision == "bfloat16" or auto_bf16
     policy = "mixed_bfloat16" if bf16 else "float32"
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -153,6 +158,14 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
                 f"--init-from {cfg.init_from}: not a {cfg.arch} model ({exc})"
             ) from None
         log.info("starting from the weights of %s", cfg.init_from)
+    elif cfg.pretrained:
+        from .lite0 import start_from
+
+        start_from(model, cfg.pretrained)
+    if cfg.pretrained:
+        from .lite0 import TOP_PREFIXES
+
+        set_trainable(model, cfg.train_layers, TOP_PREFIXES)
 
     steps = int(np.ceil(len(train_set) / cfg.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -201,14 +214,18 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         *(extra_callbacks or []),
     ]
     started = time.perf_counter()
-    model.fit(
-        _dataset(train_set, cfg, training=True),
-        validation_data=None if every_image else _dataset(val_set, cfg, training=False),
-        epochs=cfg.epochs,
-        shuffle=False,  # the tf.data pipeline shuffles; fit's own flag would be ignored
-        callbacks=callbacks,
-        verbose=1 if sys.stderr.isatty() else 2,
-    )
+    if cfg.train_layers == "head":  # on cached features: no augmentation, seconds an epoch
+        fit_head_on_features(model, train_set, val_set, cfg, out)
+        model.save(best)
+    else:
+        model.fit(
+            dataset(train_set, cfg, training=True),
+            validation_data=None if every_image else dataset(val_set, cfg, training=False),
+            epochs=cfg.epochs,
+            shuffle=False,  # the tf.data pipeline shuffles; fit's own flag would be ignored
+            callbacks=callbacks,
+            verbose=1 if sys.stderr.isatty() else 2,
+        )
     train_seconds = time.perf_counter() - started
 
     # The bundle is float32 whatever the training precision: rebuild and copy the weights.
@@ -244,6 +261,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         model32,
         out / "bundle",
         conv_layer=conv_layer,
+        extra_layers=recipe(cfg.arch).extra_layers,
         class_names=data.class_names,
         name=cfg.name or f"{Path(cfg.data).stem}-{cfg.arch}",
         training=training,
@@ -271,6 +289,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill what the command line left open from the architecture's recipe."""
     r = recipe(cfg.arch)
+    if cfg.train_layers not in TRAIN_LAYERS:
+        raise ValueError(f"train_layers must be one of {TRAIN_LAYERS}, not {cfg.train_layers!r}")
     if cfg.optimizer not in (None, *OPTIMIZERS):
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {cfg.optimizer!r}")
     return replace(
@@ -280,6 +300,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         optimizer=cfg.optimizer or r.optimizer,
         augment=r.augment if cfg.augment is None else cfg.augment,
         label_smoothing=r.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing,
+        xla=r.xla if cfg.xla is None else cfg.xla,
     )
 
 
@@ -337,59 +358,3 @@ def _read_log(path: Path) -> list[dict[str, float]]:
 
 def _summary(figures: dict[str, Any], on: str) -> dict[str, Any]:
     return {"on": on, **figures}
-
-
-def _dataset(data: LabelledImages, cfg: TrainConfig, training: bool) -> tf.data.Dataset:
-    """Batches of (float pixels, one-hot labels); shuffled, and augmented if the recipe says
-    so, for training."""
-    num_classes = len(data.class_names)
-    ds = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
-    if training:
-        ds = ds.shuffle(len(data), seed=cfg.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(cfg.batch_size)
-    augmenter = _augmenter(cfg.seed) if training and cfg.augment else None
-
-    mix = cfg.mixup if training else 0.0
-
-    def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x = tf.cast(x, tf.float32)
-        if augmenter is not None:
-            x = tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0)
-        labels = tf.one_hot(y, num_classes)
-        if mix > 0:
-            x, labels = mixup(x, labels, mix)
-        return x, labels
-
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def mixup(x: tf.Tensor, labels: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Mixup (Zhang et al. 2018): each example blended with another of the same batch, images
-    and one-hot labels alike, with a weight drawn from Beta(alpha, alpha) per example."""
-    n = tf.shape(x)[0]
-    a = tf.random.gamma([n], alpha)
-    b = tf.random.gamma([n], alpha)
-    lam = a / (a + b)
-    order = tf.random.shuffle(tf.range(n))
-    lam_x = tf.reshape(lam, [-1, 1, 1, 1])
-    lam_y = tf.reshape(lam, [-1, 1])
-    mixed_x = lam_x * x + (1.0 - lam_x) * tf.gather(x, order)
-    mixed_y = lam_y * labels + (1.0 - lam_y) * tf.gather(labels, order)
-    return mixed_x, mixed_y
-
-
-def _augmenter(seed: int) -> keras.Sequential:
-    """Shear, zoom and horizontal flip (the reference tutorial's), plus shifts, a small
-    rotation and contrast/brightness jitter."""
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomShear(x_factor=0.15, y_factor=0.0, seed=seed + 1),
-            keras.layers.RandomZoom((-0.2, 0.1), seed=seed + 2),
-            keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 3),
-            keras.layers.RandomRotation(0.03, seed=seed + 4),
-            keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 5),
-            keras.layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 6),
-        ],
-        name="augment",
-    )

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from .common import (
     EXIT_USAGE,
@@ -18,7 +19,14 @@ from .interrupts import note_progress
 
 # Kept here as plain names so that --help works without importing TensorFlow; the training
 # module checks them against its registry.
-ARCHITECTURES = ("resnet18", "seed-resnet", "notebook-resnet", "small", "mnist-tutorial")
+ARCHITECTURES = (
+    "resnet18",
+    "efficientnet-lite0",
+    "seed-resnet",
+    "notebook-resnet",
+    "small",
+    "mnist-tutorial",
+)
 
 
 @click.command()
@@ -50,7 +58,27 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "notebook-resnet", "small", "mnist-t
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @training_split_options
 @click.option(
-    "--lr", "learning_rate", default=2e-3, show_default=True, type=float, help="Peak learning rate."
+    "--lr",
+    "learning_rate",
+    default=None,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Peak learning rate [default: 2e-3; with --pretrained, 1e-3 for the top stage, "
+    "x3 for the head on cached features, x0.2 for the whole network].",
+)
+@click.option(
+    "--pretrained",
+    type=click.Choice(["imagenet"]),
+    default=None,
+    help="Start from ImageNet weights (efficientnet-lite0, from the efficientnet-lite0-pytorch-"
+    "model package) and fine-tune in stages: see --stages.",
+)
+@click.option(
+    "--stages",
+    default=None,
+    metavar="LAYERS:EPOCHS,...",
+    help="With --pretrained: the stages and their epochs, each in its own folder under --out "
+    "[default: head:40,top:8,all:4]. head: the classifier on cached features; top: blocks "
+    "8-15 and the head; all: every layer. Replaces --epochs.",
 )
 @click.option(
     "--optimizer",
@@ -110,9 +138,9 @@ ARCHITECTURES = ("resnet18", "seed-resnet", "notebook-resnet", "small", "mnist-t
 )
 @click.option(
     "--xla/--no-xla",
-    default=True,
-    show_default=True,
-    help="Compile the train step with XLA (about 1.4x faster for ResNet-18 on a CPU).",
+    default=None,
+    help="Compile the train step with XLA [default: the architecture's: on for ResNet-18, "
+    "1.4x faster on a CPU; off for EfficientNet, whose depthwise convolutions it slows].",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
 def train(
@@ -125,7 +153,9 @@ def train(
     batch_size: int,
     val_split: float,
     seed: int,
-    learning_rate: float,
+    learning_rate: float | None,
+    pretrained: str | None,
+    stages: str | None,
     optimizer: str | None,
     augment: bool | None,
     patience: int,
@@ -136,7 +166,7 @@ def train(
     ema: bool,
     keep_conflicts: bool,
     estimate_from: str | None,
-    xla: bool,
+    xla: bool | None,
     resume: bool,
 ) -> None:
     """Train on DATA_DIR (class-per-folder images, or an .npz with x and y), then export the
@@ -146,10 +176,27 @@ def train(
     )
     with quiet_tensorflow():
         try:
+            from scenecam_edge.training.finetune import (
+                DEFAULT_STAGES,
+                PRETRAINED_LR,
+                parse_stages,
+                run_stages,
+            )
             from scenecam_edge.training.train import TrainConfig
             from scenecam_edge.training.train import train as run_training
         except ImportError:
             needs_train_extra("train")
+        ctx = click.get_current_context()
+        if pretrained is None and stages is not None:
+            fail("--stages: only with --pretrained", EXIT_USAGE)
+        if pretrained and ctx.get_parameter_source("epochs") is ParameterSource.COMMANDLINE:
+            fail("--epochs: a pretrained run sets each stage's epochs with --stages", EXIT_USAGE)
+        try:
+            plan = parse_stages(stages) if stages else DEFAULT_STAGES
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+        if learning_rate is None:
+            learning_rate = PRETRAINED_LR if pretrained else 2e-3
         config = TrainConfig(
             data=data_dir,
             out=out,
@@ -173,12 +220,13 @@ def train(
             estimate_from=estimate_from,
             xla=xla,
             resume=resume,
+            pretrained=pretrained,
         )
         try:
-            bundle = run_training(config)
+            bundle = run_stages(config, plan, run_training) if pretrained else run_training(config)
         except ValueError as exc:
             fail(f"{data_dir}: {exc}", EXIT_USAGE)
-        click.echo(_summary(Path(out), bundle))
+        click.echo(_summary(bundle.parent, bundle))
 
 
 def _summary(out: Path, bundle: Path) -> str:
