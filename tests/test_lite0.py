@@ -150,7 +150,7 @@ def test_fine_tune_in_stages_through_the_command_line(tmp_path: Path):
                 img.save(data / label / f"{src.stem}_{flip}.jpg")
     out = tmp_path / "run"
     args = ["train", str(data), "--out", str(out), "--arch", "efficientnet-lite0"]
-    args += ["--pretrained", "imagenet", "--stages", "head:3,top:1", "--img-size", "96"]
+    args += ["--pretrained", "imagenet", "--stages", "head:3,top:1"]
     args += ["--batch-size", "8", "--val-split", "0.34"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -181,6 +181,7 @@ def test_fine_tune_in_stages_through_the_command_line(tmp_path: Path):
         - top.get_layer("block12_dw_conv").get_weights()[0]
     ).max()
     assert changed > 0
+    _maps_match_gradienttape(out / "2-top", data)
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/best.keras")}
     again = CliRunner().invoke(cli, [*args, "--resume"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
@@ -217,3 +218,35 @@ def test_usage_errors_of_a_pretrained_run(tmp_path: Path):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output
+
+
+def _maps_match_gradienttape(run: Path, data: Path) -> None:
+    """The run's bundle explains both layers, 5x5 (the head's, closed form) and 10x10 (the
+    stride-16 stage's, through the VJP graph with its depthwise convolutions), exactly as
+    GradientTape on the run's Keras checkpoint does."""
+    import keras
+
+    from scenecam_edge import SceneCam
+    from scenecam_edge.training.lite0 import CONV_LAYER, STRIDE16_LAYER
+
+    from . import keras_models as km
+
+    model = keras.models.load_model(run / "best.keras", compile=False)
+    cam = SceneCam.load(run / "bundle", threads=2)
+    assert cam.manifest.raw["extra_layers"][0]["name"] == STRIDE16_LAYER
+    photos = sorted(data.glob("*/*.jpg"))[::6]
+    for name, size in ((CONV_LAYER, 5), (STRIDE16_LAYER, 10)):
+        reference = km.TapeGradCam(model, name)
+        nontrivial = 0
+        for i, photo in enumerate(photos):
+            image = cam.to_input(cam.load_image(photo))
+            target = (cam.classify(image).index + i) % 3
+            for space in ("logit", "probability"):
+                got = cam.explain(image, target=target, target_space=space, layer=name)
+                expected, _ = reference(image.astype(np.float32), target, space)
+                assert got.cam.shape == (size, size)
+                top = got.cam.max()
+                normalised = got.cam / top if top > 0 else got.cam
+                assert np.abs(normalised - expected).max() <= 1e-4, (name, photo.name, space)
+                nontrivial += int(0 < (expected > 0).mean() < 1)
+        assert nontrivial >= 3, name
