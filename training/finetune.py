@@ -14,7 +14,9 @@ Batch norm stays frozen (inference statistics) in every stage: with small batche
 data set, updating ImageNet's statistics hurts more than it helps, and the exported graph is
 then the one that was validated. A stage whose bundle and evaluation exist is done and is
 skipped when the run is started again with ``--resume``; the stage in progress resumes from
-its last epoch. The last stage's bundle is the run's result.
+its last epoch. The run's result is the bundle of the stage with the best validation
+accuracy (the latest of equals): a later stage that trains more layers can overfit a small
+data set, and each stage's figures come from the same split its early stopping watched.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -70,15 +72,17 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
 def run_stages(
     cfg: TrainConfig, stages: tuple[Stage, ...], train: Callable[[TrainConfig], Path]
 ) -> Path:
-    """Run ``stages`` one after another in ``cfg.out/<n>-<layers>``; returns the last bundle."""
+    """Run ``stages`` one after another in ``cfg.out/<n>-<layers>``; returns the bundle of the
+    stage with the best validation accuracy (the last stage's, with no validation)."""
     out = Path(cfg.out)
     previous: Path | None = Path(cfg.init_from) if cfg.init_from else None
     bundle = out
-    record = []
+    record: list[dict[str, Any]] = []
     for n, stage in enumerate(stages, start=1):
         folder = out / f"{n}-{stage.layers}"
         bundle = folder / "bundle"
-        done = (bundle / "manifest.json").is_file() and (folder / "evaluation.json").is_file()
+        # train() writes the manifest last and then removes the resume state
+        done = (bundle / "manifest.json").is_file() and not (folder / "backup").exists()
         if done and cfg.resume:
             log.info("stage %d (%s) is done: %s", n, stage.layers, folder)
         else:
@@ -92,13 +96,25 @@ def run_stages(
                     train_layers=stage.layers,
                     init_from=str(previous) if previous else None,
                     resume=cfg.resume and folder.exists(),
+                    # every image (--val-split 0): each stage's estimate is the same stage of
+                    # the recipe's run on the split
+                    estimate_from=str(Path(cfg.estimate_from) / folder.name)
+                    if cfg.estimate_from
+                    else None,
                 )
             )
-        previous = folder / "best.keras"
-        figures = json.loads((folder / "evaluation.json").read_text(encoding="utf-8"))
+        kept = [folder / "best.keras", folder / "final.keras"]  # final: no validation
+        previous = next((p for p in kept if p.is_file()), kept[0])
+        scores = folder / "evaluation.json"  # none with --val-split 0
+        figures = json.loads(scores.read_text(encoding="utf-8")) if scores.is_file() else {}
         record.append({"stage": stage.layers, "epochs": stage.epochs, "folder": str(folder)})
         record[-1]["accuracy"] = figures.get("accuracy")
+    scored = [r for r in record if isinstance(r["accuracy"], float)]
+    if scored:  # max() keeps the first of equals: look from the last stage back
+        best = max(reversed(scored), key=lambda r: r["accuracy"])
+        bundle = Path(best["folder"]) / "bundle"
     write_json_atomic(out / "stages.json", {"stages": record, "bundle": str(bundle)})
+    log.info("result: %s", bundle)
     return bundle
 
 

@@ -28,7 +28,9 @@ from .architectures import build, recipe
 from .chips import load_training_data
 
 
-def reexport(run: Path, out: Path, name: str, data: str | None = None) -> tuple[Path, dict[str, Any]]:
+def reexport(
+    run: Path, out: Path, name: str, data: str | None = None
+) -> tuple[Path, dict[str, Any]]:
     """The new bundle and its validation figures. ``data``: where the run's data set is now,
     if not at the path the run recorded (a run made from another working folder)."""
     manifest = json.loads((run / "bundle" / "manifest.json").read_text(encoding="utf-8"))
