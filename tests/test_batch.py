@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
 import json
 import os
@@ -554,3 +555,49 @@ def test_an_empty_folder_is_nothing_to_do(tmp_path: Path):
         f"summary: nothing to do: no image in the inputs (1 input(s) failed) -> {tmp_path / 'e.jsonl'}"
     )
     assert "images/s" not in result.stderr
+
+
+def test_progress_counts_every_batch_not_the_last(monkeypatch):
+    """The bar's count is the running total of records (and skipped inputs), never the size
+    of the last batch: it never goes backwards and ends at the total."""
+    import tqdm as tqdm_module
+
+    from scenecam_edge.batch import JobCounts
+
+    batch_cli = importlib.import_module("scenecam_edge.cli.batch")  # the module, not the command
+
+    counts = []
+
+    class FakeBar:
+        disable = False
+        n = 0
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k):
+            self.n += k
+            counts.append(self.n)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def write(self, *args, **kwargs):
+            pass
+
+    class FakeJob:
+        counts = JobCounts(skipped=2)
+
+        def run(self, sources):
+            for size in (4, 4, 1):
+                yield [{"path": f"{i}.jpg"} for i in range(size)]
+
+    monkeypatch.setattr(tqdm_module, "tqdm", FakeBar)
+    batch_cli._drive(FakeJob(), [], total=11)
+    assert counts == [6, 10, 11]

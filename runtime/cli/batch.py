@@ -208,7 +208,9 @@ def _drive(job: BatchJob, sources: Iterable[SourceItem], total: int | None) -> N
         disable=not sys.stderr.isatty(),
         dynamic_ncols=True,
     ) as bar:
+        written = 0  # records of this run so far (the bar counts skipped inputs too)
         for records in job.run(sources):
+            written += len(records)
             for record in records:
                 if record.get("error"):
                     if bar.disable:
@@ -216,7 +218,7 @@ def _drive(job: BatchJob, sources: Iterable[SourceItem], total: int | None) -> N
                     else:
                         line = f"error: {shown(record['path'])}: {shown(record['error'])}"
                         bar.write(line, file=sys.stderr)
-            bar.update(len(records) + job.counts.skipped + job.counts.excluded - bar.n)
+            bar.update(written + job.counts.skipped + job.counts.excluded - bar.n)
             bar.set_postfix(skipped=job.counts.skipped, failed=job.counts.failed, refresh=False)
 
 
