@@ -198,6 +198,27 @@ def test_target_alone_adds_its_probability_and_makes_no_map(
     assert record["target_probability"] == record["probabilities"]["forest"]
 
 
+def test_target_probability_is_recorded_with_heatmaps_too(
+    tmp_path: Path, sample_images: list[Path]
+):
+    """--json carries target_probability whenever --target is given, maps or not."""
+    result = invoke(
+        "classify",
+        str(sample_images[0]),
+        "--target",
+        "forest",
+        "--heatmaps",
+        str(tmp_path / "maps"),
+        "--json",
+        "--threads",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["target"] == "forest" and "method" in record
+    assert record["target_probability"] == record["probabilities"]["forest"]
+
+
 def test_old_option_names_still_work_with_a_note(tmp_path: Path, sample_images: list[Path]):
     out = tmp_path / "panels"
     result = CliRunner().invoke(cli, ["classify", str(sample_images[0]), "--save-dir", str(out)])

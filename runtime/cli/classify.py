@@ -307,7 +307,7 @@ class _JsonPrinter:
 
     def result(self, result: Classification, saved: Path | None) -> None:
         record = result.to_dict()
-        if self.target is not None and not isinstance(result, Explanation):
+        if self.target is not None:  # with or without a map (an Explanation names it too)
             record.update(
                 target=self.target, target_probability=record["probabilities"][self.target]
             )
