@@ -476,6 +476,7 @@ def test_json_lines_alone_make_no_maps_and_refuse_map_flags(tmp_path: Path, vide
     result = invoke(*base, "--max-frames", "3")
     assert result.exit_code == 0, result.output
     assert [r["heatmap"] for r in read_jsonl(lines)] == ["off"] * 3
+    assert all(r["target"] is None and r["method"] is None for r in read_jsonl(lines))
     assert "0 heatmaps" in result.stderr
 
 
@@ -490,3 +491,22 @@ def test_json_prints_the_lines_as_jsonl_dash_does(tmp_path: Path, video: Path):
     ]
     both = CliRunner().invoke(cli, ["camera", *base, "--json", "--jsonl", str(tmp_path / "f")])
     assert both.exit_code == 2 and "give one" in both.stderr
+
+
+def test_json_lines_name_the_target_the_map_shows(tmp_path: Path, video: Path):
+    """As classify's records: `target` (a class name), `target_space` and `method` when maps
+    are made; with --every, a reused map still shows the target it was made for."""
+    out = tmp_path / "annotated.avi"
+    base = ["--source", str(video), "--headless", "--out", str(out), "--json", "--threads", "1"]
+    result = invoke(*base, "--max-frames", "3", "--every", "2", "--target", "sea",
+                    "--target-space", "probability")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["heatmap"] for r in records] == ["computed", "reused", "computed"]
+    for record in records:
+        assert record["target"] == "sea" and record["target_space"] == "probability"
+        assert record["method"] == "gradcam"
+    plain = invoke(*base, "--max-frames", "2")
+    assert plain.exit_code == 0, plain.output
+    for record in map(json.loads, plain.stdout.splitlines()):
+        assert record["target"] == record["label"] and record["target_space"] == "logit"

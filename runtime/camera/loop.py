@@ -77,10 +77,14 @@ class FrameReport:
     fps: float
     arrived: float  # time.monotonic() when the frame was read from the source
     image: np.ndarray = field(repr=False, compare=False)
+    # the class the map shows and its target space (None while the heatmap is off)
+    target: str | None = None
+    target_space: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON line: frame numbers, timestamp, label, confidence, probabilities and how
-        the heatmap was made."""
+        the heatmap was made (``target``, the class it shows, ``target_space`` and ``method``,
+        as classify's records have them; null while the heatmap is off)."""
         return {
             "frame": self.number,
             "source_frame": self.source_index,
@@ -90,6 +94,8 @@ class FrameReport:
             "confidence": round(self.result.confidence, 6),
             "probabilities": {k: round(v, 6) for k, v in self.result.probabilities.items()},
             "heatmap": self.heatmap,
+            "target": self.target,
+            "target_space": self.target_space,
             "method": self.method,
         }
 
@@ -178,6 +184,7 @@ class CameraLoop:
         self.heatmaps = 0
         self.frames = 0  # processed and written
         self._since = settings.every  # frames since the last fresh map; >= every: make one
+        self._shown: tuple[str | None, str | None] = (None, None)  # the last map's target
         # Buffers reused from frame to frame: RGB for the model, the annotated picture, and the
         # last heatmap in colour (BGR) when it is reused between frames.
         self._rgb: np.ndarray = np.empty((0, 0, 3), np.uint8)
@@ -290,6 +297,7 @@ class CameraLoop:
                 )
             self._since = 1
             self.heatmaps += 1
+            self._shown = (explained.target_label, explained.target_space)
             status, image = "computed", self._out
         else:
             result = self.scenecam.predict([pixels], [name])[0]
@@ -302,6 +310,7 @@ class CameraLoop:
                 status, image = "reused", self._out
         self._tick()
         method = self.options.method if self.heatmap_on else None
+        target, target_space = self._shown if status != "off" else (None, None)
         speed = f"{self._fps:.1f} fps" if self._fps > 0 else "-- fps"
         note = self._note if time.monotonic() < self._note_until else ""
         self._annotator.draw(
@@ -320,6 +329,8 @@ class CameraLoop:
             fps=self._fps,
             arrived=frame.arrived,
             image=image,
+            target=target,
+            target_space=target_space,
         )
 
     def handle_key(self, key: int, report: FrameReport | None = None) -> bool:
