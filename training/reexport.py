@@ -39,7 +39,7 @@ def reexport(
         training["dataset"] = data
     arch, size = training["arch"], int(training["img_size"])
     classes = manifest["class_names"]
-    channels = int(manifest["input"]["shape"][-1])
+    channels = int(manifest["input"]["channels"])
     trained = keras.models.load_model(run / "best.keras", compile=False)
     model, conv_layer = build(arch, (size, size), channels, len(classes))
     model.set_weights(trained.get_weights())  # float32, whatever the training precision
