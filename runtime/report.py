@@ -39,22 +39,29 @@ def write_report(
     skipped: list[tuple[str, str]] | None = None,
     layer: str | None = None,
     explain: ExplainOptions | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``metrics.json``, ``metrics.md`` (the tables in Markdown) and ``report.html``
     (confusion matrix, per-class figures, and a Grad-CAM gallery per class with the
     misclassifications first). Each records when it was made and which model made it.
     ``layer`` is the explained layer of the gallery and the faithfulness scores (None: the
     model's default); ``explain``, how the gallery's maps are made (default: Grad-CAM of each
-    prediction at ``layer``)."""
+    prediction at ``layer``). ``options``: what the run was asked for that changes its
+    figures or maps (``evaluate`` gives its flags, the model's name and sha256): the
+    ``options`` object of ``metrics.json`` and a line of ``metrics.md`` and the page."""
     out = Path(out_dir)
     made = provenance(cam)
     left_out = [{**path_fields(path), "reason": reason} for path, reason in skipped or []]
     metrics: dict[str, Any] = {"title": title, **made, **result.figures, "skipped": left_out}
+    if options is not None:
+        metrics["options"] = dict(options)
     if faithfulness:
         metrics["faithfulness"] = faithfulness_rows(faithfulness)
         metrics["faithfulness_layer"] = layer or cam.manifest.conv_layer
     write_json_atomic(out / "metrics.json", metrics)
     markdown = f"# {for_markdown(title, None)}\n\n{for_markdown(_provenance_line(made), None)}"
+    if options is not None:
+        markdown += f"\n\n{for_markdown(options_line(options), None)}"
     markdown += f"\n\n{_skipped_text(skipped or [], for_markdown)}"
     markdown += figures_markdown(result.figures)
     if faithfulness:
@@ -63,6 +70,7 @@ def write_report(
     sections = [
         f"<h1>{for_html(title, None)}</h1>",
         f"<p class=meta>{for_html(_provenance_line(made), None)}</p>",
+        f"<p class=meta>{for_html(options_line(options), None)}</p>" if options is not None else "",
         f"<p class=meta>{_skipped_text(skipped, for_html)}</p>" if skipped else "",
         _summary(result.figures),
         _confusion(result.figures),
@@ -82,6 +90,23 @@ def provenance(cam: SceneCam) -> dict[str, str]:
         "model_path": str(cam.path),
         "model_sha256": cam.manifest.files.get("model.onnx", ""),
     }
+
+
+def options_line(options: dict[str, Any]) -> str:
+    """``Options: split validation, tta off, target space logit, ...``: each option as it was
+    given; an unset one (None, False) says off."""
+    shown = ", ".join(
+        f"{key.replace('_', ' ')} {_option_value(value)}" for key, value in options.items()
+    )
+    return f"Options: {shown}."
+
+
+def _option_value(value: Any) -> str:
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "on"
+    return str(value)
 
 
 def _skipped_text(left_out: list[tuple[str, str]], escape: Callable[[str], str]) -> str:

@@ -231,3 +231,28 @@ def test_reading_a_folder_reports_progress_with_its_total(tmp_path: Path):
     heard: list[tuple[int, int]] = []
     loaded = load_dataset(data, (32, 32), progress=lambda done, total: heard.append((done, total)))
     assert heard == [(i, 4) for i in range(1, 5)] and len(loaded) == 4
+
+
+def test_the_reports_record_the_options_that_change_results(tmp_path: Path):
+    """metrics.json has an "options" object (split, tta, layer, method, target space, the
+    model and its sha256); metrics.md and report.html a line naming them."""
+    data = labelled_folder(tmp_path / "data", {"sea": "sea", "forest": "forest"})
+    result = run(
+        "evaluate", str(data), "--model", "scenes-mini", "--report", str(tmp_path / "r"),
+        "--gallery", "1", "--tta", "--method", "gradcam++", "--target-space", "probability",
+        "--split", "validation", "--val-split", "0.5", "--seed", "3", "--threads", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    options = metrics["options"]
+    assert options["model"] == metrics["model"] == "scenes-mini"
+    assert options["model_sha256"] == metrics["model_sha256"] and options["model_sha256"]
+    assert options["split"] == "validation" and options["val_split"] == 0.5
+    assert options["seed"] == 3 and options["tta"] is True
+    assert options["method"] == "gradcam++" and options["target_space"] == "probability"
+    assert options["layer"]  # the layer explained, the bundle's default here
+    for name in ("metrics.md", "report.html"):
+        text = (tmp_path / "r" / name).read_text().replace("\\", "")  # Markdown's escapes
+        assert "Options: model scenes-mini" in text and "tta on" in text, name
+        assert "method gradcam++" in text and "target space probability" in text, name
+        assert "split validation" in text and f"layer {options['layer']}" in text, name

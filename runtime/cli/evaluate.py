@@ -177,6 +177,20 @@ def evaluate(
         skipped=skipped,
         layer=layer,
         explain=options,
+        options={
+            "model": scenecam.manifest.name,
+            "model_sha256": scenecam.manifest.files.get("model.onnx", ""),
+            "split": split,
+            "val_split": val_split if split != "all" else None,
+            "seed": seed if split != "all" else None,
+            "tta": tta,
+            "layer": layer or scenecam.manifest.conv_layer,
+            "method": options.method,
+            "target_space": options.target_space,
+            "max_channels": options.max_channels,
+            "gallery": gallery,
+            "faithfulness_images": min(faithfulness_images, len(data)) if faithfulness else None,
+        },
     )
     f = result.figures
     classes, total = f["macro_avg"]["classes"], len(f["class_names"])
