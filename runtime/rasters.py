@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -87,7 +88,7 @@ class Raster(Closing):
             self.floating = any(self.dataset.dtypes[b - 1].startswith("float") for b in self.bands)
         except _read_errors(rio) as exc:
             self._env.close()
-            raise ImageError(self.path, first_line(exc)) from None
+            raise ImageError(self.path, open_reason(exc, self.path)) from None
         except BaseException:
             self._env.close()
             raise
@@ -199,7 +200,7 @@ def read_still(
                 count, height, width = dataset.count, dataset.height, dataset.width
                 dtypes = tuple(dataset.dtypes)
     except _read_errors(rio) as exc:
-        raise ImageError(name, first_line(exc)) from None
+        raise ImageError(name, open_reason(exc, name)) from None
     check_count(name, count, channels)
     if any(kind.startswith("complex") for kind in dtypes):
         raise ImageError(name, f"complex bands ({dtypes[0]}) are not pixel values")
@@ -210,6 +211,27 @@ def read_still(
     with Raster(name, channels=channels, scaling=scaling) as raster:
         pixels, valid = raster.read()
     return filled(name, pixels, valid)
+
+
+def open_reason(exc: BaseException, name: str) -> str:
+    """Why GDAL could not open ``name``, in the words the image readers use (``no such
+    file``, ``not an image (unrecognised format)``, ``truncated or corrupt image (...)``)
+    and without the file's name, which the error line gives first (GDAL and libtiff start
+    with it, quoted or not, as given or as its last part)."""
+    text = first_line(exc)
+    names = dict.fromkeys((name, os.path.abspath(name), os.path.basename(name)))
+    for shown_name in sorted(names, key=len, reverse=True):
+        for form in (f"'{shown_name}' ", f"{shown_name}: ", f"'{shown_name}': "):
+            if shown_name and text.startswith(form):
+                text = text[len(form) :]
+    if text.startswith("No such file or directory"):
+        return "no such file"
+    if text.startswith("not recognized as being in a supported file format"):
+        return "not an image (unrecognised format)"
+    if text.startswith("TIFF"):  # libtiff: a TIFF it cannot read (cut short, corrupt)
+        said = re.sub(r"^(\w+):\s*", r"\1: ", text)  # TIFFReadDirectory:Failed -> ...: Failed
+        return f"truncated or corrupt image ({said})"
+    return text
 
 
 def _read_errors(rio: Any) -> tuple[type[BaseException], ...]:

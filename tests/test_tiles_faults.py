@@ -366,3 +366,27 @@ def test_a_row_of_tiles_too_big_for_memory_is_refused(tmp_path: Path, monkeypatc
         f"error: {good}: not enough memory (Unable to allocate 11.2 GiB)"
     ]
     assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_unreadable_scenes_are_worded_as_the_other_commands_word_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A missing scene is `no such file` (not GDAL's `No such file or directory`); a corrupt
+    TIFF names the file once (libtiff's sentence starts with it again) and says what it is."""
+    good = _scene(tmp_path / "good.tif", _noise((3, 40, 50)))
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00\x08\x00\x00\x00\xff\xff")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "cut.tif").write_bytes((tmp_path / "bad.tif").read_bytes())
+    (tmp_path / "junk.tif").write_bytes(bytes(range(256)) * 2)
+    monkeypatch.chdir(tmp_path)
+    done = run_tiles("missing.tif", "bad.tif", str(tmp_path / "sub" / "cut.tif"), "junk.tif",
+                     str(good), "--out-dir", "o", *MINI)  # fmt: skip
+    assert done.exit_code == 1, done.output
+    corrupt = "truncated or corrupt image (TIFFReadDirectory: Failed to read directory at offset 8)"
+    assert _lines(done.stderr) == [
+        "error: missing.tif: no such file",
+        f"error: bad.tif: {corrupt}",
+        f"error: {tmp_path}/sub/cut.tif: {corrupt}",
+        "error: junk.tif: not an image (unrecognised format)",
+    ]
+    assert (tmp_path / "o" / "good.json").is_file()
