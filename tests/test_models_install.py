@@ -57,7 +57,7 @@ def test_repository_only_model_missing_says_how_to_load_it(monkeypatch, tmp_path
         registry.resolve_model(name)
     result = CliRunner().invoke(cli, ["models", "--json"])
     records = [json.loads(line) for line in result.output.splitlines()]
-    assert [r["name"] for r in records] == list(REPOSITORY_ONLY)
+    assert sorted(r["name"] for r in records) == sorted(REPOSITORY_ONLY)
     assert not records[0]["installed"] and records[0]["path"] is None
 
 
