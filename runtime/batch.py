@@ -146,7 +146,10 @@ class BatchJob:
                 "explain": None
                 if explain is None
                 else {
-                    "target": explain.target,
+                    # the class name (files of earlier versions hold its index: still read)
+                    "target": None
+                    if explain.target is None
+                    else self.model.class_names[explain.target],
                     "method": explain.method,
                     "target_space": explain.target_space,
                     "alpha": explain.alpha,

@@ -241,7 +241,12 @@ class ResultsFile:
         """The description's base folder, once its identity matches this run's."""
         ours = _flatten(self.identity)
         theirs = _flatten({k: described.get(k) for k in self.identity})
+        target = theirs.get(_TARGET)
+        if type(target) is int and 0 <= target < len(self.class_names):
+            theirs[_TARGET] = self.class_names[target]  # earlier versions wrote the index
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        # an option unset on one side (explain: off) is said through the other's parts
+        differ = [k for k in differ if not any(d.startswith(f"{k}.") for d in differ)]
         if differ:
             raise ResultsMismatch(
                 self.path,
@@ -324,6 +329,10 @@ class ResultsFile:
             raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
 
+#: The flattened key of the explained class in a description (a name; an index before).
+_TARGET = "options.explain.target"
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """Nested options as dotted keys (``options.explain.method``), to name what differs."""
     if not isinstance(value, dict):
@@ -338,6 +347,9 @@ def _describe(flat: Mapping[str, Any], keys: list[str]) -> str:
     parts = []
     for key in keys[:4]:
         value = flat.get(key)
-        text = value if isinstance(value, str) else json.dumps(value)
+        if value is None or isinstance(value, bool):  # unset (or absent) options say off
+            text = "on" if value else "off"
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
         parts.append(f"{key.removeprefix('options.')}={text[:70]}")
     return ", ".join(parts) + (", ..." if len(keys) > 4 else "")

@@ -150,3 +150,29 @@ def test_a_missing_or_damaged_description_is_refused(tmp_path: Path, fmt: str):
     fresh.open()
     fresh.close()
     assert json.loads(fresh.meta_path.read_text())["format"] == fmt
+
+
+def test_the_description_names_the_target_and_mismatches_say_off(
+    tmp_path: Path, sample_images: list[Path]
+):
+    """batch's .meta.json stores --target as the class name; one of an earlier version (its
+    index) still resumes; the mismatch message says `off` for an unset option, not null."""
+    out = tmp_path / "r.jsonl"
+    args = ["batch", "--out", str(out), "--model", "scenes-mini", "--threads", "1"]
+    maps = ["--heatmaps", str(tmp_path / "maps"), "--target", "forest"]
+    first = CliRunner().invoke(cli, [*args, *maps, str(sample_images[0])])
+    assert first.exit_code == 0, first.output
+    meta = tmp_path / "r.jsonl.meta.json"
+    described = json.loads(meta.read_text())
+    assert described["options"]["explain"]["target"] == "forest"
+    from scenecam_edge import SceneCam
+
+    described["options"]["explain"]["target"] = SceneCam.load("scenes-mini").class_index("forest")
+    meta.write_text(json.dumps(described))  # as an earlier version wrote it
+    again = CliRunner().invoke(cli, [*args, *maps, *map(str, sample_images[:2])])
+    assert again.exit_code == 0, again.output
+    assert "1 done, 1 skipped" in again.stderr
+    plain = CliRunner().invoke(cli, [*args, str(sample_images[2])])
+    assert plain.exit_code == 2
+    assert "was written with explain.alpha=0.4, " in plain.stderr
+    assert "this run has explain.alpha=off, " in plain.stderr and "null" not in plain.stderr
