@@ -14,6 +14,7 @@ Run from a clone: float bundles live in the repository (models/), not in the pac
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing as mp
 import os
 import platform
@@ -43,17 +44,22 @@ def _bundle(name: str) -> str | Path:
 
 
 def measure(models: list[str], spin: bool, rounds: int, photos: list) -> dict[str, float]:
-    cams = {name: SceneCam.load(_bundle(name), spin=spin) for name in models}
-    for cam in cams.values():  # warm-up: memory planning, thread pools
-        for photo in photos[:3]:
-            cam.explain(photo)
-    times: dict[str, list[float]] = {name: [] for name in cams}
+    """Rounds interleave the models, and only one model is loaded at a time: a session's
+    spinning threads go on spinning for a while after its run, and would steal the cores
+    from the next model's run (with every model loaded at once, spinning looked slower than
+    it is)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
-        for name, cam in cams.items():
+        for name in models:
+            cam = SceneCam.load(_bundle(name), spin=spin)
+            for photo in photos[:3]:  # warm-up: memory planning, thread pools
+                cam.explain(photo)
             start = time.perf_counter()
             for photo in photos:
                 cam.explain(photo)
             times[name].append((time.perf_counter() - start) / len(photos) * 1000)
+            del cam
+            gc.collect()
     return {name: statistics.median(t) for name, t in times.items()}
 
 
