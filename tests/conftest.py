@@ -133,3 +133,19 @@ def image_folder(tmp_path: Path) -> Path:
         img = (base + 60 * np.sin(xx[..., None] / (7 + i) + yy[..., None] / 11)).clip(0, 255)
         Image.fromarray(img.astype(np.uint8)).save(folder / f"img{i}.jpg", quality=92)
     return folder
+
+
+#: A small, fast model and one thread: the commands' subprocess tests.
+MINI = ("--model", "scenes-mini", "--threads", "1")
+
+
+def cli_executable() -> str:
+    """The installed ``scenecam-edge`` command beside this Python (real processes, for tests
+    of signals and file descriptors); the test skips where it is not installed."""
+    import os
+    import sys
+
+    exe = shutil.which("scenecam-edge", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("scenecam-edge is not installed as a command")
+    return exe

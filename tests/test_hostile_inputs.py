@@ -27,6 +27,8 @@ from scenecam_edge.cli import cli
 from scenecam_edge.images import load_image
 from scenecam_edge.outputs import OutputNamer, safe_stem
 
+from .conftest import MINI, cli_executable
+
 
 def _photo(sample_images: list[Path]) -> Image.Image:
     return Image.open(sample_images[3]).convert("RGB")
@@ -205,15 +207,6 @@ def test_an_output_never_overwrites_an_input(tmp_path: Path):
 
 # -- special files, odd names, concurrent writers, signals, full disks (issue 16) -------------
 
-MINI = ("--model", "scenes-mini", "--threads", "1")
-
-
-def _exe() -> str:
-    exe = shutil.which("scenecam-edge", path=os.path.dirname(sys.executable))
-    if exe is None:
-        pytest.skip("scenecam-edge is not installed as a command")
-    return exe
-
 
 def _photos(folder: Path, n: int, size: int = 48) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -249,9 +242,17 @@ def test_fifos_and_devices_are_refused_by_type(tmp_path: Path, sample_images: li
     # Opening the FIFO would block for ever and /dev/zero never ends: a hang fails the test
     # through the subprocess timeouts below rather than hanging the suite.
     for command in (
-        [_exe(), "classify", str(fifo), str(link), str(folder / "*.jpg"), "--json", *MINI],
         [
-            _exe(),
+            cli_executable(),
+            "classify",
+            str(fifo),
+            str(link),
+            str(folder / "*.jpg"),
+            "--json",
+            *MINI,
+        ],
+        [
+            cli_executable(),
             "batch",
             str(fifo),
             str(link),
@@ -293,7 +294,7 @@ def test_one_writer_per_results_file(tmp_path: Path):
     folder = tmp_path / "in"
     photos = _photos(folder, 300)
     out = tmp_path / "r.jsonl"
-    command = [_exe(), "batch", "--out", str(out), "--batch-size", "4", *MINI]
+    command = [cli_executable(), "batch", "--out", str(out), "--batch-size", "4", *MINI]
     # The first run reads its inputs from a pipe that stays open until the second run has
     # tried: it holds the lock however fast this machine is (a folder of photos could be
     # done before the second run has even started).
@@ -370,7 +371,16 @@ def test_interrupt_stops_batch_and_leaves_the_file_whole(tmp_path: Path, signum)
     folder = tmp_path / "in"
     photos = _photos(folder, 400)
     out = tmp_path / "r.jsonl"
-    command = [_exe(), "batch", str(folder), "--out", str(out), "--batch-size", "4", *MINI]
+    command = [
+        cli_executable(),
+        "batch",
+        str(folder),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        *MINI,
+    ]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -432,7 +442,16 @@ def test_file_size_limit_is_one_line_and_nothing_torn(tmp_path: Path):
     folder = tmp_path / "in"
     _photos(folder, 60)
     out = tmp_path / "r.jsonl"
-    command = [_exe(), "batch", str(folder), "--out", str(out), "--batch-size", "4", *MINI]
+    command = [
+        cli_executable(),
+        "batch",
+        str(folder),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        *MINI,
+    ]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=300, preexec_fn=_limited(6000)
     )
@@ -461,7 +480,15 @@ def test_classify_goes_on_after_a_failed_panel(tmp_path: Path):
     folder = tmp_path / "in"
     _photos(folder, 5)
     done = subprocess.run(
-        [_exe(), "classify", str(folder), "--heatmaps", str(tmp_path / "panels"), "--json", *MINI],
+        [
+            cli_executable(),
+            "classify",
+            str(folder),
+            "--heatmaps",
+            str(tmp_path / "panels"),
+            "--json",
+            *MINI,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -616,7 +643,14 @@ def test_the_size_note_reads_headers_through_the_guard(tmp_path: Path, sample_im
     assert mismatch(bomb, 3, 150, 150) is None and mismatch(fifo, 3, 150, 150) is None
     assert mismatch(sample_images[0], 1, 28, 28) is not None  # colour for a grey model
     done = subprocess.run(
-        [_exe(), "classify", str(bomb), str(sample_images[0]), "--model", "mnist-tutorial"],
+        [
+            cli_executable(),
+            "classify",
+            str(bomb),
+            str(sample_images[0]),
+            "--model",
+            "mnist-tutorial",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -752,7 +786,7 @@ def test_pillows_own_bomb_warning_and_limit_are_one_line(tmp_path: Path):
     warned.write_bytes(_png_header_only(10_000, 10_000))
     bomb = tmp_path / "b60k.png"
     bomb.write_bytes(_png_header_only(60_000, 60_000))
-    command = [_exe(), "classify", str(warned), str(bomb), *MINI]
+    command = [cli_executable(), "classify", str(warned), str(bomb), *MINI]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [

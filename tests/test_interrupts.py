@@ -4,10 +4,8 @@ what was finished and where it is (real signals to a real process)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,14 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-MINI = ("--model", "scenes-mini", "--threads", "1")
-
-
-def _exe() -> str:
-    exe = shutil.which("scenecam-edge", path=os.path.dirname(sys.executable))
-    if exe is None:
-        pytest.skip("scenecam-edge is not installed as a command")
-    return exe
+from .conftest import MINI, cli_executable
 
 
 def _photos(folder: Path, n: int, size: int = 48) -> None:
@@ -47,7 +38,7 @@ def _interrupt_when(proc: subprocess.Popen, ready, signum: int) -> str:
 def test_classify_says_what_it_finished(tmp_path: Path, signum: int):
     _photos(tmp_path / "in", 400)
     maps = tmp_path / "maps"
-    command = [_exe(), "classify", str(tmp_path / "in"), "--heatmaps", str(maps), *MINI]
+    command = [cli_executable(), "classify", str(tmp_path / "in"), "--heatmaps", str(maps), *MINI]
     command += ["--batch-size", "4"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr = _interrupt_when(proc, lambda: maps.exists() and len(os.listdir(maps)) >= 3, signum)
@@ -64,7 +55,15 @@ def test_evaluate_says_nothing_was_written(tmp_path: Path):
     data = tmp_path / "data"
     _photos(data / "sea", 40, size=150)
     report = tmp_path / "r"
-    command = [_exe(), "evaluate", str(data), "--report", str(report), "--faithfulness", *MINI]
+    command = [
+        cli_executable(),
+        "evaluate",
+        str(data),
+        "--report",
+        str(report),
+        "--faithfulness",
+        *MINI,
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     line = proc.stderr.readline()  # the estimate, printed as the faithfulness run starts

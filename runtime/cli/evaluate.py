@@ -148,14 +148,7 @@ def evaluate(
     if not len(data):
         fail(f"{data_dir}: no images to evaluate", EXIT_USAGE)
     note_progress(lambda: f"no report written to {report_dir} (it is written at the end)")
-    with tqdm(
-        total=len(data),
-        desc="evaluate",
-        unit="img",
-        file=sys.stderr,
-        disable=not sys.stderr.isatty(),
-        dynamic_ncols=True,
-    ) as bar:
+    with _bar(len(data), "evaluate", "img") as bar:
         result = run_evaluation(
             scenecam, data, batch_size, progress=lambda done, total: bar.update(done - bar.n)
         )
@@ -220,14 +213,7 @@ def _faithfulness(
         f"about {_duration(seconds)}",
         err=True,
     )
-    with tqdm(
-        total=n * (len(methods) + 1),
-        desc="faithfulness",
-        unit="map",
-        file=sys.stderr,
-        disable=not sys.stderr.isatty(),
-        dynamic_ncols=True,
-    ) as bar:
+    with _bar(n * (len(methods) + 1), "faithfulness", "map") as bar:
         step = max(1, (n * (len(methods) + 1)) // 10)
 
         def progress(done: int, total: int) -> None:
@@ -248,3 +234,15 @@ def _faithfulness(
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _bar(total: int, desc: str, unit: str) -> tqdm:
+    """A progress bar on stderr with its total and the time left, only on a terminal."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
