@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from scenecam_edge.batch import ResultsFile, classify_batches, classify_stream
 from scenecam_edge.cli import cli
 from scenecam_edge.results import Classification
 
-from .conftest import local_ray
+from .conftest import cli_executable, local_ray
 
 HAS_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow")
 
@@ -283,19 +282,12 @@ def test_heatmap_format_npy_alone(tmp_path: Path, sample_images: list[Path]):
     assert usage.exit_code == 2 and "--heatmaps" in usage.stderr
 
 
-def _scenecam_exe() -> str:
-    exe = shutil.which("scenecam-edge", path=os.path.dirname(sys.executable))
-    if exe is None:
-        pytest.skip("scenecam-edge is not installed as a command")
-    return exe
-
-
 def test_resume_after_sigkill(tmp_path: Path):
     folder = tmp_path / "many"
     inputs = make_images(folder, 200)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     out = tmp_path / "results.jsonl"
-    cmd = [_scenecam_exe(), "batch", str(folder), "--out", str(out), "--batch-size", "8"]
+    cmd = [cli_executable(), "batch", str(folder), "--out", str(out), "--batch-size", "8"]
     proc = subprocess.Popen([*cmd, "--threads", "1"], stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from scenecam_edge.cli import cli
 
 from . import test_hostile_inputs
-from .test_hostile_inputs import _exe, _limited
+from .conftest import cli_executable
+from .test_hostile_inputs import _limited
 from .test_tiles import needs_geo, run_tiles
 
 pytestmark = needs_geo
@@ -180,7 +181,16 @@ def slow_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(scene: Path, out: Path) -> subprocess.Popen:
-    command = [_exe(), "tiles", str(scene), "--out", str(out), "--tile", "8", "--heatmaps"]
+    command = [
+        cli_executable(),
+        "tiles",
+        str(scene),
+        "--out",
+        str(out),
+        "--tile",
+        "8",
+        "--heatmaps",
+    ]
     proc = subprocess.Popen([*command, *MINI, "--threads", "1"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -262,7 +272,15 @@ def test_a_signal_while_files_are_renamed_waits_for_the_summary(tmp_path: Path, 
 
 def test_a_full_disk_exits_5_in_one_line_and_leaves_nothing(tmp_path: Path, small_fs: Path):
     scene = _scene(tmp_path / "s.tif", _noise((3, 480, 640)))
-    command = [_exe(), "tiles", str(scene), "--out", str(small_fs / "m.tif"), "--tile", "32"]
+    command = [
+        cli_executable(),
+        "tiles",
+        str(scene),
+        "--out",
+        str(small_fs / "m.tif"),
+        "--tile",
+        "32",
+    ]
     done = subprocess.run(
         [*command, "--heatmaps", *MINI, "--threads", "1"], capture_output=True, text=True
     )
@@ -279,7 +297,17 @@ def test_the_file_size_limit_exits_5_in_one_line(tmp_path: Path):
     scene = _scene(tmp_path / "s.tif", _noise((3, 480, 640)))
     out = tmp_path / "o" / "m.tif"
     done = subprocess.run(
-        [_exe(), "tiles", str(scene), "--out", str(out), "--tile", "16", "--heatmaps", *MINI],
+        [
+            cli_executable(),
+            "tiles",
+            str(scene),
+            "--out",
+            str(out),
+            "--tile",
+            "16",
+            "--heatmaps",
+            *MINI,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -320,7 +348,7 @@ def test_a_fifo_scene_is_refused_by_type(tmp_path: Path):
     os.mkfifo(fifo)
     good = _scene(tmp_path / "good.tif", _noise((3, 40, 50)))
     done = subprocess.run(  # in a child with a timeout: it blocked for ever in GDAL's open
-        [_exe(), "tiles", str(fifo), str(good), "--out-dir", str(tmp_path / "o"), *MINI],
+        [cli_executable(), "tiles", str(fifo), str(good), "--out-dir", str(tmp_path / "o"), *MINI],
         capture_output=True,
         text=True,
         timeout=120,
