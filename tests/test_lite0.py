@@ -252,5 +252,7 @@ def _maps_match_gradienttape(run: Path, data: Path) -> None:
                 top = got.cam.max()
                 normalised = got.cam / top if top > 0 else got.cam
                 assert np.abs(normalised - expected).max() <= 1e-4, (name, photo.name, space)
-                nontrivial += int(0 < (expected > 0).mean() < 1)
+                # a map that varies over the image (ReLU6 features often make every cell
+                # positive, so "some zero, some not" would be the wrong test)
+                nontrivial += int(expected.max() > 0 and float(expected.std()) > 1e-3)
         assert nontrivial >= 3, name
