@@ -693,6 +693,8 @@ def test_the_first_corpus_through_every_command(
     """Every command that reads images: one line per bad input, naming it, and it goes on.
     The camera takes one source a run (OpenCV reads a still as a one-frame video)."""
     bad = {**FAILS, "bomb60k.png": "over the limit"}
+    if command == "tiles":
+        pytest.importorskip("rasterio", reason="tiles needs rasterio: pip install '.[geo]'")
     if command == "camera":
         pytest.importorskip("cv2", reason="the camera needs OpenCV: pip install '.[camera]'")
         bomb = tmp_path / "bomb60k.png"
