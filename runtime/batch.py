@@ -6,9 +6,13 @@ one write per inference batch, optionally saving each image's heatmap
 (:mod:`scenecam_edge.heatmaps`) first. A rerun with the same results file skips every input
 the file already holds; a torn last line (a run killed mid-write) is dropped first.
 
-Each batch's heatmaps and its line are written as one step: an interrupt (SIGINT, SIGTERM,
-with ``handle_signals``) that arrives meanwhile takes effect right after it, and a failed
-write removes the batch's heatmaps, so no heatmap is left without its record.
+Each batch's heatmaps and its line are written as one step, and a failed write removes the
+batch's heatmaps, so no heatmap is left without its record. With ``handle_signals``, SIGINT
+and SIGTERM are noted when they arrive and acted on at the next safe point (before the next
+input is taken, after a batch is written): an exception raised at an arbitrary instruction
+could land inside the decoding pool's or a lock's bookkeeping and leave the process unable
+to exit. While the job waits for its next input (a pipe that may stay silent), or on a
+second signal, it interrupts at once.
 
 The stream engine's names stay importable from here (``classify_stream``, ...).
 """
@@ -96,7 +100,8 @@ class BatchJob:
     model or other options is refused (:class:`~scenecam_edge.results_file.ResultsMismatch`),
     and one another process is writing gives
     :class:`~scenecam_edge.filelock.ResultsBusy`. ``handle_signals`` (main thread only)
-    turns SIGINT and SIGTERM into :class:`Interrupted` between batches.
+    turns SIGINT and SIGTERM into :class:`Interrupted` at the next safe point: before the
+    next input is taken or after the batch at hand is written.
     """
 
     def __init__(
@@ -129,8 +134,8 @@ class BatchJob:
         self.handle_signals = handle_signals
         self.counts = JobCounts()
         results.identity = results.normalised(self.identity())
-        self._shielded = False
         self._pending_signal: int | None = None
+        self._waiting_for_input = False  # where a signal may interrupt at once
 
     def identity(self) -> dict[str, Any]:
         """What the results depend on: the model and the options that change a record."""
@@ -190,7 +195,7 @@ class BatchJob:
         absolute = os.path.realpath(prior.base) != os.path.realpath(cwd)
 
         def fresh() -> Iterator[SourceItem]:
-            for item in sources:
+            for item in self._taken(sources):
                 key = result_key(item.path, cwd)
                 if key in seen:
                     self.counts.skipped += 1
@@ -212,11 +217,25 @@ class BatchJob:
                 window_bytes=self.window_bytes,
                 top_k=self.top_k,
             ):
-                with self._shield():
-                    records = self._write(batch, saver, absolute)
-                yield records
+                yield self._write(batch, saver, absolute)
+                self._stop_if_signalled()
+            self._stop_if_signalled()
         finally:
             self.results.close()
+
+    def _taken(self, sources: Iterable[SourceItem]) -> Iterator[SourceItem]:
+        """``sources`` one by one, stopping first if a signal is pending."""
+        items = iter(sources)
+        while True:
+            self._stop_if_signalled()
+            self._waiting_for_input = True
+            try:
+                item = next(items, None)
+            finally:
+                self._waiting_for_input = False
+            if item is None:
+                return
+            yield item
 
     def _write(
         self, batch: list[BatchResult], saver: HeatmapSaver | None, absolute: bool
@@ -258,10 +277,12 @@ class BatchJob:
             return
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            if self._shielded:
-                self._pending_signal = signum
-                return
-            raise Interrupted(signum)
+            # at once while waiting for input, or on a second signal (the user insists);
+            # else at the next safe point
+            if self._waiting_for_input or self._pending_signal is not None:
+                self._waiting_for_input = False
+                raise Interrupted(self._pending_signal or signum)
+            self._pending_signal = signum
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -270,14 +291,7 @@ class BatchJob:
             for signum, old in previous.items():
                 signal.signal(signum, old)
 
-    @contextlib.contextmanager
-    def _shield(self) -> Iterator[None]:
-        """Hold SIGINT/SIGTERM back while a batch's heatmaps and line are written."""
-        self._shielded = True
-        try:
-            yield
-        finally:
-            self._shielded = False
+    def _stop_if_signalled(self) -> None:
         if self._pending_signal is not None:
             signum, self._pending_signal = self._pending_signal, None
             raise Interrupted(signum)

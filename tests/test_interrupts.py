@@ -4,6 +4,7 @@ what was finished and where it is (real signals to a real process)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -75,3 +76,32 @@ def test_evaluate_says_nothing_was_written(tmp_path: Path):
         f"interrupted: no report written to {report} (it is written at the end)"
     )
     assert "Traceback" not in rest and not report.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_batch_waiting_on_a_silent_pipe_stops_at_once(tmp_path: Path, signum: int):
+    """``batch --from-list -`` fed by a producer that gave two names and then says nothing:
+    the job waits for more to fill its decoding window. A signal is acted on at once there
+    (elsewhere the job waits for a safe point), with the usual line and status."""
+    _photos(tmp_path / "in", 2)
+    out = tmp_path / "r.jsonl"
+    command = [cli_executable(), "batch", "--from-list", "-", "--out", str(out), *MINI]
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert proc.stdin is not None
+    proc.stdin.write("in/p0000.png\nin/p0001.png\n")
+    proc.stdin.flush()  # and the pipe stays open
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not out.exists():
+        time.sleep(0.01)
+    time.sleep(2)  # for the two names to be read and the job to wait on the pipe
+    proc.send_signal(signum)
+    proc.wait(timeout=60)  # with the pipe still open (communicate would close it)
+    proc.stdin.close()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    summary = re.fullmatch(r"interrupted after (\d+) done, .*", stderr.strip().splitlines()[-1])
+    assert summary is not None, stderr
+    assert out.read_text().count("\n") == int(summary.group(1))
