@@ -186,6 +186,16 @@ def test_fine_tune_in_stages_through_the_command_line(tmp_path: Path):
     ).max()
     assert changed > 0
     _maps_match_gradienttape(out / "2-top", data)
+    # a finished run exported again (what ships): the same weights, the same figures
+    from scenecam_edge.training.reexport import reexport
+
+    again_bundle, figures = reexport(out / "2-top", tmp_path / "again", "again")
+    assert json.loads((again_bundle / "manifest.json").read_text())["name"] == "again"
+    run_figures = json.loads((out / "2-top" / "evaluation.json").read_text())
+    assert (figures["accuracy"], figures["count"]) == (
+        run_figures["accuracy"],
+        run_figures["count"],
+    )
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/best.keras")}
     again = CliRunner().invoke(cli, [*args, "--resume"], catch_exceptions=False)
     assert again.exit_code == 0, again.output

@@ -138,7 +138,7 @@ def fit_head_on_features(
     val_set: LabelledImages,
     cfg: TrainConfig,
     out: Path,
-) -> list[keras.callbacks.History]:
+) -> None:
     """Fit ``model``'s classifier on the frozen backbone's pooled features, computed once and
     cached in ``out/features.npz``; writes the log and copies the fitted weights back."""
     pooled = keras.Model(model.input, model.get_layer("gap").output)
@@ -166,7 +166,7 @@ def fit_head_on_features(
     )
     n = dense.units
     has_val = len(x_val) > 0
-    history = probe.fit(
+    probe.fit(
         x_train,
         keras.utils.to_categorical(train_set.labels, n),
         validation_data=(x_val, keras.utils.to_categorical(val_set.labels, n)) if has_val else None,
@@ -187,4 +187,3 @@ def fit_head_on_features(
         ],
     )
     dense.set_weights(head.get_weights())
-    return [history]

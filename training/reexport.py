@@ -16,16 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import keras
-
 from scenecam_edge import SceneCam
 from scenecam_edge.bundle import update_manifest
 from scenecam_edge.dataset import default_cache_dir, stratified_split
 from scenecam_edge.evaluation import evaluate
-from scenecam_edge.export import export_keras
 
-from .architectures import build, recipe
 from .chips import load_training_data
+from .train import export_checkpoint
 
 
 def reexport(
@@ -37,21 +34,15 @@ def reexport(
     training = manifest["training"]
     if data is not None:
         training["dataset"] = data
-    arch, size = training["arch"], int(training["img_size"])
-    classes = manifest["class_names"]
-    channels = int(manifest["input"]["channels"])
-    trained = keras.models.load_model(run / "best.keras", compile=False)
-    model, conv_layer = build(arch, (size, size), channels, len(classes))
-    model.set_weights(trained.get_weights())  # float32, whatever the training precision
-    bundle = export_keras(
-        model,
+    size, channels = int(training["img_size"]), int(manifest["input"]["channels"])
+    bundle = export_checkpoint(
+        run / "best.keras",
         out,
-        conv_layer=conv_layer,
-        extra_layers=recipe(arch).extra_layers,
-        class_names=classes,
+        size=(size, size),
+        channels=channels,
+        class_names=manifest["class_names"],
         name=name,
         training=training,
-        overwrite=True,
     )
     split = training["split"]
     images = load_training_data(training["dataset"], (size, size), channels, default_cache_dir())

@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     policy = "mixed_bfloat16" if bf16 else "float32"
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model, conv_layer = build(cfg.arch, size, channels, len(data.class_names))
+        model, _ = build(cfg.arch, size, channels, len(data.class_names))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if cfg.init_from:
@@ -228,10 +228,6 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
         )
     train_seconds = time.perf_counter() - started
 
-    # The bundle is float32 whatever the training precision: rebuild and copy the weights.
-    trained = keras.models.load_model(best, compile=False)
-    model32, _ = build(cfg.arch, size, channels, len(data.class_names))
-    model32.set_weights(trained.get_weights())
     epochs = _read_log(out / "log.csv")  # the whole run, across resumes
     val_losses = [row["val_loss"] for row in epochs if "val_loss" in row]
     training = {
@@ -255,17 +251,15 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     }
     if cfg.init_from:
         training.update(earlier_stages(cfg.init_from, training))
-    from scenecam_edge.export import export_keras
-
-    bundle = export_keras(
-        model32,
+    name = cfg.name or f"{Path(cfg.data).stem}-{cfg.arch}"
+    bundle = export_checkpoint(
+        best,
         out / "bundle",
-        conv_layer=conv_layer,
-        extra_layers=recipe(cfg.arch).extra_layers,
+        size=size,
+        channels=channels,
         class_names=data.class_names,
-        name=cfg.name or f"{Path(cfg.data).stem}-{cfg.arch}",
+        name=name,
         training=training,
-        overwrite=True,
     )
     cam = SceneCam.load(bundle)
     fields: dict[str, Any] = {}
@@ -284,6 +278,36 @@ def train(cfg: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] | No
     if len(val_set):
         log.info("validation accuracy %.4f; bundle %s", evaluation["accuracy"], bundle)
     return bundle
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    out: Path,
+    *,
+    size: tuple[int, int],
+    channels: int,
+    class_names: list[str],
+    name: str,
+    training: dict[str, Any],
+) -> Path:
+    """The bundle of a run's checkpoint: float32 whatever the training precision (the
+    recipe's model rebuilt and the weights copied), with the recipe's extra layers."""
+    from scenecam_edge.export import export_keras
+
+    arch = training["arch"]
+    trained = keras.models.load_model(checkpoint, compile=False)
+    model, conv_layer = build(arch, size, channels, len(class_names))
+    model.set_weights(trained.get_weights())
+    return export_keras(
+        model,
+        out,
+        conv_layer=conv_layer,
+        extra_layers=recipe(arch).extra_layers,
+        class_names=class_names,
+        name=name,
+        training=training,
+        overwrite=True,
+    )
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
