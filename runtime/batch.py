@@ -61,6 +61,7 @@ __all__ = [
     "classify_batches",
     "classify_stream",
     "default_workers",
+    "heeded",
 ]
 
 
@@ -70,6 +71,13 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def heeded(signals: Iterable[int]) -> tuple[int, ...]:
+    """Those of ``signals`` the process does not ignore. One ignored when the process started
+    (a job started in the background by a script, or under ``nohup``) stays ignored: its
+    parent asked for that, and a handler of ours would undo it."""
+    return tuple(s for s in signals if signal.getsignal(s) != signal.SIG_IGN)
 
 
 @dataclass
@@ -284,7 +292,7 @@ class BatchJob:
                 raise Interrupted(self._pending_signal or signum)
             self._pending_signal = signum
 
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, handler) for s in heeded((signal.SIGINT, signal.SIGTERM))}
         try:
             yield
         finally:

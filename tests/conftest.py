@@ -149,3 +149,25 @@ def cli_executable() -> str:
     if exe is None:
         pytest.skip("scenecam-edge is not installed as a command")
     return exe
+
+
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` for a command a test will signal: it starts with SIGINT, SIGTERM and
+    SIGHUP at their defaults, as a terminal's foreground job does, whatever this test run
+    inherited (a CI job started in the background ignores SIGINT, and so would the command,
+    rightly: it leaves alone what its parent ignores)."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ctrl_c_heeded() -> Iterator[None]:
+    """In this process, Ctrl-C raises KeyboardInterrupt during the test (see
+    :func:`as_in_a_terminal`), and whatever was there comes back after."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

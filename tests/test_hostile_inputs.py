@@ -27,7 +27,7 @@ from scenecam_edge.cli import cli
 from scenecam_edge.images import load_image
 from scenecam_edge.outputs import OutputNamer, safe_stem
 
-from .conftest import MINI, cli_executable
+from .conftest import MINI, as_in_a_terminal, cli_executable
 
 
 def _photo(sample_images: list[Path]) -> Image.Image:
@@ -381,7 +381,7 @@ def test_interrupt_stops_batch_and_leaves_the_file_whole(tmp_path: Path, signum)
         "4",
         *MINI,
     ]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if out.exists() and out.read_bytes().count(b"\n") > 10:

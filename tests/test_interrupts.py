@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import MINI, cli_executable
+from .conftest import MINI, as_in_a_terminal, cli_executable
 
 
 def _photos(folder: Path, n: int, size: int = 48) -> None:
@@ -41,7 +41,13 @@ def test_classify_says_what_it_finished(tmp_path: Path, signum: int):
     maps = tmp_path / "maps"
     command = [cli_executable(), "classify", str(tmp_path / "in"), "--heatmaps", str(maps), *MINI]
     command += ["--batch-size", "4"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_in_a_terminal,
+    )
     stderr = _interrupt_when(proc, lambda: maps.exists() and len(os.listdir(maps)) >= 3, signum)
     assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr
@@ -65,7 +71,13 @@ def test_evaluate_says_nothing_was_written(tmp_path: Path):
         "--faithfulness",
         *MINI,
     ]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_in_a_terminal,
+    )
     assert proc.stderr is not None
     line = proc.stderr.readline()  # the estimate, printed as the faithfulness run starts
     assert line.startswith("faithfulness: "), line
@@ -87,7 +99,12 @@ def test_batch_waiting_on_a_silent_pipe_stops_at_once(tmp_path: Path, signum: in
     out = tmp_path / "r.jsonl"
     command = [cli_executable(), "batch", "--from-list", "-", "--out", str(out), *MINI]
     proc = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        command,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=as_in_a_terminal,
     )
     assert proc.stdin is not None
     proc.stdin.write("in/p0000.png\nin/p0001.png\n")
@@ -105,3 +122,22 @@ def test_batch_waiting_on_a_silent_pipe_stops_at_once(tmp_path: Path, signum: in
     summary = re.fullmatch(r"interrupted after (\d+) done, .*", stderr.strip().splitlines()[-1])
     assert summary is not None, stderr
     assert out.read_text().count("\n") == int(summary.group(1))
+
+
+def test_batch_started_with_ctrl_c_ignored_keeps_it_ignored(tmp_path: Path):
+    """A job a script starts in the background (or ``nohup``) inherits SIGINT ignored, so
+    that Ctrl-C in the terminal leaves it alone: batch must not undo that with a handler."""
+    _photos(tmp_path / "in", 200)
+    out = tmp_path / "r.jsonl"
+    command = [cli_executable(), "batch", str(tmp_path / "in"), "--out", str(out), *MINI]
+    command += ["--batch-size", "4"]
+
+    def ignoring_ctrl_c() -> None:
+        as_in_a_terminal()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=ignoring_ctrl_c)
+    ready = lambda: out.exists() and out.read_bytes().count(b"\n") > 10  # noqa: E731
+    stderr = _interrupt_when(proc, ready, signal.SIGINT)
+    assert proc.returncode == 0, stderr
+    assert "summary: 200 done" in stderr and out.read_text().count("\n") == 200

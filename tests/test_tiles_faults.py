@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from scenecam_edge.cli import cli
 
 from . import test_hostile_inputs
-from .conftest import cli_executable
+from .conftest import as_in_a_terminal, cli_executable
 from .test_hostile_inputs import _limited
 from .test_tiles import needs_geo, run_tiles
 
@@ -191,7 +191,12 @@ def _start(scene: Path, out: Path) -> subprocess.Popen:
         "8",
         "--heatmaps",
     ]
-    proc = subprocess.Popen([*command, *MINI, "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*command, *MINI, "--threads", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_in_a_terminal,
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if any(out.parent.glob(".*.tmp.tif")):  # writing has begun
@@ -226,7 +231,9 @@ def test_two_ctrl_c_leave_all_of_a_scene_or_none(tmp_path: Path, slow_scene: Pat
     assert list(out.parent.iterdir()) == []
 
 
-def test_a_signal_while_files_are_renamed_waits_for_the_summary(tmp_path: Path, monkeypatch):
+def test_a_signal_while_files_are_renamed_waits_for_the_summary(
+    tmp_path: Path, monkeypatch, ctrl_c_heeded
+):
     """Deterministic: SIGINT arrives between the renames (the moment a second Ctrl-C used
     to leave map.tif and probs.tif without map.json); it takes effect after the summary."""
     from scenecam_edge.tiles.writers import StagedRaster
@@ -418,3 +425,20 @@ def test_unreadable_scenes_are_worded_as_the_other_commands_word_them(
         "error: junk.tif: not an image (unrecognised format)",
     ]
     assert (tmp_path / "o" / "good.json").is_file()
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    """``nohup scenecam-edge tiles ...`` starts with SIGHUP ignored: closing the terminal must
+    not stop the job, so interruptible leaves an ignored signal alone."""
+    from scenecam_edge.tiles.faults import check_interrupted, interruptible
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with interruptible():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.1)
+            check_interrupted()  # nothing arrived
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import click
 
-from ..batch import Interrupted
+from ..batch import Interrupted, heeded
 
 #: Exit status after a signal: 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
 EXIT_SIGNAL_BASE = 128
@@ -37,6 +37,10 @@ def note_progress(describe: Callable[[], str]) -> None:
 def terminate_raises() -> Iterator[None]:
     """SIGTERM raises :class:`Interrupted` in the main thread for the block."""
     if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    if not heeded((signal.SIGTERM,)):
         yield
         return
 
@@ -62,7 +66,7 @@ def signals_held() -> Iterator[None]:
     def hold(signum: int, frame: FrameType | None) -> None:
         pending.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, hold) for s in heeded((signal.SIGINT, signal.SIGTERM))}
     try:
         yield
     finally:

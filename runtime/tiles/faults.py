@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ..batch import Interrupted
+from ..batch import Interrupted, heeded
 from ..fileio import STORAGE_ERRNOS
 
 #: The signals a job stops at (then exits 128 + the signal: 130, 143, 129).
@@ -47,7 +47,8 @@ def _restorable(handler: Handler) -> Any:
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """While the block runs (main thread only), SIGINT, SIGTERM and SIGHUP raise
+    """While the block runs (main thread only), SIGINT, SIGTERM and SIGHUP (those the process
+    does not ignore) raise
     :class:`Interrupted` (``.signum``): the job unwinds as it does for Ctrl-C. Only the
     first does: later ones (a second Ctrl-C) are ignored while it unwinds and after, when
     the caller exits (the handlers that were there come back only when the block ends
@@ -58,6 +59,7 @@ def interruptible() -> Iterator[None]:
         return
     fired: list[int] = []
     _FIRED = fired
+    caught = heeded(SIGNALS)  # one the process ignores stays ignored (nohup: SIGHUP)
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if not fired:
@@ -65,7 +67,7 @@ def interruptible() -> Iterator[None]:
             # ignored by the system, not by a Python handler: the interpreter puts its own
             # handlers back to the default while it exits, when a second signal would kill
             # the process (exit -2 instead of 130)
-            for other in SIGNALS:
+            for other in caught:
                 signal.signal(other, signal.SIG_IGN)
             raise Interrupted(signum)
 
@@ -76,7 +78,7 @@ def interruptible() -> Iterator[None]:
             hook(info)
 
     hook, sys.unraisablehook = sys.unraisablehook, unraisable
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    previous = {s: signal.signal(s, handler) for s in caught}
     try:
         yield
     except BaseException:
@@ -111,7 +113,7 @@ def deferred_signals() -> Iterator[None]:
     def hold(signum: int, frame: FrameType | None) -> None:
         pending.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in SIGNALS}
+    previous = {s: signal.signal(s, hold) for s in heeded(SIGNALS)}
     try:
         yield
     finally:
