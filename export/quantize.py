@@ -185,7 +185,10 @@ def quantize_bundle(
             "comparison": comparison.as_dict(),
             "command": command,
         }
-        if comparison.int8_figures is not None:
+        every_image = ((original.get("training") or {}).get("split") or {}).get("validation") == 0
+        # a model trained on every image keeps its recipe's estimate: on photos it trained on,
+        # the int8 figures (in "comparison") say how well it fits them, not how it generalises
+        if comparison.int8_figures is not None and not every_image:
             manifest["evaluation"] = {
                 "on": "validation split",
                 **comparison.int8_figures,

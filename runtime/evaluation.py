@@ -42,8 +42,13 @@ def recorded_split(
     cam: SceneCam, val_fraction: float | None = None, seed: int | None = None
 ) -> tuple[float, int]:
     """The validation share and seed of the bundle's training split: those given, else the
-    ones its manifest records, else training's defaults (0.15, 1337)."""
+    ones its manifest records, else training's defaults (0.15, 1337). A model trained on
+    every image records no split: the split of the run its accuracy estimate came from
+    (``evaluation.estimate_from``) is used, else the defaults."""
     split = (cam.manifest.training or {}).get("split") or {}
+    if not split.get("val_fraction"):
+        estimate = (cam.manifest.evaluation or {}).get("estimate_from") or {}
+        split = (estimate.get("training") or {}).get("split") or {}
     if val_fraction is None:
         val_fraction = float(split.get("val_fraction", DEFAULT_VAL_FRACTION))
     if seed is None:

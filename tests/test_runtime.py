@@ -26,11 +26,20 @@ def test_recorded_accuracy_holds_on_the_validation_photos(name: str | None):
     """The accuracy the manifest records, measured again: the validation split rebuilt from
     the photos (the seed and fraction the manifest names), every photo classified. Within
     half a point (int8 kernels differ a little between CPUs); the split's class sizes
-    exactly. About 8 s on 2 cores each: the default, and the fine-tuned EfficientNet-Lite0."""
+    exactly. About 8 s on 2 cores each: the default, and the fine-tuned EfficientNet-Lite0.
+    A model trained on every photo (Lite0) records its recipe's figures on the split, and
+    those photos are its training data: it must do at least as well on them."""
     scenecam = SceneCam.load(name)
     evaluation = scenecam.manifest.evaluation
-    split = (scenecam.manifest.training or {})["split"]
-    assert evaluation is not None and evaluation["on"] == "validation split"
+    assert evaluation is not None
+    estimate = evaluation.get("estimate_from")
+    if estimate is None:
+        assert evaluation["on"] == "validation split"
+        split = (scenecam.manifest.training or {})["split"]
+    else:  # trained on every photo: the figures are the recipe's run on the split
+        assert evaluation["on"].startswith("validation split of ")
+        assert (scenecam.manifest.training or {})["split"]["validation"] == 0
+        split = estimate["training"]["split"]
     names, items = list_folder(SHARED_DATA / "intel-scenes" / "train")
     labels = np.array([label for _, label in items])
     _, val = stratified_split(labels, split["val_fraction"], split["seed"])
@@ -41,7 +50,10 @@ def test_recorded_accuracy_holds_on_the_validation_photos(name: str | None):
     results = scenecam.classify([items[i][0] for i in val])
     predicted = np.array([names.index(r.label) for r in results])
     accuracy = float((predicted == labels[val]).mean())
-    assert abs(accuracy - evaluation["accuracy"]) <= 0.005, (accuracy, evaluation["accuracy"])
+    if estimate is None:
+        assert abs(accuracy - evaluation["accuracy"]) <= 0.005, (accuracy, evaluation["accuracy"])
+    else:  # it trained on these photos: at least the recipe's figure (a broken export is not)
+        assert accuracy >= evaluation["accuracy"] - 0.005, (accuracy, evaluation["accuracy"])
 
 
 def test_samples_are_classified_correctly(scenecam: SceneCam, sample_images: list[Path]):

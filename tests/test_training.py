@@ -456,6 +456,19 @@ def test_every_image_trains_with_the_recipe_runs_estimate(colour_folder: Path, t
               str(tmp_path / "report"), "--split", "all", "--gallery", "0"],
     )  # fmt: skip
     assert f"note: {manifest.name} was trained on every image of" in report.stderr
+    # quantize compares on the recipe run's split and keeps the estimate as the accuracy
+    int8 = tmp_path / "every-int8"
+    quantized = runner.invoke(
+        cli, ["quantize", str(every / "bundle"), "--calibration", str(colour_folder),
+              "--out", str(int8), "--min-calibration", "1", "--no-cache"],
+    )  # fmt: skip
+    assert quantized.exit_code == 1, quantized.output  # the folder's one broken image
+    assert "was trained on every image, these included" in quantized.stderr
+    recipe_split = manifest.evaluation["estimate_from"]["training"]["split"]
+    quantized_manifest = SceneCam.load(int8).manifest
+    assert quantized_manifest.evaluation == manifest.evaluation
+    comparison = quantized_manifest.raw["quantization"]["comparison"]
+    assert comparison["images"] == recipe_split["validation"] > 0
     # --estimate-from needs a run on every image, and a finished run of the same architecture
     wrong = runner.invoke(
         cli, [*args, "--estimate-from", str(recipe_run), "--out", str(tmp_path / "x")]

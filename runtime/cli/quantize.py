@@ -224,6 +224,12 @@ def quantize(
                 f"int8 {c.int8_accuracy:.4f} ({100 * (c.int8_accuracy - c.float_accuracy):+.2f} points)"
             )
         click.echo(f"predictions agree on {c.prediction_agreement:.1%} of {c.images} images")
+        if ((reference.manifest.training or {}).get("split") or {}).get("validation") == 0:
+            click.echo(
+                f"note: {reference.manifest.name} was trained on every image, these included: "
+                "its accuracy here is not an estimate (agreement and maps still compare)",
+                err=True,
+            )
         click.echo(
             f"Grad-CAM correlation int8 vs float: mean {c.cam_correlation_mean:.4f}, "
             f"median {c.cam_correlation_median:.4f}, min {c.cam_correlation_min:.4f}"
