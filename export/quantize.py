@@ -185,10 +185,9 @@ def quantize_bundle(
             "comparison": comparison.as_dict(),
             "command": command,
         }
-        every_image = ((original.get("training") or {}).get("split") or {}).get("validation") == 0
         # a model trained on every image keeps its recipe's estimate: on photos it trained on,
         # the int8 figures (in "comparison") say how well it fits them, not how it generalises
-        if comparison.int8_figures is not None and not every_image:
+        if comparison.int8_figures is not None and not reference.manifest.trained_on_every_image:
             manifest["evaluation"] = {
                 "on": "validation split",
                 **comparison.int8_figures,

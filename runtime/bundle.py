@@ -81,6 +81,12 @@ class Manifest:
         return len(self.class_names)
 
     @property
+    def trained_on_every_image(self) -> bool:
+        """Trained with no validation split (``--val-split 0``): figures on its data set
+        measure fit, and its accuracy is the recipe's estimate (``estimate_from``)."""
+        return ((self.training or {}).get("split") or {}).get("validation") == 0
+
+    @property
     def default_layer(self) -> ExplainedLayer:
         """The layer explained unless another is asked for: the ``features`` output."""
         gradient = (

@@ -46,7 +46,7 @@ def recorded_split(
     every image records no split: the split of the run its accuracy estimate came from
     (``evaluation.estimate_from``) is used, else the defaults."""
     split = (cam.manifest.training or {}).get("split") or {}
-    if not split.get("val_fraction"):
+    if cam.manifest.trained_on_every_image:
         estimate = (cam.manifest.evaluation or {}).get("estimate_from") or {}
         split = (estimate.get("training") or {}).get("split") or {}
     if val_fraction is None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,13 @@ def _photos(folder: Path, n: int, size: int = 48) -> None:
     for i in range(n):
         pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"p{i:04d}.png")
+
+
+def _start(command: list[str], **options: Any) -> subprocess.Popen:
+    """The command in a child process started as a terminal's foreground job is, its
+    standard error read as text."""
+    options = {"stderr": subprocess.PIPE, "text": True, "preexec_fn": as_in_a_terminal, **options}
+    return subprocess.Popen(command, **options)
 
 
 def _interrupt_when(proc: subprocess.Popen, ready, signum: int) -> str:
@@ -41,13 +49,7 @@ def test_classify_says_what_it_finished(tmp_path: Path, signum: int):
     maps = tmp_path / "maps"
     command = [cli_executable(), "classify", str(tmp_path / "in"), "--heatmaps", str(maps), *MINI]
     command += ["--batch-size", "4"]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=as_in_a_terminal,
-    )
+    proc = _start(command, stdout=subprocess.DEVNULL)
     stderr = _interrupt_when(proc, lambda: maps.exists() and len(os.listdir(maps)) >= 3, signum)
     assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr
@@ -71,13 +73,7 @@ def test_evaluate_says_nothing_was_written(tmp_path: Path):
         "--faithfulness",
         *MINI,
     ]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=as_in_a_terminal,
-    )
+    proc = _start(command, stdout=subprocess.DEVNULL)
     assert proc.stderr is not None
     line = proc.stderr.readline()  # the estimate, printed as the faithfulness run starts
     assert line.startswith("faithfulness: "), line
@@ -98,14 +94,7 @@ def test_batch_waiting_on_a_silent_pipe_stops_at_once(tmp_path: Path, signum: in
     _photos(tmp_path / "in", 2)
     out = tmp_path / "r.jsonl"
     command = [cli_executable(), "batch", "--from-list", "-", "--out", str(out), *MINI]
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        preexec_fn=as_in_a_terminal,
-    )
+    proc = _start(command, stdin=subprocess.PIPE, cwd=tmp_path)
     assert proc.stdin is not None
     proc.stdin.write("in/p0000.png\nin/p0001.png\n")
     proc.stdin.flush()  # and the pipe stays open
@@ -136,7 +125,7 @@ def test_batch_started_with_ctrl_c_ignored_keeps_it_ignored(tmp_path: Path):
         as_in_a_terminal()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=ignoring_ctrl_c)
+    proc = _start(command, preexec_fn=ignoring_ctrl_c)
     ready = lambda: out.exists() and out.read_bytes().count(b"\n") > 10  # noqa: E731
     stderr = _interrupt_when(proc, ready, signal.SIGINT)
     assert proc.returncode == 0, stderr

@@ -130,8 +130,8 @@ def evaluate(
     except ValueError as exc:  # the reader's messages name the folder already
         message = str(exc)
         fail(message if message.startswith(data_dir) else f"{data_dir}: {message}", EXIT_USAGE)
-    training = scenecam.manifest.training or {}
-    if (training.get("split") or {}).get("validation") == 0:
+    if scenecam.manifest.trained_on_every_image:
+        training = scenecam.manifest.training or {}
         click.echo(
             f"note: {scenecam.manifest.name} was trained on every image of "
             f"{training.get('dataset')}: on those images these figures "

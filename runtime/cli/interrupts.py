@@ -36,11 +36,7 @@ def note_progress(describe: Callable[[], str]) -> None:
 @contextlib.contextmanager
 def terminate_raises() -> Iterator[None]:
     """SIGTERM raises :class:`Interrupted` in the main thread for the block."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    if not heeded((signal.SIGTERM,)):
+    if threading.current_thread() is not threading.main_thread() or not heeded((signal.SIGTERM,)):
         yield
         return
 

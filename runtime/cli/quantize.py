@@ -224,7 +224,7 @@ def quantize(
                 f"int8 {c.int8_accuracy:.4f} ({100 * (c.int8_accuracy - c.float_accuracy):+.2f} points)"
             )
         click.echo(f"predictions agree on {c.prediction_agreement:.1%} of {c.images} images")
-        if ((reference.manifest.training or {}).get("split") or {}).get("validation") == 0:
+        if reference.manifest.trained_on_every_image:
             click.echo(
                 f"note: {reference.manifest.name} was trained on every image, these included: "
                 "its accuracy here is not an estimate (agreement and maps still compare)",
