@@ -15,7 +15,7 @@ import numpy as np
 
 from .cam import softmax
 from .dataset import LabelledImages, batches
-from .faithfulness import Faithfulness, evaluate_maps, forward_passes, random_map
+from .faithfulness import Faithfulness, MapScores, forward_passes, random_map, score_maps
 from .metrics import classification_figures
 from .model import SceneCam
 from .options import find_layer
@@ -104,7 +104,7 @@ def estimate_faithfulness_seconds(
     return seconds_per_map * n * (len(methods) + 1)  # + the random baseline
 
 
-def faithfulness_table(
+def faithfulness_scores(
     cam: SceneCam,
     data: LabelledImages,
     methods: list[str],
@@ -114,8 +114,8 @@ def faithfulness_table(
     max_channels: int = 64,
     progress: Progress | None = None,
     layer: str | None = None,
-) -> dict[str, Faithfulness]:
-    """Deletion/insertion AUC, average drop and increase in confidence per method, on up to
+) -> dict[str, MapScores]:
+    """Each image's deletion/insertion AUC, drop and increase in confidence per method, on up to
     ``images`` images of ``data`` (a fixed random subset), explaining each prediction; plus a
     random-map baseline row (at ``layer``'s map size). ``progress`` hears of every image
     scored; ``layer`` is the explained layer (None: the model's default)."""
@@ -134,7 +134,7 @@ def faithfulness_table(
         if progress is not None:
             progress(done, total)
 
-    table: dict[str, Faithfulness] = {}
+    table: dict[str, MapScores] = {}
     for method in methods:
         options = cam.explain_options(method=method, max_channels=max_channels, layer=layer)
         explained = [
@@ -142,7 +142,7 @@ def faithfulness_table(
             for s in batches(len(batch), 16)
             for e in cam.predict(batch[s], names[s], explain=options)
         ]
-        table[method] = evaluate_maps(
+        table[method] = score_maps(
             forward,
             ((img, e.heatmap, e.index) for img, e in zip(batch, explained, strict=True)),
             steps,
@@ -150,7 +150,7 @@ def faithfulness_table(
         )
     h, w = (find_layer(cam.layers, layer) if layer else cam.layers[0]).shape[:2]
     predicted = [r.index for s in batches(len(batch), 64) for r in cam.predict(batch[s], names[s])]
-    table[RANDOM_BASELINE] = evaluate_maps(
+    table[RANDOM_BASELINE] = score_maps(
         forward,
         (
             (img, random_map((h, w), img.shape[:2], rng), t)
@@ -160,6 +160,25 @@ def faithfulness_table(
         on_image=tick,
     )
     return table
+
+
+def faithfulness_table(
+    cam: SceneCam,
+    data: LabelledImages,
+    methods: list[str],
+    images: int = 100,
+    steps: int = 16,
+    seed: int = 0,
+    max_channels: int = 64,
+    progress: Progress | None = None,
+    layer: str | None = None,
+) -> dict[str, Faithfulness]:
+    """The means of :func:`faithfulness_scores` over the images: deletion/insertion AUC,
+    average drop and increase in confidence per method, and the random-map baseline."""
+    scores = faithfulness_scores(
+        cam, data, methods, images, steps, seed, max_channels, progress, layer
+    )
+    return {name: s.summary() for name, s in scores.items()}
 
 
 def faithfulness_rows(table: dict[str, Faithfulness]) -> list[dict[str, Any]]:

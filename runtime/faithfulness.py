@@ -106,14 +106,37 @@ def forward_passes(steps: int = 16) -> int:
     return 2 * (steps + 1) + 2
 
 
-def evaluate_maps(
+@dataclass(frozen=True)
+class MapScores:
+    """Each image's scores, in the order the maps came: for paired comparisons of models or
+    methods on the same images (``benchmarks/faithfulness_compare.py``)."""
+
+    deletion_auc: np.ndarray
+    insertion_auc: np.ndarray
+    drop: np.ndarray  # max(0, Y - O) / Y
+    increased: np.ndarray  # O > Y
+
+    def summary(self) -> Faithfulness:
+        n = len(self.deletion_auc)
+        if n == 0:
+            raise ValueError("no images to evaluate")
+        return Faithfulness(
+            deletion_auc=float(np.mean(self.deletion_auc)),
+            insertion_auc=float(np.mean(self.insertion_auc)),
+            average_drop=100.0 * float(np.mean(self.drop)),
+            increase_in_confidence=100.0 * float(np.mean(self.increased)),
+            images=n,
+        )
+
+
+def score_maps(
     forward: Forward,
     items: Iterable[tuple[np.ndarray, np.ndarray, int]],
     steps: int = 16,
     on_image: Callable[[], None] | None = None,
-) -> Faithfulness:
-    """Scores for (model-size image, saliency at image size, target) triples; ``on_image`` is
-    called after each one."""
+) -> MapScores:
+    """Each image's scores for (model-size image, saliency at image size, target) triples;
+    ``on_image`` is called after each one."""
     deletion, insertion, drops, increases = [], [], [], []
     for image, saliency, target in items:
         original = float(softmax(forward(image[None]).astype(np.float64))[0, target])
@@ -124,16 +147,22 @@ def evaluate_maps(
         increases.append(masked > original)
         if on_image is not None:
             on_image()
-    n = len(deletion)
-    if n == 0:
-        raise ValueError("no images to evaluate")
-    return Faithfulness(
-        deletion_auc=float(np.mean(deletion)),
-        insertion_auc=float(np.mean(insertion)),
-        average_drop=100.0 * float(np.mean(drops)),
-        increase_in_confidence=100.0 * float(np.mean(increases)),
-        images=n,
+    return MapScores(
+        np.asarray(deletion, np.float64),
+        np.asarray(insertion, np.float64),
+        np.asarray(drops, np.float64),
+        np.asarray(increases, bool),
     )
+
+
+def evaluate_maps(
+    forward: Forward,
+    items: Iterable[tuple[np.ndarray, np.ndarray, int]],
+    steps: int = 16,
+    on_image: Callable[[], None] | None = None,
+) -> Faithfulness:
+    """The means of :func:`score_maps` over the images."""
+    return score_maps(forward, items, steps, on_image).summary()
 
 
 def random_map(
