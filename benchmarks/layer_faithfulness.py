@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scenecam_edge import SceneCam
 from scenecam_edge.dataset import align_classes, load_dataset, stratified_split
-from scenecam_edge.evaluation import faithfulness_table
+from scenecam_edge.evaluation import faithfulness_scores, summaries
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,8 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for layer in cam.layers:
         start = time.perf_counter()
-        table = faithfulness_table(cam, data, methods, images=args.images, layer=layer.name)
+        scores = faithfulness_scores(cam, data, methods, images=args.images, layer=layer.name)
+        table = summaries(scores)
         seconds = time.perf_counter() - start
         for method, f in table.items():
             print(

@@ -162,22 +162,8 @@ def faithfulness_scores(
     return table
 
 
-def faithfulness_table(
-    cam: SceneCam,
-    data: LabelledImages,
-    methods: list[str],
-    images: int = 100,
-    steps: int = 16,
-    seed: int = 0,
-    max_channels: int = 64,
-    progress: Progress | None = None,
-    layer: str | None = None,
-) -> dict[str, Faithfulness]:
-    """The means of :func:`faithfulness_scores` over the images: deletion/insertion AUC,
-    average drop and increase in confidence per method, and the random-map baseline."""
-    scores = faithfulness_scores(
-        cam, data, methods, images, steps, seed, max_channels, progress, layer
-    )
+def summaries(scores: dict[str, MapScores]) -> dict[str, Faithfulness]:
+    """The table of :func:`faithfulness_scores`: each method's means over the images."""
     return {name: s.summary() for name, s in scores.items()}
 
 

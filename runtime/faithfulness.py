@@ -155,16 +155,6 @@ def score_maps(
     )
 
 
-def evaluate_maps(
-    forward: Forward,
-    items: Iterable[tuple[np.ndarray, np.ndarray, int]],
-    steps: int = 16,
-    on_image: Callable[[], None] | None = None,
-) -> Faithfulness:
-    """The means of :func:`score_maps` over the images."""
-    return score_maps(forward, items, steps, on_image).summary()
-
-
 def random_map(
     shape: tuple[int, int], size: tuple[int, int], rng: np.random.Generator
 ) -> np.ndarray:

@@ -14,7 +14,12 @@ from tqdm import tqdm
 
 from ..cam import METHODS, TargetSpace
 from ..dataset import LabelledImages, align_classes, load_dataset, stratified_split
-from ..evaluation import estimate_faithfulness_seconds, faithfulness_table, recorded_split
+from ..evaluation import (
+    estimate_faithfulness_seconds,
+    faithfulness_scores,
+    recorded_split,
+    summaries,
+)
 from ..evaluation import evaluate as run_evaluation
 from ..faithfulness import Faithfulness
 from ..model import DEFAULT_BATCH, SceneCam
@@ -221,7 +226,7 @@ def _faithfulness(
             if done % step == 0 or done == total:
                 log.info("faithfulness: %d of %d maps scored", done, total)
 
-        return faithfulness_table(
+        scores = faithfulness_scores(
             cam,
             data,
             methods,
@@ -230,6 +235,7 @@ def _faithfulness(
             layer=layer,
             max_channels=max_channels,
         )
+        return summaries(scores)
 
 
 def _duration(seconds: float) -> str:
