@@ -118,15 +118,19 @@ if HAS_TF:
             return None
         return None if name in CORE else SKIP
 
-    #: Open: measured on 2026-12-05 (AMD EPYC with AVX-512, onnxruntime 1.32.0, TensorFlow
-    #: 2.21.0), not explained yet. On the first of the two seeded random images the exported
-    #: gradient at block_2_add differs from GradientTape's by 1.4e-3 of its largest value
-    #: (maps by 3.4e-4); images from seeds 1-5 agree within 1.3e-6, and moving one pixel by
-    #: 1-3 levels leaves the difference as it is. The same case passed in earlier CI runs. Not
-    #: strict: it is expected to pass where that image does.
+    #: Measured on 2026-12-05 (AMD EPYC with AVX-512, onnxruntime 1.32.0, TensorFlow 2.21.0):
+    #: on the first of the two seeded random images the exported gradient at block_2_add
+    #: differs from GradientTape's by 1.4e-3 of its largest value (maps by 3.4e-4); images
+    #: from seeds 1-5 agree within 1.3e-6. The random-weight network all but cancels its
+    #: signal on that image (logits about 1e-12, the gradient about 1e-10), and the difference
+    #: is spread thinly over 907 of the 6144 gradient values: float32 rounding of sums that
+    #: cancel, as far as it was looked at, not a wrong operation or a kink. The fix is a
+    #: case whose signal survives (as the ConvNeXt case's layer scales do); until then the case
+    #: is expected to fail where that image's rounding goes this way. Not strict: the same case
+    #: passed in earlier CI runs.
     KNOWN_FAILURES = {
-        "MobileNetV2, early": "one seeded image's gradient differs by 1.4e-3 (others 1e-6): "
-        "under investigation",
+        "MobileNetV2, early": "random weights cancel the signal on one seeded image (logits "
+        "1e-12): float32 rounding, 1.4e-3 relative",
     }
     CASES = [
         pytest.param(
