@@ -5,10 +5,10 @@ random map at its own resolution, with paired bootstrap intervals for the differ
     python benchmarks/faithfulness_compare.py MODEL_A MODEL_B [--images 0] [--layer-a NAME]
         [--layer-b NAME] [--data ../shared/data/intel-scenes/train] [--save scores.npz]
 
-``--images 0`` (the default) takes the whole validation split (seed 1337, 15%: the split
-both scene models' figures come from). Figures on 100 photos, as ``evaluate --faithfulness``
-takes by default, move by about 0.03 in AUC from one subset to another, as much as the
-differences between models; this puts an interval on them.
+``--images 0`` (the default) takes the whole validation split each model records (as
+``evaluate`` does; seed 1337, 15% for both scene models). Figures on 100 photos, as
+``evaluate --faithfulness`` takes by default, move by about 0.03 in AUC from one subset to
+another, as much as the differences between models; this puts an interval on them.
 
 Two readings of "as faithful":
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from scenecam_edge import SceneCam
 from scenecam_edge.dataset import align_classes, default_cache_dir, load_dataset, stratified_split
-from scenecam_edge.evaluation import RANDOM_BASELINE, faithfulness_scores
+from scenecam_edge.evaluation import RANDOM_BASELINE, faithfulness_scores, recorded_split
 from scenecam_edge.faithfulness import MapScores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def main() -> None:
             load_dataset(args.data, (spec.height, spec.width), spec.channels, default_cache_dir()),
             cam.class_names,
         )
-        _, val_idx = stratified_split(data.labels, 0.15, 1337)
+        _, val_idx = stratified_split(data.labels, *recorded_split(cam))
         data = data.subset(val_idx)
         n = args.images or len(data)
         start = time.perf_counter()

@@ -38,6 +38,7 @@ from scenecam_edge.dataset import (
     stratified_split,
 )
 from scenecam_edge.evaluation import recorded_split
+from scenecam_edge.export.compare import pearson
 
 REPO = Path(__file__).resolve().parents[1]
 #: x86 features that decide which int8 kernels onnxruntime runs (numpy's names).
@@ -78,14 +79,6 @@ def worker(args: argparse.Namespace) -> None:
         out["layer_logits"], out["layer_maps"] = answers(cam, images, targets, args.layer, n)
     seen = cpu_features()
     np.savez(args.worker_out, features=np.array([k for k, v in seen.items() if v]), **out)
-
-
-def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x = a.reshape(len(a), -1).astype(np.float64)
-    y = b.reshape(len(b), -1).astype(np.float64)
-    x -= x.mean(axis=1, keepdims=True)
-    y -= y.mean(axis=1, keepdims=True)
-    return (x * y).sum(axis=1) / np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
 
 
 def main() -> None:
@@ -144,7 +137,10 @@ def main() -> None:
     ]
     for layer, key in (("default layer", "maps"), (args.layer, "layer_maps")):
         if layer:
-            corr = [pearson_rows(maps[layer], r[key]) for r in runs.values()]
+            corr = [
+                np.array([pearson(a, b) for a, b in zip(maps[layer], r[key], strict=True)])
+                for r in runs.values()
+            ]
             rows.append((f"map correlation, {layer}, mean", [f"{c.mean():.4f}" for c in corr]))
             rows.append((f"map correlation, {layer}, min", [f"{c.min():.4f}" for c in corr]))
     for label, values in rows:
