@@ -132,17 +132,15 @@ if HAS_TF:
         "MobileNetV2, early": "random weights cancel the signal on one seeded image (logits "
         "1e-12): float32 rounding, 1.4e-3 relative",
     }
-    CASES = [
-        pytest.param(
-            name,
-            marks=[pytest.mark.skip(why)]
-            if (why := _skip(name))
-            else [pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False)]
-            if name in KNOWN_FAILURES
-            else [],
-        )
-        for name in [*km.ZOO, *DEPTHS]
-    ]
+
+    def _marks(name: str) -> list[pytest.MarkDecorator]:
+        if why := _skip(name):
+            return [pytest.mark.skip(why)]
+        if name in KNOWN_FAILURES:
+            return [pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False)]
+        return []
+
+    CASES = [pytest.param(name, marks=_marks(name)) for name in [*km.ZOO, *DEPTHS]]
 else:
     CASES = []
 
